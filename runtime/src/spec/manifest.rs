@@ -1,0 +1,613 @@
+//! Reading a manifest file: multi-document YAML into k8s-openapi objects, with unknown
+//! fields and type errors reported by their path in the document.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_norway::Value;
+
+use super::validate::{validate, DocLabels};
+use super::{PodManifest, SpecError};
+
+/// Read and validate a manifest file. See [`parse_manifest`].
+pub fn load_manifest(path: &Path) -> Result<PodManifest, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::ReadManifest {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_manifest(&text, path)
+}
+
+/// Parse and validate a multi-document YAML manifest (`---` separated): exactly one v1
+/// Pod and any number of v1 ConfigMaps and Secrets. `source` is only used in messages.
+///
+/// Every error is one line naming the file, the document and the field path, e.g.
+/// `pod.yaml: document 1 (Pod web): spec.containers[0].imagePullPolcy: unknown field`.
+pub fn parse_manifest(text: &str, source: &Path) -> Result<PodManifest, SpecError> {
+    let mut pod: Option<(Pod, String)> = None;
+    let mut labels = DocLabels::default();
+    let mut config_maps = BTreeMap::new();
+    let mut secrets = BTreeMap::new();
+
+    for (i, document) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let number = i + 1;
+        let value = Value::deserialize(document).map_err(|e| SpecError::ParseYaml {
+            path: source.to_path_buf(),
+            document: number,
+            message: e.to_string(),
+        })?;
+        let mut value = value;
+        octal_modes(&mut value);
+        // Empty documents (a leading or trailing `---`) are allowed, as kubectl allows them.
+        if value.is_null() {
+            continue;
+        }
+        let invalid = |document: String, field: &str, message: String| SpecError::InvalidField {
+            path: source.to_path_buf(),
+            document,
+            field: field.to_string(),
+            message,
+        };
+        if !value.is_mapping() {
+            return Err(invalid(
+                format!("document {number}"),
+                ".",
+                "expected an object with apiVersion and kind".to_string(),
+            ));
+        }
+        let kind = value
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let api_version = value
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let name = value
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let label = match (kind, name) {
+            ("", _) => format!("document {number}"),
+            (k, "") => format!("document {number} ({k})"),
+            (k, n) => format!("document {number} ({k} {n})"),
+        };
+        const ACCEPTED: &str = "a manifest holds v1 Pod, ConfigMap and Secret objects";
+        if api_version.is_empty() {
+            return Err(invalid(label, "apiVersion", "missing".to_string()));
+        }
+        if kind.is_empty() {
+            return Err(invalid(label, "kind", "missing".to_string()));
+        }
+        if api_version != "v1" {
+            return Err(invalid(
+                label,
+                "apiVersion",
+                format!("unknown apiVersion {api_version:?} for kind {kind}: {ACCEPTED}"),
+            ));
+        }
+        match kind {
+            "Pod" => {
+                let p: Pod = decode(value, source, &label)?;
+                if let Some((first, first_label)) = &pod {
+                    return Err(SpecError::InvalidManifest {
+                        path: source.to_path_buf(),
+                        message: format!(
+                            "{label}: a second Pod ({first_label} is Pod {}); a manifest holds exactly one Pod",
+                            first.metadata.name.as_deref().unwrap_or_default()
+                        ),
+                    });
+                }
+                labels.pod = label.clone();
+                pod = Some((p, label));
+            }
+            "ConfigMap" => {
+                let cm: ConfigMap = decode(value, source, &label)?;
+                let name = cm.metadata.name.clone().unwrap_or_default();
+                if config_maps.insert(name.clone(), cm).is_some() {
+                    return Err(invalid(
+                        label,
+                        "metadata.name",
+                        format!("duplicate ConfigMap name {name:?}"),
+                    ));
+                }
+                labels.config_maps.insert(name, label);
+            }
+            "Secret" => {
+                let s: Secret = decode(value, source, &label)?;
+                let name = s.metadata.name.clone().unwrap_or_default();
+                if secrets.insert(name.clone(), s).is_some() {
+                    return Err(invalid(
+                        label,
+                        "metadata.name",
+                        format!("duplicate Secret name {name:?}"),
+                    ));
+                }
+                labels.secrets.insert(name, label);
+            }
+            other => {
+                return Err(invalid(
+                    label,
+                    "kind",
+                    format!("unknown kind {other:?}: {ACCEPTED}"),
+                ))
+            }
+        }
+    }
+
+    let Some((pod, _)) = pod else {
+        return Err(SpecError::InvalidManifest {
+            path: source.to_path_buf(),
+            message: "no Pod in the file (expected one document with apiVersion: v1, kind: Pod)"
+                .to_string(),
+        });
+    };
+    let manifest = PodManifest {
+        pod,
+        config_maps,
+        secrets,
+        source: source.to_path_buf(),
+    };
+    validate(&manifest, &labels)?;
+    Ok(manifest)
+}
+
+/// Deserialize one document. k8s-openapi skips keys it does not know, which would hide a
+/// typo like `imagePullPolcy`; serde_ignored reports those, and serde_path_to_error gives
+/// the path of a type error.
+fn decode<T: DeserializeOwned>(value: Value, source: &Path, label: &str) -> Result<T, SpecError> {
+    let mut unknown: Vec<String> = Vec::new();
+    let result: Result<T, _> = {
+        let mut record = |p: serde_ignored::Path| unknown.push(ignored_path(&p));
+        let de = serde_ignored::Deserializer::new(value, &mut record);
+        serde_path_to_error::deserialize(de)
+    };
+    let invalid = |field: String, message: String| SpecError::InvalidField {
+        path: source.to_path_buf(),
+        document: label.to_string(),
+        field,
+        message,
+    };
+    let object = result.map_err(|e| invalid(e.path().to_string(), e.inner().to_string()))?;
+    if let Some(field) = unknown.into_iter().next() {
+        return Err(invalid(field, "unknown field".to_string()));
+    }
+    Ok(object)
+}
+
+/// `spec.containers[0].imagePullPolcy`, the same shape serde_path_to_error prints.
+fn ignored_path(p: &serde_ignored::Path) -> String {
+    use serde_ignored::Path as P;
+    match p {
+        P::Root => String::new(),
+        P::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        P::Map { parent, key } => match ignored_path(parent) {
+            pre if pre.is_empty() => key.clone(),
+            pre => format!("{pre}.{key}"),
+        },
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            ignored_path(parent)
+        }
+    }
+}
+
+/// Kubernetes reads YAML 1.1, where `defaultMode: 0644` is octal (420); serde_norway
+/// follows YAML 1.2 and sees the string "0644". File modes are the one place manifests
+/// rely on that, so convert them back before the typed decode.
+fn octal_modes(v: &mut Value) {
+    match v {
+        Value::Mapping(map) => {
+            for (k, child) in map.iter_mut() {
+                if matches!(k.as_str(), Some("defaultMode" | "mode")) {
+                    if let Some(n) = child.as_str().and_then(yaml11_octal) {
+                        *child = Value::Number(n.into());
+                        continue;
+                    }
+                }
+                octal_modes(child);
+            }
+        }
+        Value::Sequence(seq) => seq.iter_mut().for_each(octal_modes),
+        Value::Tagged(t) => octal_modes(&mut t.value),
+        _ => {}
+    }
+}
+
+/// "0644" -> 420: a YAML 1.1 octal integer (leading 0, octal digits only).
+fn yaml11_octal(s: &str) -> Option<i64> {
+    let digits = s.strip_prefix('0')?;
+    if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return None;
+    }
+    i64::from_str_radix(digits, 8).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: demo\nspec:\n  containers:\n  - name: web\n    image: nginx\n";
+
+    fn parse(text: &str) -> Result<PodManifest, SpecError> {
+        parse_manifest(text, Path::new("examples/x.yaml"))
+    }
+
+    fn err(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// BASE with extra lines appended to the first container.
+    fn with_container(extra: &str) -> String {
+        format!("{BASE}{extra}")
+    }
+
+    const POD_PREFIX: &str = "examples/x.yaml: document 1 (Pod demo): ";
+
+    #[test]
+    fn error_table_exact_messages() {
+        let cm = "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {k: v}\n";
+        let cases: Vec<(&str, String, &str)> = vec![
+            ("unknown field", with_container("    imagePullPolcy: Always\n"), "spec.containers[0].imagePullPolcy: unknown field"),
+            ("unknown top-level field", format!("{BASE}specs: {{}}\n"), "specs: unknown field"),
+            ("unknown metadata field", BASE.replace("  name: demo\n", "  name: demo\n  lables: {a: b}\n"), "metadata.lables: unknown field"),
+            ("duplicate container", format!("{BASE}  - name: web\n    image: curl\n"), "spec.containers[1].name: duplicate container name \"web\""),
+            (
+                "duplicate across init and app",
+                BASE.replace("spec:\n", "spec:\n  initContainers:\n  - {name: web, image: busybox}\n"),
+                "spec.containers[0].name: duplicate container name \"web\"",
+            ),
+            ("empty image", BASE.replace("image: nginx", "image: \"\""), "spec.containers[0].image: must not be empty"),
+            ("no image", BASE.replace("    image: nginx\n", ""), "spec.containers[0].image: must not be empty"),
+            (
+                "restart policy",
+                format!("{BASE}  restartPolicy: Sometimes\n"),
+                "spec.restartPolicy: unsupported value \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\"",
+            ),
+            ("container restartPolicy on an app container", with_container("    restartPolicy: Always\n"), "spec.containers[0].restartPolicy: may only be set on init containers"),
+            (
+                "init container restartPolicy",
+                BASE.replace("spec:\n", "spec:\n  initContainers:\n  - {name: setup, image: busybox, restartPolicy: Never}\n"),
+                "spec.initContainers[0].restartPolicy: unsupported value \"Never\": supported values: \"Always\"",
+            ),
+            (
+                "pull policy",
+                with_container("    imagePullPolicy: Sometimes\n"),
+                "spec.containers[0].imagePullPolicy: unsupported value \"Sometimes\": supported values: \"Always\", \"IfNotPresent\", \"Never\"",
+            ),
+            ("no containers", "apiVersion: v1\nkind: Pod\nmetadata: {name: demo}\nspec: {containers: []}\n".into(), "spec.containers: must have at least one container"),
+            ("no spec", "apiVersion: v1\nkind: Pod\nmetadata: {name: demo}\n".into(), "spec: missing"),
+            (
+                "duplicate volume",
+                format!("{BASE}  volumes:\n  - {{name: data, emptyDir: {{}}}}\n  - {{name: data, emptyDir: {{}}}}\n"),
+                "spec.volumes[1].name: duplicate volume name \"data\"",
+            ),
+            (
+                "mount of an undefined volume",
+                with_container("    volumeMounts: [{name: data, mountPath: /data}]\n"),
+                "spec.containers[0].volumeMounts[0].name: volume \"data\" is not defined in spec.volumes",
+            ),
+            (
+                "duplicate mount path",
+                format!("{}  volumes: [{{name: a, emptyDir: {{}}}}, {{name: b, emptyDir: {{}}}}]\n", with_container("    volumeMounts: [{name: a, mountPath: /data}, {name: b, mountPath: /data/}]\n")),
+                "spec.containers[0].volumeMounts[1].mountPath: \"/data/\": must be unique",
+            ),
+            (
+                "configMap volume not in file",
+                format!("{BASE}  volumes: [{{name: cfg, configMap: {{name: settings}}}}]\n"),
+                "spec.volumes[0].configMap.name: ConfigMap \"settings\" is not in the manifest (add it to the file or set optional: true)",
+            ),
+            (
+                "secret volume not in file",
+                format!("{BASE}  volumes: [{{name: s, secret: {{secretName: creds}}}}]\n"),
+                "spec.volumes[0].secret.secretName: Secret \"creds\" is not in the manifest (add it to the file or set optional: true)",
+            ),
+            (
+                "configMap volume item key missing",
+                format!("{BASE}  volumes: [{{name: c, configMap: {{name: cfg, items: [{{key: nope, path: x}}]}}}}]\n{cm}"),
+                "spec.volumes[0].configMap.items[0].key: ConfigMap \"cfg\" has no key \"nope\" (add it or set optional: true)",
+            ),
+            (
+                "volume item path escapes",
+                format!("{BASE}  volumes: [{{name: c, configMap: {{name: cfg, items: [{{key: k, path: ../../etc/x}}]}}}}]\n{cm}"),
+                "spec.volumes[0].configMap.items[0].path: \"../../etc/x\": must not contain '..'",
+            ),
+            (
+                "volume item path absolute",
+                format!("{BASE}  volumes: [{{name: c, configMap: {{name: cfg, items: [{{key: k, path: /etc/x}}]}}}}]\n{cm}"),
+                "spec.volumes[0].configMap.items[0].path: \"/etc/x\": must be a relative path",
+            ),
+            (
+                "secretKeyRef to a missing secret",
+                with_container("    env:\n    - name: PW\n      valueFrom: {secretKeyRef: {name: creds, key: pw}}\n"),
+                "spec.containers[0].env[0].valueFrom.secretKeyRef: Secret \"creds\" is not in the manifest (add it to the file or set optional: true)",
+            ),
+            (
+                "configMapKeyRef to a missing key",
+                format!("{}{cm}", with_container("    env:\n    - name: X\n      valueFrom: {configMapKeyRef: {name: cfg, key: other}}\n")),
+                "spec.containers[0].env[0].valueFrom.configMapKeyRef: ConfigMap \"cfg\" has no key \"other\" (add it or set optional: true)",
+            ),
+            (
+                "envFrom missing configMap",
+                with_container("    envFrom: [{configMapRef: {name: cfg}}]\n"),
+                "spec.containers[0].envFrom[0].configMapRef: ConfigMap \"cfg\" is not in the manifest (add it to the file or set optional: true)",
+            ),
+            (
+                "value and valueFrom",
+                with_container("    env:\n    - name: X\n      value: a\n      valueFrom: {fieldRef: {fieldPath: metadata.name}}\n"),
+                "spec.containers[0].env[0].valueFrom: may not be specified when `value` is not empty",
+            ),
+            (
+                "unsupported fieldRef",
+                with_container("    env:\n    - name: X\n      valueFrom: {fieldRef: {fieldPath: spec.hostname}}\n"),
+                "spec.containers[0].env[0].valueFrom.fieldRef.fieldPath: unsupported value \"spec.hostname\": supported values: metadata.name, metadata.namespace, metadata.uid, metadata.labels['<KEY>'], metadata.annotations['<KEY>'], spec.nodeName, spec.serviceAccountName, status.podIP, status.podIPs, status.hostIP, status.hostIPs",
+            ),
+            (
+                "unsupported resourceFieldRef",
+                with_container("    env:\n    - name: X\n      valueFrom: {resourceFieldRef: {resource: limits.gpu}}\n"),
+                "spec.containers[0].env[0].valueFrom.resourceFieldRef.resource: unsupported value \"limits.gpu\": supported values: limits.cpu, limits.memory, limits.ephemeral-storage, requests.cpu, requests.memory, requests.ephemeral-storage",
+            ),
+            ("env name with =", with_container("    env: [{name: \"A=B\", value: x}]\n"), "spec.containers[0].env[0].name: \"A=B\": must be non-empty and must not contain '='"),
+            (
+                "hostPath type",
+                format!("{BASE}  volumes: [{{name: h, hostPath: {{path: /srv, type: Folder}}}}]\n"),
+                "spec.volumes[0].hostPath.type: unsupported value \"Folder\": supported values: \"\", \"DirectoryOrCreate\", \"Directory\", \"FileOrCreate\", \"File\", \"Socket\", \"CharDevice\", \"BlockDevice\"",
+            ),
+            ("port too high", with_container("    ports: [{containerPort: 70000}]\n"), "spec.containers[0].ports[0].containerPort: 70000: must be between 1 and 65535, inclusive"),
+            ("port zero", with_container("    ports: [{containerPort: 0}]\n"), "spec.containers[0].ports[0].containerPort: 0: must be between 1 and 65535, inclusive"),
+            ("host port", with_container("    ports: [{containerPort: 80, hostPort: 65536}]\n"), "spec.containers[0].ports[0].hostPort: 65536: must be between 1 and 65535, inclusive"),
+            (
+                "protocol",
+                with_container("    ports: [{containerPort: 80, protocol: HTTP}]\n"),
+                "spec.containers[0].ports[0].protocol: unsupported value \"HTTP\": supported values: \"TCP\", \"UDP\", \"SCTP\"",
+            ),
+            (
+                "bad cpu quantity",
+                with_container("    resources: {limits: {cpu: lots}}\n"),
+                "spec.containers[0].resources.limits.cpu: invalid quantity \"lots\": no number",
+            ),
+            (
+                "bad memory quantity",
+                with_container("    resources: {requests: {memory: 1GB}}\n"),
+                "spec.containers[0].resources.requests.memory: invalid quantity \"1GB\": unknown suffix",
+            ),
+            (
+                "negative memory",
+                with_container("    resources: {requests: {memory: -1Gi}}\n"),
+                "spec.containers[0].resources.requests.memory: invalid quantity \"-1Gi\": must not be negative",
+            ),
+            (
+                "request above limit",
+                with_container("    resources: {requests: {cpu: \"2\"}, limits: {cpu: 1500m}}\n"),
+                "spec.containers[0].resources.requests.cpu: \"2\" must be less than or equal to the cpu limit \"1500m\"",
+            ),
+            (
+                "invalid container name",
+                BASE.replace("name: web", "name: Web"),
+                "spec.containers[0].name: \"Web\": must be a DNS-1123 label (lower case alphanumerics and '-', starting and ending with an alphanumeric)",
+            ),
+            (
+                "invalid namespace",
+                BASE.replace("  name: demo\n", "  name: demo\n  namespace: team.a\n"),
+                "metadata.namespace: \"team.a\": must be a DNS-1123 label (lower case alphanumerics and '-', starting and ending with an alphanumeric)",
+            ),
+            ("grace period", format!("{BASE}  terminationGracePeriodSeconds: -1\n"), "spec.terminationGracePeriodSeconds: must be greater than or equal to 0"),
+            (
+                "dns policy",
+                format!("{BASE}  dnsPolicy: Google\n"),
+                "spec.dnsPolicy: unsupported value \"Google\": supported values: \"ClusterFirst\", \"ClusterFirstWithHostNet\", \"Default\", \"None\"",
+            ),
+            ("mode out of range", format!("{BASE}  volumes: [{{name: c, configMap: {{name: cfg, defaultMode: 1000, optional: true}}}}]\n"), "spec.volumes[0].configMap.defaultMode: 1000: must be a number between 0 and 0777 (octal), both inclusive"),
+        ];
+        for (name, text, want) in cases {
+            assert_eq!(err(&text), format!("{POD_PREFIX}{want}"), "{name}");
+        }
+    }
+
+    #[test]
+    fn missing_pod_name() {
+        let e = err(&BASE.replace("  name: demo\n", "  labels: {a: b}\n"));
+        assert_eq!(
+            e,
+            "examples/x.yaml: document 1 (Pod): metadata.name: missing"
+        );
+        let e = err(&BASE.replace("name: demo", "name: Demo_1"));
+        assert_eq!(
+            e,
+            "examples/x.yaml: document 1 (Pod Demo_1): metadata.name: \"Demo_1\": must be a DNS-1123 subdomain (lower case alphanumerics, '-' and '.', starting and ending with an alphanumeric)"
+        );
+        let long = "a".repeat(254);
+        let e = err(&BASE.replace("name: demo", &format!("name: {long}")));
+        assert!(e.ends_with("must be no more than 253 characters"), "{e}");
+        // Dots are fine in a pod name (subdomain) but not in a container name (label).
+        assert!(parse(&BASE.replace("name: demo", "name: demo.v1")).is_ok());
+        let e = err(&BASE.replace("name: web", "name: web.v1"));
+        assert!(
+            e.contains("spec.containers[0].name: \"web.v1\": must be a DNS-1123 label"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_path() {
+        let e = err(&with_container("    ports: [{containerPort: eighty}]\n"));
+        assert!(
+            e.starts_with(&format!("{POD_PREFIX}spec.containers[0].ports[0].containerPort: invalid type: string \"eighty\"")),
+            "{e}"
+        );
+        let e = err(&format!("{BASE}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\ndata: {{pw: \"not base64!\"}}\n"));
+        assert!(
+            e.starts_with("examples/x.yaml: document 2 (Secret s): data.pw: "),
+            "{e}"
+        );
+        let e = err(&format!("{BASE}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\ndata: {{port: 8080}}\n"));
+        assert!(
+            e.starts_with(
+                "examples/x.yaml: document 2 (ConfigMap c): data.port: invalid type: integer"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn document_level_errors() {
+        let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\n";
+        let cases: Vec<(&str, String, &str)> = vec![
+            (
+                "unknown kind",
+                format!("{BASE}---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\n"),
+                "examples/x.yaml: document 2 (Service web): kind: unknown kind \"Service\": a manifest holds v1 Pod, ConfigMap and Secret objects",
+            ),
+            (
+                "unknown apiVersion",
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n".into(),
+                "examples/x.yaml: document 1 (Deployment web): apiVersion: unknown apiVersion \"apps/v1\" for kind Deployment: a manifest holds v1 Pod, ConfigMap and Secret objects",
+            ),
+            ("missing apiVersion", "kind: Pod\nmetadata: {name: web}\n".into(), "examples/x.yaml: document 1 (Pod web): apiVersion: missing"),
+            ("missing kind", "apiVersion: v1\nmetadata: {name: web}\n".into(), "examples/x.yaml: document 1: kind: missing"),
+            ("not a mapping", "- a\n- b\n".into(), "examples/x.yaml: document 1: .: expected an object with apiVersion and kind"),
+            ("no pod", cm.into(), "examples/x.yaml: no Pod in the file (expected one document with apiVersion: v1, kind: Pod)"),
+            ("empty file", "".into(), "examples/x.yaml: no Pod in the file (expected one document with apiVersion: v1, kind: Pod)"),
+            (
+                "two pods",
+                format!("{BASE}---\n{}", BASE.replace("demo", "other")),
+                "examples/x.yaml: document 2 (Pod other): a second Pod (document 1 (Pod demo) is Pod demo); a manifest holds exactly one Pod",
+            ),
+            (
+                "duplicate ConfigMap",
+                format!("{BASE}---\n{cm}---\n{cm}"),
+                "examples/x.yaml: document 3 (ConfigMap cfg): metadata.name: duplicate ConfigMap name \"cfg\"",
+            ),
+            (
+                "ConfigMap unknown field",
+                format!("{BASE}---\n{cm}dat: {{a: b}}\n"),
+                "examples/x.yaml: document 2 (ConfigMap cfg): dat: unknown field",
+            ),
+            (
+                "ConfigMap bad key",
+                format!("{BASE}---\n{cm}data: {{\"a b\": c}}\n"),
+                "examples/x.yaml: document 2 (ConfigMap cfg): data.a b: \"a b\": must consist of alphanumerics, '-', '_' or '.'",
+            ),
+            (
+                "ConfigMap in another namespace",
+                format!("{BASE}---\n{}", cm.replace("{name: cfg}", "{name: cfg, namespace: other}")),
+                "examples/x.yaml: document 2 (ConfigMap cfg): metadata.namespace: \"other\" differs from the Pod's namespace \"default\"",
+            ),
+            (
+                "Secret without name",
+                format!("{BASE}---\napiVersion: v1\nkind: Secret\nmetadata: {{labels: {{a: b}}}}\n"),
+                "examples/x.yaml: document 2 (Secret): metadata.name: missing",
+            ),
+        ];
+        for (name, text, want) in cases {
+            assert_eq!(err(&text), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn malformed_yaml_reports_line_and_column() {
+        let e = err(&format!("{BASE}  volumes: [\n    bad: : :\n"));
+        assert!(e.starts_with("examples/x.yaml: document 1: "), "{e}");
+        assert!(e.contains("line ") && e.contains("column "), "{e}");
+        let e = err(&format!(
+            "{BASE}---\napiVersion: v1\nkind: ConfigMap\n  metadata: x\n"
+        ));
+        assert!(e.starts_with("examples/x.yaml: document 2: "), "{e}");
+        assert!(e.contains("line 12 column 11"), "{e}");
+    }
+
+    #[test]
+    fn accepts_what_kubectl_accepts() {
+        // Empty documents, numeric quantities, YAML 1.1 octal modes, optional refs,
+        // objects in any order, explicit namespace matching.
+        let text = r#"---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg, namespace: team}
+data: {a.conf: "x"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: demo, namespace: team}
+spec:
+  initContainers:
+  - {name: proxy, image: envoy, restartPolicy: Always}
+  containers:
+  - name: web
+    image: nginx:1.27
+    ports: [{containerPort: 80, hostPort: 8080, protocol: TCP}]
+    resources:
+      requests: {cpu: 0.5, memory: 134217728}
+      limits: {cpu: 1, memory: 256Mi, nvidia.com/gpu: 1}
+    env:
+    - {name: OPT, valueFrom: {secretKeyRef: {name: missing, key: k, optional: true}}}
+    - {name: NODE, valueFrom: {fieldRef: {fieldPath: "metadata.labels['app']"}}}
+    envFrom: [{secretRef: {name: missing, optional: true}}]
+    volumeMounts: [{name: cfg, mountPath: /etc/cfg}, {name: s, mountPath: /etc/s}, {name: h, mountPath: /host}]
+  volumes:
+  - {name: cfg, configMap: {name: cfg, defaultMode: 0644, items: [{key: a.conf, path: conf/a.conf, mode: 0400}]}}
+  - {name: s, secret: {secretName: missing, optional: true, defaultMode: 0o600}}
+  - {name: h, hostPath: {path: /var/log, type: DirectoryOrCreate}}
+---
+"#;
+        let m = parse(text).unwrap();
+        assert_eq!(m.name(), "demo");
+        assert_eq!(m.namespace(), "team");
+        assert_eq!(m.config_maps.len(), 1);
+        assert!(m.secrets.is_empty());
+        let spec = m.pod.spec.as_ref().unwrap();
+        let res = spec.containers[0].resources.as_ref().unwrap();
+        assert_eq!(res.limits.as_ref().unwrap()["cpu"].0, "1");
+        assert_eq!(res.requests.as_ref().unwrap()["cpu"].0, "0.5");
+        let vols = spec.volumes.as_ref().unwrap();
+        let cm = vols[0].config_map.as_ref().unwrap();
+        assert_eq!(cm.default_mode, Some(0o644));
+        assert_eq!(cm.items.as_ref().unwrap()[0].mode, Some(0o400));
+        assert_eq!(vols[1].secret.as_ref().unwrap().default_mode, Some(0o600));
+        assert_eq!(m.source, Path::new("examples/x.yaml"));
+    }
+
+    #[test]
+    fn load_reads_the_file_and_names_it_on_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pod.yaml");
+        std::fs::write(&path, BASE).unwrap();
+        assert_eq!(load_manifest(&path).unwrap().name(), "demo");
+        let missing = dir.path().join("nope.yaml");
+        let e = load_manifest(&missing).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}: read manifest: ", missing.display())),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn example_sidecar_pod_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sidecar-pod.yaml");
+        let m = load_manifest(&path).unwrap();
+        assert_eq!(m.name(), "sidecar-demo");
+        let spec = m.pod.spec.as_ref().unwrap();
+        let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["web", "client"]);
+        assert_eq!(spec.containers[0].image.as_deref(), Some("nginx"));
+        assert_eq!(
+            spec.containers[0].ports.as_ref().unwrap()[0].container_port,
+            80
+        );
+        assert_eq!(spec.containers[1].image.as_deref(), Some("curl"));
+        let argv = crate::spec::effective_command(&spec.containers[1], &[], &[], &[]).unwrap();
+        assert_eq!(argv[..2], ["sh", "-c"]);
+        // No `$(`: nothing for Kubernetes' expansion to touch.
+        assert!(!argv[2].contains("$("));
+        assert_eq!(
+            crate::spec::qos_class(&m.pod),
+            crate::spec::QosClass::BestEffort
+        );
+    }
+}
