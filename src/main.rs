@@ -1,1 +1,178 @@
-fn main(){}
+//! `podrun`: run Kubernetes pods on this host. Argument parsing and dispatch only; the
+//! work is done by the podrun-runtime library.
+
+mod cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "podrun", version, about = "Run Kubernetes pods on this host")]
+pub struct Cli {
+    /// Persistent data: images, layers, container layers, volumes.
+    #[arg(
+        long,
+        global = true,
+        env = "PODRUN_ROOT",
+        default_value = "/var/lib/podrun"
+    )]
+    root: PathBuf,
+    /// Runtime state: pods, containers, monitor sockets.
+    #[arg(
+        long,
+        global = true,
+        env = "PODRUN_STATE",
+        default_value = "/run/podrun"
+    )]
+    state: PathBuf,
+    /// Container logs (CRI format).
+    #[arg(
+        long,
+        global = true,
+        env = "PODRUN_LOG_ROOT",
+        default_value = "/var/log/pods"
+    )]
+    log_root: PathBuf,
+    /// cgroup driver: cgroupfs or systemd.
+    #[arg(
+        long,
+        global = true,
+        env = "PODRUN_CGROUP_DRIVER",
+        default_value = "cgroupfs"
+    )]
+    cgroup_driver: String,
+    /// Name of the top-level cgroup pods are placed under.
+    #[arg(
+        long,
+        global = true,
+        env = "PODRUN_CGROUP_ROOT",
+        default_value = "podrun"
+    )]
+    cgroup_root: String,
+    /// Namespace of the pods named on the command line.
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pod in a YAML file (with its ConfigMaps and Secrets).
+    Run {
+        /// Return once the containers are running instead of streaming their logs.
+        #[arg(short, long)]
+        detach: bool,
+        file: PathBuf,
+    },
+    /// List pods.
+    Pods {
+        #[arg(short, long, default_value = "table")]
+        output: String,
+    },
+    /// List containers.
+    Ps {
+        /// Include exited containers.
+        #[arg(short, long)]
+        all: bool,
+        #[arg(short, long, default_value = "table")]
+        output: String,
+    },
+    /// Print a container's logs.
+    Logs {
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(short, long)]
+        container: Option<String>,
+        /// Logs of the previous run of a restarted container.
+        #[arg(short, long)]
+        previous: bool,
+        pod: String,
+    },
+    /// Run a command in a running container.
+    Exec {
+        #[arg(short, long)]
+        interactive: bool,
+        #[arg(short, long)]
+        tty: bool,
+        #[arg(short, long)]
+        container: Option<String>,
+        pod: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Stop and remove the pod of a YAML file.
+    Down {
+        file: PathBuf,
+        /// Seconds to wait before killing (default: the pod's terminationGracePeriodSeconds).
+        #[arg(long)]
+        grace_period: Option<u64>,
+    },
+    /// Stop and remove pods by name.
+    Rm {
+        #[arg(required = true)]
+        pods: Vec<String>,
+        #[arg(long)]
+        grace_period: Option<u64>,
+    },
+    /// Manage images.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// List images.
+    Images {
+        #[arg(short, long, default_value = "table")]
+        output: String,
+    },
+    /// The per-pod monitor (started by podrun itself).
+    #[command(hide = true)]
+    Monitor {
+        #[arg(long)]
+        ready_fd: Option<i32>,
+        state_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Import an OCI image archive or a docker-archive.
+    Load { file: PathBuf },
+    /// List images.
+    Ls {
+        #[arg(short, long, default_value = "table")]
+        output: String,
+    },
+    /// Remove images.
+    Rm {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(
+                    if matches!(cli.command, Command::Monitor { .. }) {
+                        "info"
+                    } else {
+                        "warn"
+                    },
+                )
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cmd::dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("podrun: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -8,5 +8,13 @@
 pub mod cgroups;
 pub mod image;
 pub mod logs;
+pub mod monitor;
+pub mod plan;
+pub mod pod;
+pub mod process;
+pub mod rootfs;
 pub mod security;
 pub mod spec;
+pub mod state;
+pub mod status;
+pub mod syscall;

@@ -1,0 +1,1228 @@
+//! The pod monitor: one small single-threaded process per pod. It lives in the pod's
+//! network, IPC and UTS namespaces and holds them (no pause container), is the subreaper
+//! and parent of every container in the pod, runs them in Kubernetes order with
+//! kubelet's restart policy and back-off, turns their output into CRI-format logs, and
+//! answers `status`, `exec` and `stop` on its control socket. It survives the command
+//! that started it; when asked to remove the pod it tears everything down and exits.
+//!
+//! Pod life, as the monitor drives it:
+//! ```text
+//!  init containers, one at a time ──all exited 0──▶ app containers started together
+//!  (native sidecars start in init order and keep running)
+//!      │ failure + restartPolicy Never                 │ exits: restart per policy, with back-off
+//!      ▼                                               ▼
+//!    Failed ◀──────────── all done, none restarting ── Running ──▶ Succeeded
+//!  Stop: preStop hooks, stop signal, SIGKILL after the grace period, then (remove) teardown.
+//! ```
+
+pub mod backoff;
+pub mod protocol;
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tracing::{debug, info, warn};
+
+use crate::cgroups::CgroupManager;
+use crate::logs::{CriLogWriter, Stream};
+use crate::plan::{ContainerKind, ContainerPlan, PodPlan, ProcessSpec};
+use crate::process::{self, ChildSetup, Stdio};
+use crate::status::{ContainerState, ContainerStatus, PodPhase, PodStatus};
+use backoff::Backoff;
+use protocol::{Request, Response};
+
+pub const PLAN_FILE: &str = "plan.json";
+pub const STATUS_FILE: &str = "status.json";
+pub const SOCKET_FILE: &str = "monitor.sock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("read pod plan {0}: {1}")]
+    Plan(String, String),
+    #[error("{step}: {source}")]
+    Sys {
+        step: &'static str,
+        source: nix::Error,
+    },
+    #[error("{step}: {source}")]
+    Io {
+        step: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cgroup {path}: {message}")]
+    Cgroup { path: String, message: String },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+}
+
+fn sys(step: &'static str) -> impl FnOnce(nix::Error) -> MonitorError {
+    move |source| MonitorError::Sys { step, source }
+}
+fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> MonitorError {
+    move |source| MonitorError::Io { step, source }
+}
+
+struct Running {
+    pid: Pid,
+    started: Instant,
+    oom_kills_before: u64,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    log: Option<CriLogWriter>,
+}
+
+struct Container {
+    plan: ContainerPlan,
+    status: ContainerStatus,
+    running: Option<Running>,
+    backoff: Backoff,
+    /// When a restart is due (back-off) or the first start may happen.
+    next_start: Option<Instant>,
+    /// Exited and will not run again.
+    done: bool,
+    stop_sent: bool,
+    /// Output pipes of a finished run still being drained.
+    draining: Vec<(Stream, OwnedFd)>,
+    draining_log: Option<CriLogWriter>,
+}
+
+struct ExecSession {
+    stream: Option<UnixStream>,
+    /// Hook execs (preStop) have no client.
+    hook_of: Option<usize>,
+}
+
+struct Stopping {
+    deadline: Instant,
+    remove: bool,
+    sidecars_signalled: bool,
+    waiters: Vec<UnixStream>,
+}
+
+pub struct Monitor {
+    plan: PodPlan,
+    cgroups: Box<dyn CgroupManager>,
+    containers: Vec<Container>,
+    execs: HashMap<Pid, ExecSession>,
+    holders: Vec<UnixStream>,
+    listener: UnixListener,
+    signals: SignalFd,
+    stopping: Option<Stopping>,
+    start_time: chrono::DateTime<Utc>,
+    status_dirty: bool,
+    seccomp_cache: HashMap<String, Vec<seccompiler::BpfProgram>>,
+}
+
+/// Entry point of `podrun monitor`: the launcher has already put this process in the
+/// pod's namespaces. `ready` receives one line, "ok <pid>" or the error, once the pod is
+/// set up (or has failed to be).
+pub fn run(state_dir: &Path, ready: Option<OwnedFd>) -> Result<(), MonitorError> {
+    let plan: PodPlan = crate::state::read_json(&state_dir.join(PLAN_FILE))?
+        .ok_or_else(|| MonitorError::Plan(state_dir.display().to_string(), "missing".into()))?;
+    let result = Monitor::new(plan).and_then(|m| {
+        if let Some(fd) = &ready {
+            let _ = nix::unistd::write(fd, format!("ok {}\n", std::process::id()).as_bytes());
+        }
+        m.run()
+    });
+    if let (Err(e), Some(fd)) = (&result, &ready) {
+        let _ = nix::unistd::write(fd, format!("{e}\n").as_bytes());
+    }
+    result
+}
+
+fn set_nonblocking(fd: &impl AsRawFd) {
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+}
+
+/// Bring up `lo` in the pod's own network namespace, so containers reach each other on
+/// localhost.
+fn loopback_up() -> Result<(), MonitorError> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(sys("socket for lo"))?;
+    // SAFETY: ifreq is plain data; the ioctls read and write only that struct.
+    unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(MonitorError::Sys {
+                step: "get lo flags",
+                source: nix::Error::last(),
+            });
+        }
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(MonitorError::Sys {
+                step: "bring lo up",
+                source: nix::Error::last(),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Monitor {
+    fn new(plan: PodPlan) -> Result<Self, MonitorError> {
+        use nix::mount::MsFlags;
+        // SAFETY: prctl with integer arguments.
+        unsafe {
+            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        }
+        // The monitor has its own mount namespace: what it mounts (pod tmpfs volumes,
+        // /dev/shm) exists only there and in the containers it forks, and disappears
+        // with them, whatever happens to podrun.
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(sys("make the monitor's mounts rslave"))?;
+        if plan.share_process_namespace && !plan.host_pid {
+            // The monitor is PID 1 of the pod's PID namespace: /proc must show that
+            // namespace for it to find its children there.
+            nix::mount::mount(
+                Some("proc"),
+                "/proc",
+                Some("proc"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                None::<&str>,
+            )
+            .map_err(sys("mount /proc for the pod PID namespace"))?;
+        }
+        for t in &plan.tmpfs {
+            std::fs::create_dir_all(&t.path).map_err(io("create tmpfs mount point"))?;
+            let mut data = format!("mode={:o}", t.mode);
+            if let Some(size) = t.size_bytes {
+                data.push_str(&format!(",size={size}"));
+            }
+            nix::mount::mount(
+                Some("tmpfs"),
+                &t.path,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(data.as_str()),
+            )
+            .map_err(sys("mount pod tmpfs"))?;
+        }
+        if !plan.host_network {
+            nix::unistd::sethostname(&plan.hostname).map_err(sys("set the pod hostname"))?;
+            loopback_up()?;
+        }
+
+        let mut mask = SigSet::empty();
+        for s in [
+            Signal::SIGCHLD,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+        ] {
+            mask.add(s);
+        }
+        mask.thread_block().map_err(sys("block signals"))?;
+        // SAFETY: ignoring SIGPIPE is process-wide and async-signal-safe.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(sys("signalfd"))?;
+
+        let cgroups =
+            crate::cgroups::new_manager(plan.cgroup_driver).map_err(|e| MonitorError::Cgroup {
+                path: plan.cgroup_path.clone(),
+                message: e.to_string(),
+            })?;
+        cgroups
+            .ensure(&plan.cgroup_path, &plan.pod_resources)
+            .map_err(|e| MonitorError::Cgroup {
+                path: plan.cgroup_path.clone(),
+                message: e.to_string(),
+            })?;
+
+        let socket = plan.state_dir.join(SOCKET_FILE);
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).map_err(io("bind the monitor socket"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(io("monitor socket"))?;
+
+        let containers = plan
+            .containers
+            .iter()
+            .map(|c| Container {
+                status: ContainerStatus {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    image: c.image.clone(),
+                    image_id: c.image_id.clone(),
+                    state: ContainerState::Waiting {
+                        reason: "PodInitializing".into(),
+                        message: String::new(),
+                    },
+                    last_state: None,
+                    restart_count: 0,
+                    ready: false,
+                    init: c.kind != ContainerKind::App,
+                },
+                plan: c.clone(),
+                running: None,
+                backoff: Backoff::new(Duration::from_millis(plan.backoff_base_ms)),
+                next_start: None,
+                done: false,
+                stop_sent: false,
+                draining: Vec::new(),
+                draining_log: None,
+            })
+            .collect();
+        let m = Monitor {
+            plan,
+            cgroups,
+            containers,
+            execs: HashMap::new(),
+            holders: Vec::new(),
+            listener,
+            signals,
+            stopping: None,
+            start_time: Utc::now(),
+            status_dirty: true,
+            seccomp_cache: HashMap::new(),
+        };
+        m.write_status()?;
+        Ok(m)
+    }
+
+    fn run(mut self) -> Result<(), MonitorError> {
+        info!(pod = %self.plan.name, namespace = %self.plan.namespace, id = %self.plan.id, "pod monitor started");
+        loop {
+            self.reap();
+            self.progress();
+            if self.status_dirty {
+                self.write_status()?;
+                self.status_dirty = false;
+            }
+            if self.finished_stopping() {
+                break;
+            }
+            self.poll_once()?;
+        }
+        let remove = self.stopping.as_ref().map(|s| s.remove).unwrap_or(false);
+        let waiters = self.stopping.take().map(|s| s.waiters).unwrap_or_default();
+        if remove {
+            self.teardown();
+        }
+        for w in waiters {
+            let _ = protocol::write_response(&w, &Response::Ok);
+        }
+        info!(pod = %self.plan.name, "pod monitor exiting");
+        Ok(())
+    }
+
+    fn status(&self) -> PodStatus {
+        PodStatus {
+            phase: self.phase(),
+            terminating: self.stopping.is_some(),
+            monitor_pid: std::process::id() as i32,
+            pod_ip: None,
+            start_time: self.start_time,
+            containers: self.containers.iter().map(|c| c.status.clone()).collect(),
+        }
+    }
+
+    fn write_status(&self) -> Result<(), MonitorError> {
+        crate::state::write_json(&self.plan.state_dir.join(STATUS_FILE), &self.status())?;
+        Ok(())
+    }
+
+    fn phase(&self) -> PodPhase {
+        let init_failed = self.containers.iter().any(|c| {
+            c.plan.kind == ContainerKind::Init && c.done && c.status.state.exit_code() != Some(0)
+        });
+        if init_failed {
+            return PodPhase::Failed;
+        }
+        let apps: Vec<&Container> = self
+            .containers
+            .iter()
+            .filter(|c| c.plan.kind == ContainerKind::App)
+            .collect();
+        if apps
+            .iter()
+            .all(|c| c.status.restart_count == 0 && c.running.is_none() && !c.done)
+        {
+            return PodPhase::Pending;
+        }
+        if apps.iter().all(|c| c.done) {
+            if apps.iter().all(|c| c.status.state.exit_code() == Some(0)) {
+                return PodPhase::Succeeded;
+            }
+            return PodPhase::Failed;
+        }
+        PodPhase::Running
+    }
+
+    // ---- starting containers -------------------------------------------------------
+
+    /// Decide what to start now: init containers one at a time in order, then all app
+    /// containers; restarts whose back-off has expired.
+    fn progress(&mut self) {
+        if self.stopping.is_some() {
+            self.progress_stop();
+            return;
+        }
+        let now = Instant::now();
+        let mut idx = 0;
+        while idx < self.containers.len() {
+            let c = &self.containers[idx];
+            let kind = c.plan.kind;
+            if kind == ContainerKind::Init || kind == ContainerKind::Sidecar {
+                let ready_to_start =
+                    c.running.is_none() && !c.done && c.next_start.is_none_or(|t| t <= now);
+                if ready_to_start {
+                    self.start(idx);
+                }
+                let c = &self.containers[idx];
+                match kind {
+                    // Later containers wait until this init container succeeded.
+                    ContainerKind::Init if !(c.done && c.status.state.exit_code() == Some(0)) => {
+                        return
+                    }
+                    // Later containers wait until the sidecar has started once.
+                    ContainerKind::Sidecar
+                        if c.status.restart_count == 0 && c.running.is_none() =>
+                    {
+                        return
+                    }
+                    _ => {}
+                }
+            } else if c.running.is_none() && !c.done && c.next_start.is_none_or(|t| t <= now) {
+                self.start(idx);
+            }
+            idx += 1;
+        }
+    }
+
+    fn compile_seccomp(&mut self, idx: usize) -> Result<Vec<seccompiler::BpfProgram>, String> {
+        let c = &self.containers[idx].plan;
+        if let Some(p) = self.seccomp_cache.get(&c.id) {
+            return Ok(p.clone());
+        }
+        let programs = crate::security::seccomp::compile(&c.seccomp, &c.process.capabilities)
+            .map_err(|e| e.to_string())?;
+        self.seccomp_cache.insert(c.id.clone(), programs.clone());
+        Ok(programs)
+    }
+
+    fn clone_flags(&self) -> CloneFlags {
+        let mut flags = CloneFlags::CLONE_NEWNS;
+        if !self.plan.host_pid && !self.plan.share_process_namespace {
+            flags |= CloneFlags::CLONE_NEWPID;
+        }
+        flags
+    }
+
+    fn start(&mut self, idx: usize) {
+        let now = Utc::now();
+        match self.try_start(idx) {
+            Ok(running) => {
+                let c = &mut self.containers[idx];
+                info!(pod = %self.plan.name, container = %c.plan.name, pid = running.pid.as_raw(), "container started");
+                c.status.state = ContainerState::Running {
+                    started_at: now,
+                    pid: running.pid.as_raw(),
+                };
+                c.status.ready = true;
+                c.running = Some(running);
+                c.next_start = None;
+                c.stop_sent = false;
+                let hook = c.plan.post_start.clone();
+                if let Some(cmd) = hook {
+                    self.spawn_exec(idx, cmd, None, None);
+                }
+            }
+            Err(message) => {
+                let c = &mut self.containers[idx];
+                warn!(pod = %self.plan.name, container = %c.plan.name, error = %message, "container failed to start");
+                let exit_code = if message.contains("not found") {
+                    127
+                } else {
+                    128
+                };
+                self.record_exit(
+                    idx,
+                    exit_code,
+                    None,
+                    "StartError",
+                    message,
+                    None,
+                    Duration::ZERO,
+                );
+            }
+        }
+        self.status_dirty = true;
+    }
+
+    fn try_start(&mut self, idx: usize) -> Result<Running, String> {
+        let seccomp = self.compile_seccomp(idx)?;
+        let flags = self.clone_flags();
+        let plan = &self.plan;
+        let c = &self.containers[idx];
+        let cp = &c.plan;
+        self.cgroups
+            .ensure(&cp.cgroup_path, &cp.resources)
+            .map_err(|e| format!("cgroup {}: {e}", cp.cgroup_path))?;
+        let oom_before = self.cgroups.oom_kills(&cp.cgroup_path).unwrap_or(0);
+        for dir in [&cp.rootfs.upper, &cp.rootfs.work, &cp.rootfs.rootfs] {
+            std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        }
+        if let Some(tm) = &cp.termination_message {
+            let _ = std::fs::write(tm, b"");
+        }
+        let log_path = plan
+            .log_dir
+            .join(&cp.name)
+            .join(format!("{}.log", c.status.restart_count));
+        let log = CriLogWriter::open(&log_path)
+            .map_err(|e| format!("open log {}: {e}", log_path.display()))?;
+        let (stdin, stdout_r, stdout_w, stderr_r, stderr_w, tty) = if cp.process.tty {
+            let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
+            set_cloexec(&pty.master);
+            set_cloexec(&pty.slave);
+            let s1 = pty.slave.try_clone().map_err(|e| e.to_string())?;
+            let s2 = pty.slave.try_clone().map_err(|e| e.to_string())?;
+            (pty.slave, pty.master, s1, None, s2, true)
+        } else {
+            let (or, ow) =
+                nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+            let (er, ew) =
+                nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+            let null = process::dev_null().map_err(|e| e.to_string())?;
+            (null, or, ow, Some(er), ew, false)
+        };
+        set_nonblocking(&stdout_r);
+        if let Some(er) = &stderr_r {
+            set_nonblocking(er);
+        }
+        let stdio = Stdio {
+            stdin,
+            stdout: stdout_w,
+            stderr: stderr_w,
+            tty,
+        };
+        let cgroups = &self.cgroups;
+        let cg_path = cp.cgroup_path.clone();
+        let mut place = |pid: Pid| {
+            cgroups
+                .add_process(&cg_path, pid.as_raw())
+                .map_err(|e| format!("cgroup {cg_path}: {e}"))
+        };
+        let pid = process::spawn(
+            flags,
+            ChildSetup::Container(&cp.rootfs),
+            &cp.process,
+            &seccomp,
+            stdio,
+            &mut place,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Running {
+            pid,
+            started: Instant::now(),
+            oom_kills_before: oom_before,
+            stdout: Some(stdout_r),
+            stderr: stderr_r,
+            log: Some(log),
+        })
+    }
+
+    // ---- exits ---------------------------------------------------------------------
+
+    fn reap(&mut self) {
+        loop {
+            match nix::sys::wait::waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => self.on_exit(pid, code, None),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    self.on_exit(pid, 128 + sig as i32, Some(sig as i32))
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    fn on_exit(&mut self, pid: Pid, exit_code: i32, signal: Option<i32>) {
+        if let Some(session) = self.execs.remove(&pid) {
+            debug!(pod = %self.plan.name, pid = pid.as_raw(), exit_code, "exec process exited");
+            if let Some(s) = session.stream {
+                let _ = protocol::write_response(&s, &Response::Exited { exit_code });
+            }
+            if let Some(idx) = session.hook_of {
+                // preStop finished: now the container gets its stop signal.
+                if self.stopping.is_some() {
+                    self.signal_container(idx);
+                }
+            }
+            return;
+        }
+        let Some(idx) = self
+            .containers
+            .iter()
+            .position(|c| c.running.as_ref().is_some_and(|r| r.pid == pid))
+        else {
+            return; // an orphan re-parented to us, already gone
+        };
+        let mut run = self.containers[idx].running.take().expect("running");
+        let ran = run.started.elapsed();
+        let oom = self
+            .cgroups
+            .oom_kills(&self.containers[idx].plan.cgroup_path)
+            .map(|n| n > run.oom_kills_before)
+            .unwrap_or(false);
+        let reason = if oom && signal == Some(libc::SIGKILL) {
+            "OOMKilled"
+        } else if exit_code == 0 {
+            "Completed"
+        } else {
+            "Error"
+        };
+        let message = self.containers[idx]
+            .plan
+            .termination_message
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|b| String::from_utf8_lossy(&b[..b.len().min(4096)]).into_owned())
+            .unwrap_or_default();
+        info!(pod = %self.plan.name, container = %self.containers[idx].plan.name, exit_code, reason, "container exited");
+        let c = &mut self.containers[idx];
+        if let Some(fd) = run.stdout.take() {
+            c.draining.push((Stream::Stdout, fd));
+        }
+        if let Some(fd) = run.stderr.take() {
+            c.draining.push((Stream::Stderr, fd));
+        }
+        c.draining_log = run.log.take();
+        // Read what is already in the pipes now, so the log is complete when status says
+        // the container exited.
+        self.drain(idx, false);
+        let started = match &self.containers[idx].status.state {
+            ContainerState::Running { started_at, .. } => Some(*started_at),
+            _ => None,
+        };
+        self.record_exit(idx, exit_code, signal, reason, message, started, ran);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_exit(
+        &mut self,
+        idx: usize,
+        exit_code: i32,
+        signal: Option<i32>,
+        reason: &str,
+        message: String,
+        started_at: Option<chrono::DateTime<Utc>>,
+        ran: Duration,
+    ) {
+        let stopping = self.stopping.is_some();
+        let policy = self.plan.restart_policy;
+        let c = &mut self.containers[idx];
+        let terminated = ContainerState::Terminated {
+            exit_code,
+            signal,
+            reason: reason.to_owned(),
+            message,
+            started_at,
+            finished_at: Utc::now(),
+        };
+        c.status.ready = false;
+        let restart = !stopping
+            && match c.plan.kind {
+                ContainerKind::Sidecar => true,
+                ContainerKind::Init => {
+                    exit_code != 0 && policy != crate::plan::RestartPolicy::Never
+                }
+                ContainerKind::App => policy.restarts(exit_code),
+            };
+        if restart {
+            let delay = c.backoff.next_delay(ran);
+            c.status.last_state = Some(terminated);
+            c.status.restart_count += 1;
+            c.next_start = Some(Instant::now() + delay);
+            c.status.state = if delay.is_zero() {
+                ContainerState::Waiting {
+                    reason: "ContainerCreating".into(),
+                    message: String::new(),
+                }
+            } else {
+                ContainerState::Waiting {
+                    reason: "CrashLoopBackOff".into(),
+                    message: format!(
+                        "back-off {}s restarting failed container={} pod={}",
+                        delay.as_secs(),
+                        c.plan.name,
+                        self.plan.name
+                    ),
+                }
+            };
+        } else {
+            c.status.state = terminated;
+            c.done = true;
+        }
+        self.status_dirty = true;
+    }
+
+    // ---- logs ----------------------------------------------------------------------
+
+    fn drain(&mut self, idx: usize, eof_expected: bool) {
+        let c = &mut self.containers[idx];
+        let (fds, log): (Vec<(Stream, &OwnedFd)>, &mut Option<CriLogWriter>) = match &c.running {
+            Some(_) => {
+                let r = c.running.as_mut().unwrap();
+                let mut v = Vec::new();
+                if let Some(fd) = &r.stdout {
+                    v.push((Stream::Stdout, fd));
+                }
+                if let Some(fd) = &r.stderr {
+                    v.push((Stream::Stderr, fd));
+                }
+                (v, &mut r.log)
+            }
+            None => (
+                c.draining.iter().map(|(s, fd)| (*s, fd)).collect(),
+                &mut c.draining_log,
+            ),
+        };
+        let mut closed = Vec::new();
+        let mut buf = [0u8; 32 * 1024];
+        for (stream, fd) in fds {
+            loop {
+                match nix::unistd::read(fd, &mut buf) {
+                    Ok(0) | Err(nix::Error::EIO) => {
+                        closed.push(fd.as_raw_fd());
+                        if let Some(l) = log.as_mut() {
+                            let _ = l.flush_partial(stream);
+                        }
+                        break;
+                    }
+                    Ok(n) => {
+                        if let Some(l) = log.as_mut() {
+                            if let Err(e) = l.write(stream, &buf[..n]) {
+                                warn!(error = %e, "write container log");
+                            }
+                        }
+                    }
+                    Err(nix::Error::EINTR) => continue,
+                    Err(_) => break, // EAGAIN: nothing more now
+                }
+            }
+        }
+        let _ = eof_expected;
+        if let Some(r) = c.running.as_mut() {
+            if r.stdout
+                .as_ref()
+                .is_some_and(|f| closed.contains(&f.as_raw_fd()))
+            {
+                r.stdout = None;
+            }
+            if r.stderr
+                .as_ref()
+                .is_some_and(|f| closed.contains(&f.as_raw_fd()))
+            {
+                r.stderr = None;
+            }
+        } else {
+            c.draining
+                .retain(|(_, fd)| !closed.contains(&fd.as_raw_fd()));
+            if c.draining.is_empty() {
+                c.draining_log = None;
+            }
+        }
+    }
+
+    // ---- the event loop ------------------------------------------------------------
+
+    fn next_timeout(&self) -> PollTimeout {
+        let now = Instant::now();
+        let mut next: Option<Instant> = self
+            .containers
+            .iter()
+            .filter(|c| c.running.is_none() && !c.done)
+            .filter_map(|c| c.next_start)
+            .min();
+        if let Some(s) = &self.stopping {
+            next = Some(next.map_or(s.deadline, |n| n.min(s.deadline)));
+            // While stopping, look again often: processes in shared PID namespaces are
+            // killed through the cgroup, which sends no SIGCHLD for grandchildren.
+            next = Some(next.unwrap().min(now + Duration::from_millis(200)));
+        }
+        match next {
+            None => PollTimeout::NONE,
+            Some(t) => {
+                let ms = t.saturating_duration_since(now).as_millis().min(60_000) as u16;
+                PollTimeout::from(ms.max(1))
+            }
+        }
+    }
+
+    fn poll_once(&mut self) -> Result<(), MonitorError> {
+        enum Src {
+            Signal,
+            Listener,
+            Holder(usize),
+            Pipe(usize),
+        }
+        let timeout = self.next_timeout();
+        let mut srcs = Vec::new();
+        let mut pfds = Vec::new();
+        pfds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
+        srcs.push(Src::Signal);
+        pfds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+        srcs.push(Src::Listener);
+        for (i, h) in self.holders.iter().enumerate() {
+            pfds.push(PollFd::new(h.as_fd(), PollFlags::POLLIN));
+            srcs.push(Src::Holder(i));
+        }
+        for (i, c) in self.containers.iter().enumerate() {
+            let fds: Vec<&OwnedFd> = match &c.running {
+                Some(r) => r.stdout.iter().chain(r.stderr.iter()).collect(),
+                None => c.draining.iter().map(|(_, f)| f).collect(),
+            };
+            for fd in fds {
+                pfds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                srcs.push(Src::Pipe(i));
+            }
+        }
+        match nix::poll::poll(&mut pfds, timeout) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => {
+                return Err(MonitorError::Sys {
+                    step: "poll",
+                    source: e,
+                })
+            }
+        }
+        let ready: Vec<bool> = pfds
+            .iter()
+            .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(pfds);
+        let mut hung_holders = Vec::new();
+        let mut pipes = Vec::new();
+        let mut accept = false;
+        for (src, r) in srcs.into_iter().zip(ready) {
+            if !r {
+                continue;
+            }
+            match src {
+                Src::Signal => self.on_signals(),
+                Src::Listener => accept = true,
+                Src::Holder(i) => hung_holders.push(i),
+                Src::Pipe(i) => pipes.push(i),
+            }
+        }
+        pipes.dedup();
+        for i in pipes {
+            self.drain(i, false);
+        }
+        for i in hung_holders.into_iter().rev() {
+            self.on_holder_readable(i);
+        }
+        if accept {
+            self.accept_clients();
+        }
+        Ok(())
+    }
+
+    fn on_signals(&mut self) {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            let sig = info.ssi_signo as i32;
+            if sig == libc::SIGCHLD {
+                continue; // reaped at the top of the loop
+            }
+            // A stop signal from outside the pod (sender pid 0 when the sender is in an
+            // ancestor PID namespace, or a host pid) stops and removes the pod; containers
+            // sharing the monitor's PID namespace cannot signal it through the pod's
+            // processes since the monitor is not visible... unless they share its
+            // namespace, in which case only root with CAP_KILL could, as with pause.
+            info!(pod = %self.plan.name, signal = sig, "stop signal received");
+            self.begin_stop(None, true, None);
+        }
+    }
+
+    fn on_holder_readable(&mut self, i: usize) {
+        let h = self.holders.remove(i);
+        match protocol::read_request(&h) {
+            Ok((Request::Release, _)) => {
+                let _ = protocol::write_response(&h, &Response::Ok);
+            }
+            Ok(_) => self.holders.insert(i, h),
+            Err(_) => {
+                // The foreground `podrun run` went away without releasing the pod.
+                warn!(pod = %self.plan.name, "the command holding the pod exited; stopping the pod");
+                self.begin_stop(None, true, None);
+            }
+        }
+    }
+
+    fn accept_clients(&mut self) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(_) => return,
+            };
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+            match protocol::read_request(&stream) {
+                Ok((req, fds)) => self.handle(stream, req, fds),
+                Err(e) => debug!(error = %e, "bad monitor request"),
+            }
+        }
+    }
+
+    fn handle(&mut self, stream: UnixStream, req: Request, fds: Vec<OwnedFd>) {
+        match req {
+            Request::Status => {
+                let _ = protocol::write_response(&stream, &Response::Status(self.status()));
+            }
+            Request::Hold => {
+                let _ = protocol::write_response(&stream, &Response::Ok);
+                let _ = stream.set_read_timeout(None);
+                self.holders.push(stream);
+            }
+            Request::Release => {
+                let _ = protocol::write_response(&stream, &Response::Ok);
+            }
+            Request::Stop { grace_secs, remove } => {
+                self.begin_stop(grace_secs, remove, Some(stream))
+            }
+            Request::Exec {
+                container,
+                args,
+                tty,
+            } => {
+                let Some(idx) = self
+                    .containers
+                    .iter()
+                    .position(|c| c.plan.name == container)
+                else {
+                    let _ = protocol::write_response(
+                        &stream,
+                        &Response::Error {
+                            message: format!(
+                                "container {container:?} not found in pod {}",
+                                self.plan.name
+                            ),
+                        },
+                    );
+                    return;
+                };
+                if self.containers[idx].running.is_none() {
+                    let _ = protocol::write_response(
+                        &stream,
+                        &Response::Error {
+                            message: format!("container {container:?} is not running"),
+                        },
+                    );
+                    return;
+                }
+                if fds.len() != 3 || args.is_empty() {
+                    let _ = protocol::write_response(
+                        &stream,
+                        &Response::Error {
+                            message: "exec needs a command and three descriptors".into(),
+                        },
+                    );
+                    return;
+                }
+                let _ = stream.set_read_timeout(None);
+                let _ = stream.set_write_timeout(None);
+                let mut fds = fds.into_iter();
+                let stdio = Stdio {
+                    stdin: fds.next().unwrap(),
+                    stdout: fds.next().unwrap(),
+                    stderr: fds.next().unwrap(),
+                    tty,
+                };
+                self.spawn_exec(idx, args, Some(stdio), Some(stream));
+            }
+        }
+    }
+
+    /// Start a process in container `idx` (exec, or a hook when `stream` is None).
+    fn spawn_exec(
+        &mut self,
+        idx: usize,
+        args: Vec<String>,
+        stdio: Option<Stdio>,
+        stream: Option<UnixStream>,
+    ) {
+        let hook = stream.is_none();
+        let result = (|| -> Result<Pid, String> {
+            let seccomp = self.compile_seccomp(idx)?;
+            let c = &self.containers[idx];
+            let init = c.running.as_ref().ok_or("container is not running")?.pid;
+            let mnt_ns = process::open_ns(init, "mnt").map_err(|e| e.to_string())?;
+            let pid_ns = if self.clone_flags().contains(CloneFlags::CLONE_NEWPID) {
+                Some(process::open_ns(init, "pid").map_err(|e| e.to_string())?)
+            } else {
+                None
+            };
+            let stdio = match stdio {
+                Some(s) => s,
+                None => {
+                    let null = || process::dev_null().map_err(|e| e.to_string());
+                    Stdio {
+                        stdin: null()?,
+                        stdout: null()?,
+                        stderr: null()?,
+                        tty: false,
+                    }
+                }
+            };
+            let mut spec: ProcessSpec = c.plan.process.clone();
+            spec.args = args;
+            if stdio.tty && !spec.env.iter().any(|e| e.starts_with("TERM=")) {
+                spec.env.push("TERM=xterm".into());
+            }
+            let cgroups = &self.cgroups;
+            let cg_path = c.plan.cgroup_path.clone();
+            let mut place = |pid: Pid| {
+                cgroups
+                    .add_process(&cg_path, pid.as_raw())
+                    .map_err(|e| format!("cgroup {cg_path}: {e}"))
+            };
+            process::with_pid_ns_for_children(pid_ns.as_ref(), || {
+                process::spawn(
+                    CloneFlags::empty(),
+                    ChildSetup::Join { mnt_ns: &mnt_ns },
+                    &spec,
+                    &seccomp,
+                    stdio,
+                    &mut place,
+                )
+            })
+            .map_err(|e| e.to_string())
+        })();
+        match result {
+            Ok(pid) => {
+                if let Some(s) = &stream {
+                    let _ = protocol::write_response(s, &Response::Started { pid: pid.as_raw() });
+                }
+                self.execs.insert(
+                    pid,
+                    ExecSession {
+                        stream,
+                        hook_of: hook.then_some(idx),
+                    },
+                );
+            }
+            Err(message) => {
+                warn!(pod = %self.plan.name, container = %self.containers[idx].plan.name, error = %message, "exec failed");
+                match stream {
+                    Some(s) => {
+                        let _ = protocol::write_response(&s, &Response::Error { message });
+                    }
+                    None if self.stopping.is_some() => self.signal_container(idx),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    // ---- stopping ------------------------------------------------------------------
+
+    fn begin_stop(&mut self, grace_secs: Option<u64>, remove: bool, waiter: Option<UnixStream>) {
+        let grace =
+            Duration::from_secs(grace_secs.unwrap_or(self.plan.termination_grace_period_secs));
+        if let Some(s) = &mut self.stopping {
+            s.remove |= remove;
+            s.deadline = s.deadline.min(Instant::now() + grace);
+            s.waiters.extend(waiter);
+            return;
+        }
+        info!(pod = %self.plan.name, grace_secs = grace.as_secs(), "stopping pod");
+        self.stopping = Some(Stopping {
+            deadline: Instant::now() + grace,
+            remove,
+            sidecars_signalled: false,
+            waiters: waiter.into_iter().collect(),
+        });
+        for c in &mut self.containers {
+            if c.running.is_none() && !c.done {
+                c.done = true;
+                c.next_start = None;
+                if !matches!(c.status.state, ContainerState::Terminated { .. }) {
+                    c.status.state = ContainerState::Waiting {
+                        reason: "PodTerminating".into(),
+                        message: String::new(),
+                    };
+                }
+            }
+        }
+        // App containers first (preStop hook, then the stop signal); sidecars once the
+        // app containers are gone, as kubelet does.
+        let apps: Vec<usize> = (0..self.containers.len())
+            .filter(|i| {
+                self.containers[*i].plan.kind != ContainerKind::Sidecar
+                    && self.containers[*i].running.is_some()
+            })
+            .collect();
+        for idx in apps {
+            self.stop_container(idx);
+        }
+        self.status_dirty = true;
+    }
+
+    fn stop_container(&mut self, idx: usize) {
+        let c = &self.containers[idx];
+        if c.running.is_none() || c.stop_sent {
+            return;
+        }
+        match c.plan.pre_stop.clone() {
+            Some(cmd) => {
+                self.containers[idx].stop_sent = true;
+                self.spawn_exec(idx, cmd, None, None)
+            }
+            None => self.signal_container(idx),
+        }
+    }
+
+    fn signal_container(&mut self, idx: usize) {
+        let c = &mut self.containers[idx];
+        if let Some(r) = &c.running {
+            c.stop_sent = true;
+            let sig = Signal::try_from(c.plan.stop_signal).unwrap_or(Signal::SIGTERM);
+            debug!(pod = %self.plan.name, container = %c.plan.name, signal = %sig, "signalling container");
+            let _ = nix::sys::signal::kill(r.pid, sig);
+        }
+    }
+
+    fn progress_stop(&mut self) {
+        let now = Instant::now();
+        let deadline_passed = self.stopping.as_ref().is_some_and(|s| now >= s.deadline);
+        let apps_running = self
+            .containers
+            .iter()
+            .any(|c| c.plan.kind != ContainerKind::Sidecar && c.running.is_some());
+        let sidecars_signalled = self.stopping.as_ref().is_some_and(|s| s.sidecars_signalled);
+        if !apps_running && !sidecars_signalled {
+            if let Some(s) = &mut self.stopping {
+                s.sidecars_signalled = true;
+            }
+            for idx in (0..self.containers.len()).rev() {
+                if self.containers[idx].plan.kind == ContainerKind::Sidecar {
+                    self.stop_container(idx);
+                }
+            }
+        }
+        if deadline_passed {
+            for idx in 0..self.containers.len() {
+                let c = &self.containers[idx];
+                if let Some(r) = &c.running {
+                    let _ = nix::sys::signal::kill(r.pid, Signal::SIGKILL);
+                }
+                // Processes outside the container's own PID namespace (shared or host
+                // PID) do not die with its init: kill the whole cgroup.
+                for pid in self.cgroups.pids(&c.plan.cgroup_path).unwrap_or_default() {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+            for pid in self.execs.keys() {
+                let _ = nix::sys::signal::kill(*pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    fn finished_stopping(&self) -> bool {
+        self.stopping.is_some()
+            && self.containers.iter().all(|c| c.running.is_none())
+            && self.execs.is_empty()
+    }
+
+    /// Remove everything the pod owns on the host. Idempotent; also used by podrun to
+    /// reap pods whose monitor died.
+    fn teardown(&mut self) {
+        // Flush the logs of anything still draining.
+        for idx in 0..self.containers.len() {
+            self.drain(idx, true);
+        }
+        self.containers.iter_mut().for_each(|c| {
+            c.draining.clear();
+            c.draining_log = None;
+        });
+        teardown_pod(&self.plan, self.cgroups.as_ref());
+    }
+}
+
+fn set_cloexec(fd: &OwnedFd) {
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+}
+
+/// Kill whatever is left in the pod's cgroups and remove every host resource of the pod:
+/// cgroups, container upper dirs, volumes, logs, state and the name reservation.
+/// Idempotent, so it is safe to run again after a crash at any point.
+pub fn teardown_pod(plan: &PodPlan, cgroups: &dyn CgroupManager) {
+    let mut paths: Vec<&str> = plan
+        .containers
+        .iter()
+        .map(|c| c.cgroup_path.as_str())
+        .collect();
+    paths.push(&plan.cgroup_path);
+    for path in &paths {
+        for attempt in 0..50 {
+            let pids = cgroups.pids(path).unwrap_or_default();
+            if pids.is_empty() {
+                break;
+            }
+            if attempt == 0 {
+                let _ = cgroups.freeze(path, true);
+            }
+            for pid in pids {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = cgroups.freeze(path, false);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Err(e) = cgroups.remove(path) {
+            warn!(pod = %plan.name, cgroup = %path, error = %e, "remove cgroup");
+        }
+    }
+    for c in &plan.containers {
+        if let Some(dir) = c.rootfs.upper.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&plan.data_dir);
+    let _ = std::fs::remove_dir_all(&plan.log_dir);
+    if let Some(names) = plan.state_dir.parent().and_then(Path::parent) {
+        let name_file = names
+            .join("names")
+            .join(format!("{}_{}", plan.namespace, plan.name));
+        if std::fs::read_to_string(&name_file).is_ok_and(|id| id.trim() == plan.id) {
+            let _ = std::fs::remove_file(&name_file);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&plan.state_dir);
+}

@@ -1,0 +1,210 @@
+//! The monitor's control protocol: one JSON request per line on the pod's unix socket
+//! (`<state>/pods/<id>/monitor.sock`), answered by JSON lines. `Exec` carries the exec
+//! process's stdin, stdout and stderr as SCM_RIGHTS descriptors in the same message, so
+//! the process talks to the caller's terminal or pipes directly, with no copying.
+
+use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::status::PodStatus;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    /// Stop every container gracefully; with `remove`, tear the pod down and exit.
+    Stop {
+        grace_secs: Option<u64>,
+        remove: bool,
+    },
+    /// Run a process in a running container. Three descriptors accompany the request.
+    Exec {
+        container: String,
+        args: Vec<String>,
+        tty: bool,
+    },
+    /// Keep the pod tied to this connection: if it closes without `Release`, the pod is
+    /// stopped and removed (the foreground `podrun run` died).
+    Hold,
+    Release,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Status(PodStatus),
+    Ok,
+    Started { pid: i32 },
+    Exited { exit_code: i32 },
+    Error { message: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("connect to pod monitor {path}: {source}")]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("talk to pod monitor: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("pod monitor: {0}")]
+    Sys(#[from] nix::Error),
+    #[error("bad message from pod monitor: {0}")]
+    Decode(#[from] serde_json::Error),
+    #[error("the pod monitor closed the connection")]
+    Closed,
+    #[error("{0}")]
+    Remote(String),
+}
+
+/// A client connection to one pod monitor.
+pub struct Client {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Client {
+    pub fn connect(socket: &Path) -> Result<Self, ProtocolError> {
+        let stream = UnixStream::connect(socket).map_err(|source| ProtocolError::Connect {
+            path: socket.display().to_string(),
+            source,
+        })?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Self { stream, reader })
+    }
+
+    pub fn set_timeout(&self, t: Option<Duration>) -> Result<(), ProtocolError> {
+        self.stream.set_read_timeout(t)?;
+        Ok(())
+    }
+
+    pub fn send(&mut self, req: &Request) -> Result<(), ProtocolError> {
+        let mut line = serde_json::to_vec(req)?;
+        line.push(b'\n');
+        self.stream.write_all(&line)?;
+        Ok(())
+    }
+
+    /// Send a request with descriptors attached.
+    pub fn send_with_fds(&mut self, req: &Request, fds: &[RawFd]) -> Result<(), ProtocolError> {
+        let mut line = serde_json::to_vec(req)?;
+        line.push(b'\n');
+        let iov = [IoSlice::new(&line)];
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        let sent = sendmsg::<()>(
+            self.stream.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::empty(),
+            None,
+        )?;
+        if sent < line.len() {
+            self.stream.write_all(&line[sent..])?;
+        }
+        Ok(())
+    }
+
+    pub fn recv(&mut self) -> Result<Response, ProtocolError> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(ProtocolError::Closed);
+        }
+        let resp: Response = serde_json::from_str(&line)?;
+        if let Response::Error { message } = resp {
+            return Err(ProtocolError::Remote(message));
+        }
+        Ok(resp)
+    }
+
+    pub fn call(&mut self, req: &Request) -> Result<Response, ProtocolError> {
+        self.send(req)?;
+        self.recv()
+    }
+}
+
+/// Server side: read one request line and any descriptors sent with it.
+pub fn read_request(stream: &UnixStream) -> Result<(Request, Vec<OwnedFd>), ProtocolError> {
+    let mut data = Vec::new();
+    let mut fds = Vec::new();
+    let mut buf = [0u8; 8192];
+    while !data.contains(&b'\n') {
+        let mut cmsg = nix::cmsg_space!([RawFd; 8]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(received) = c {
+                // SAFETY: the kernel just installed these descriptors in this process.
+                fds.extend(
+                    received
+                        .into_iter()
+                        .map(|fd| unsafe { crate::process::owned(fd) }),
+                );
+            }
+        }
+        let n = msg.bytes;
+        if n == 0 {
+            return Err(ProtocolError::Closed);
+        }
+        data.extend_from_slice(&buf[..n]);
+        if data.len() > 1 << 20 {
+            return Err(ProtocolError::Remote("request too large".into()));
+        }
+    }
+    let end = data.iter().position(|b| *b == b'\n').unwrap_or(data.len());
+    Ok((serde_json::from_slice(&data[..end])?, fds))
+}
+
+pub fn write_response(mut stream: &UnixStream, resp: &Response) -> Result<(), ProtocolError> {
+    let mut line = serde_json::to_vec(resp)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trip_with_fds() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut client = Client {
+            reader: BufReader::new(a.try_clone().unwrap()),
+            stream: a,
+        };
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        let req = Request::Exec {
+            container: "web".into(),
+            args: vec!["ls".into()],
+            tty: false,
+        };
+        client
+            .send_with_fds(&req, &[devnull.as_raw_fd(); 3])
+            .unwrap();
+        let (got, fds) = read_request(&b).unwrap();
+        assert_eq!(got, req);
+        assert_eq!(fds.len(), 3);
+        write_response(&b, &Response::Exited { exit_code: 3 }).unwrap();
+        assert_eq!(client.recv().unwrap(), Response::Exited { exit_code: 3 });
+        write_response(
+            &b,
+            &Response::Error {
+                message: "no such container".into(),
+            },
+        )
+        .unwrap();
+        assert!(matches!(client.recv(), Err(ProtocolError::Remote(m)) if m == "no such container"));
+    }
+}

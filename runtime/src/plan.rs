@@ -1,0 +1,130 @@
+//! The pod plan: everything the pod monitor needs to run a pod, fully resolved before the
+//! monitor starts (images to layer dirs, users to numeric ids, env and command merged,
+//! volumes to host paths). The monitor only executes it, so it stays small and never has
+//! to parse YAML or read image metadata.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroups::Resources;
+use crate::rootfs::RootfsSpec;
+use crate::security::capabilities::CapabilitySet;
+use crate::security::seccomp::SeccompProfile;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    /// Whether a container that exited with `exit_code` is started again.
+    pub fn restarts(self, exit_code: i32) -> bool {
+        match self {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => exit_code != 0,
+            RestartPolicy::Never => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerKind {
+    /// Runs to completion, in order, before the app containers.
+    Init,
+    /// Init container with `restartPolicy: Always`: started in init order, keeps running.
+    Sidecar,
+    App,
+}
+
+/// The process to run, as the kernel will see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ProcessSpec {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub capabilities: CapabilitySet,
+    pub no_new_privs: bool,
+    /// Desired oom_score_adj; only ever raised (lowering needs CAP_SYS_RESOURCE).
+    pub oom_score_adj: Option<i32>,
+    pub tty: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerPlan {
+    pub id: String,
+    pub name: String,
+    pub kind: ContainerKind,
+    /// The image as the pod names it, and the resolved image id.
+    pub image: String,
+    pub image_id: String,
+    pub rootfs: RootfsSpec,
+    pub process: ProcessSpec,
+    pub seccomp: SeccompProfile,
+    pub cgroup_path: String,
+    pub resources: Resources,
+    /// Signal number sent on stop (image StopSignal, else SIGTERM).
+    pub stop_signal: i32,
+    /// preStop exec hook command.
+    pub pre_stop: Option<Vec<String>>,
+    /// postStart exec hook command.
+    pub post_start: Option<Vec<String>>,
+    /// Host path of the file bind-mounted at terminationMessagePath.
+    pub termination_message: Option<PathBuf>,
+}
+
+/// A tmpfs the monitor mounts in its own mount namespace (emptyDir with medium Memory,
+/// /dev/shm), so it vanishes with the monitor whatever happens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsPlan {
+    pub path: PathBuf,
+    pub size_bytes: Option<u64>,
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodPlan {
+    pub id: String,
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub hostname: String,
+    pub host_network: bool,
+    pub host_ipc: bool,
+    pub host_pid: bool,
+    pub share_process_namespace: bool,
+    pub restart_policy: RestartPolicy,
+    pub termination_grace_period_secs: u64,
+    pub cgroup_driver: crate::cgroups::Driver,
+    pub cgroup_path: String,
+    pub pod_resources: Resources,
+    pub log_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub tmpfs: Vec<TmpfsPlan>,
+    /// Containers in start order: init and sidecars as listed, then app containers.
+    pub containers: Vec<ContainerPlan>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub annotations: std::collections::BTreeMap<String, String>,
+    /// The manifest the pod came from, for `podrun down FILE`.
+    pub source: Option<PathBuf>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// First delay of the restart back-off (kubelet: 10 s, doubling to 5 min).
+    #[serde(default = "default_backoff_base")]
+    pub backoff_base_ms: u64,
+}
+
+fn default_backoff_base() -> u64 {
+    10_000
+}
+
+impl PodPlan {
+    pub fn container(&self, name: &str) -> Option<&ContainerPlan> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+}

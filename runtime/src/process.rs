@@ -1,0 +1,412 @@
+//! Process creation: forking a container's init (and `exec` processes) from the pod
+//! monitor. The monitor is single-threaded, so the child can run ordinary Rust between the
+//! clone and the execve. The child reports a setup failure as one message on a CLOEXEC
+//! pipe, so the monitor learns of it synchronously; a successful execve closes that pipe.
+//!
+//! Nothing of podrun runs inside a container after execve: the child is made non-dumpable
+//! before it joins the container (so container processes cannot open its
+//! /proc/<pid>/exe, CVE-2019-5736), every inherited descriptor is marked close-on-exec,
+//! and the working directory is checked to be inside the container's root
+//! (CVE-2024-21626).
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::unistd::{Gid, Pid, Uid};
+
+use crate::plan::ProcessSpec;
+use crate::rootfs::RootfsSpec;
+use crate::security::capabilities::CapabilitySet;
+use crate::syscall::LinuxSyscall;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("{step}: {source}")]
+    Sys {
+        step: &'static str,
+        source: nix::Error,
+    },
+    /// The child failed before execve; the message is the child's own.
+    #[error("{0}")]
+    Start(String),
+    #[error("seccomp: {0}")]
+    Seccomp(String),
+}
+
+fn sys(step: &'static str) -> impl FnOnce(nix::Error) -> ProcessError {
+    move |source| ProcessError::Sys { step, source }
+}
+
+/// The stdio a child gets as descriptors 0, 1 and 2.
+pub struct Stdio {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    /// The descriptors are a terminal: make it the controlling terminal.
+    pub tty: bool,
+}
+
+/// What the child does once forked.
+pub enum ChildSetup<'a> {
+    /// A container's init: new mount namespace (and PID namespace, per the clone flags),
+    /// build the rootfs and pivot into it.
+    Container(&'a RootfsSpec),
+    /// An exec process: join the mount namespace of the container's init.
+    Join { mnt_ns: &'a OwnedFd },
+}
+
+/// A raw clone that behaves like fork(2) but can create namespaces for the child.
+/// Safe to use only from a single-threaded process (the pod monitor).
+pub(crate) fn clone_fork(flags: CloneFlags) -> nix::Result<Option<Pid>> {
+    // SAFETY: with no new stack the child continues on a copy-on-write copy of this one,
+    // exactly as after fork(2); the monitor is single-threaded so no lock is held.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags.bits() | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    match ret {
+        -1 => Err(nix::Error::last()),
+        0 => Ok(None),
+        pid => Ok(Some(Pid::from_raw(pid as i32))),
+    }
+}
+
+/// Fork a child that sets itself up as `setup` says and execs `process`. `before_release`
+/// runs in the parent with the child's PID while the child waits (to put it in its
+/// cgroup). Returns the child's PID once it has exec'd.
+pub fn spawn(
+    clone_flags: CloneFlags,
+    setup: ChildSetup<'_>,
+    process: &ProcessSpec,
+    seccomp: &[seccompiler::BpfProgram],
+    stdio: Stdio,
+    before_release: &mut dyn FnMut(Pid) -> Result<(), String>,
+) -> Result<Pid, ProcessError> {
+    let (sync_r, sync_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    match clone_fork(clone_flags).map_err(sys("clone"))? {
+        None => {
+            drop(sync_w);
+            drop(err_r);
+            let msg = match child(&sync_r, setup, process, seccomp, &stdio) {
+                Err(msg) => msg,
+                Ok(never) => match never {},
+            };
+            let _ = nix::unistd::write(&err_w, msg.as_bytes());
+            // SAFETY: _exit skips destructors and atexit handlers of the parent's copy.
+            unsafe { libc::_exit(if msg.contains("not found") { 127 } else { 128 }) }
+        }
+        Some(pid) => {
+            drop(sync_r);
+            drop(err_w);
+            drop(stdio);
+            if let Err(msg) = before_release(pid) {
+                kill_and_reap(pid);
+                return Err(ProcessError::Start(msg));
+            }
+            nix::unistd::write(&sync_w, b"1").map_err(sys("release child"))?;
+            drop(sync_w);
+            let msg = read_all(&err_r);
+            if !msg.is_empty() {
+                // The child already exited; reap it so it is not reported as a container exit.
+                let _ = nix::sys::wait::waitpid(pid, None);
+                return Err(ProcessError::Start(
+                    String::from_utf8_lossy(&msg).into_owned(),
+                ));
+            }
+            Ok(pid)
+        }
+    }
+}
+
+fn kill_and_reap(pid: Pid) {
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(pid, None);
+}
+
+fn read_all(fd: &OwnedFd) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => return out,
+        }
+    }
+}
+
+enum Never {}
+
+fn child(
+    sync_r: &OwnedFd,
+    setup: ChildSetup<'_>,
+    process: &ProcessSpec,
+    seccomp: &[seccompiler::BpfProgram],
+    stdio: &Stdio,
+) -> Result<Never, String> {
+    // Nobody may open this process's /proc/<pid>/exe (the podrun binary) from inside.
+    // SAFETY: plain prctl calls with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    let mut b = [0u8; 1];
+    match nix::unistd::read(sync_r, &mut b) {
+        Ok(1) => {}
+        _ => return Err("the pod monitor went away before the container started".into()),
+    }
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    for (fd, target) in [(&stdio.stdin, 0), (&stdio.stdout, 1), (&stdio.stderr, 2)] {
+        // SAFETY: dup2 onto the standard descriptors of this (child) process.
+        if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+            return Err(format!("dup2 stdio: {}", nix::Error::last()));
+        }
+    }
+    if stdio.tty {
+        // SAFETY: ioctl on our own stdin, which is the terminal slave.
+        unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+    }
+    match setup {
+        ChildSetup::Container(rootfs) => {
+            crate::rootfs::setup_rootfs(&LinuxSyscall, rootfs).map_err(|e| e.to_string())?;
+        }
+        ChildSetup::Join { mnt_ns } => {
+            nix::sched::setns(mnt_ns, CloneFlags::CLONE_NEWNS)
+                .map_err(|e| format!("join the container's mount namespace: {e}"))?;
+        }
+    }
+    finish_and_exec(process, seccomp)
+}
+
+/// Raise (never lower) oom_score_adj: lowering needs CAP_SYS_RESOURCE, which some hosts
+/// do not grant even to root, and a pod must not fail for it (containerd's
+/// restrict_oom_score_adj).
+fn raise_oom_score_adj(desired: i32) {
+    let current = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .unwrap_or(0);
+    if desired > current {
+        let _ = std::fs::write("/proc/self/oom_score_adj", desired.to_string());
+    }
+}
+
+fn cap_set(names: &[String]) -> Result<caps::CapsHashSet, String> {
+    names
+        .iter()
+        .map(|n| {
+            n.parse::<caps::Capability>()
+                .map_err(|e| format!("capability {n}: {e}"))
+        })
+        .collect()
+}
+
+fn apply_capabilities_before_user(set: &CapabilitySet) -> Result<(), String> {
+    let keep = cap_set(&set.bounding)?;
+    for cap in caps::runtime::thread_all_supported() {
+        if !keep.contains(&cap) {
+            caps::drop(None, caps::CapSet::Bounding, cap)
+                .map_err(|e| format!("drop {cap} from the bounding set: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn apply_capabilities_after_user(set: &CapabilitySet) -> Result<(), String> {
+    let err = |what: &str, e: caps::errors::CapsError| format!("set {what} capabilities: {e}");
+    caps::set(None, caps::CapSet::Inheritable, &cap_set(&set.inheritable)?)
+        .map_err(|e| err("inheritable", e))?;
+    caps::set(None, caps::CapSet::Permitted, &cap_set(&set.permitted)?)
+        .map_err(|e| err("permitted", e))?;
+    caps::set(None, caps::CapSet::Effective, &cap_set(&set.effective)?)
+        .map_err(|e| err("effective", e))?;
+    caps::clear(None, caps::CapSet::Ambient).map_err(|e| err("ambient", e))?;
+    for cap in cap_set(&set.ambient)? {
+        caps::raise(None, caps::CapSet::Ambient, cap).map_err(|e| err("ambient", e))?;
+    }
+    Ok(())
+}
+
+fn set_user(p: &ProcessSpec) -> Result<(), String> {
+    // Keep the permitted set across setuid so the container's capabilities can be set
+    // afterwards; the final capset decides what remains.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+    let groups: Vec<Gid> = p
+        .additional_gids
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
+    let gid = Gid::from_raw(p.gid);
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setgid {}: {e}", p.gid))?;
+    let uid = Uid::from_raw(p.uid);
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setuid {}: {e}", p.uid))?;
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
+    Ok(())
+}
+
+fn install_seccomp(programs: &[seccompiler::BpfProgram]) -> Result<(), String> {
+    crate::security::seccomp::install(programs).map_err(|e| format!("install seccomp filter: {e}"))
+}
+
+fn finish_and_exec(p: &ProcessSpec, seccomp: &[seccompiler::BpfProgram]) -> Result<Never, String> {
+    if let Some(adj) = p.oom_score_adj {
+        raise_oom_score_adj(adj);
+    }
+    // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN, so it goes in before
+    // the capabilities are dropped; with it, as late as possible.
+    if !p.no_new_privs {
+        install_seccomp(seccomp)?;
+    }
+    apply_capabilities_before_user(&p.capabilities)?;
+    set_user(p)?;
+    apply_capabilities_after_user(&p.capabilities)?;
+    if p.no_new_privs {
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(format!("set no_new_privs: {}", nix::Error::last()));
+        }
+    }
+    let cwd = if p.cwd.is_empty() { "/" } else { &p.cwd };
+    nix::unistd::chdir(cwd).map_err(|e| format!("chdir to working directory {cwd:?}: {e}"))?;
+    // A working directory reached through a leaked host descriptor would print as
+    // "(unreachable)/..." (CVE-2024-21626): refuse to run there.
+    match nix::unistd::getcwd() {
+        Ok(d) if d.is_absolute() => {}
+        _ => {
+            return Err(format!(
+                "working directory {cwd:?} is outside the container"
+            ))
+        }
+    }
+    let path = resolve_executable(&p.args, &p.env)?;
+    let argv: Vec<CString> = p
+        .args
+        .iter()
+        .map(|a| cstring(a))
+        .collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = p.env.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
+    mark_all_cloexec();
+    if p.no_new_privs {
+        install_seccomp(seccomp)?;
+    }
+    let e = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
+    Err(format!("exec {:?}: {e}", p.args[0]))
+}
+
+fn cstring(s: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("argument or environment entry contains a NUL byte: {s:?}"))
+}
+
+/// Mark every descriptor above stderr close-on-exec, so nothing the monitor holds (its
+/// sockets, cgroup or state directories) reaches the container.
+fn mark_all_cloexec() {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes descriptor flags.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if ret != 0 {
+        // Kernels before 5.11: walk /proc/self/fd.
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            let fds: Vec<RawFd> = dir
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                .collect();
+            for fd in fds.into_iter().filter(|fd| *fd > 2) {
+                // SAFETY: setting FD_CLOEXEC on a descriptor number; a stale one fails harmlessly.
+                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            }
+        }
+    }
+}
+
+/// Find argv[0] the way execvp does, on the container's PATH (already pivoted).
+fn resolve_executable(args: &[String], env: &[String]) -> Result<CString, String> {
+    let Some(cmd) = args.first() else {
+        return Err("no command to run".into());
+    };
+    if cmd.contains('/') {
+        return cstring(cmd);
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(cmd);
+        if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
+            && candidate.metadata().map(|m| m.is_file()).unwrap_or(false)
+        {
+            return cstring(&candidate.to_string_lossy());
+        }
+    }
+    Err(format!("exec: {cmd:?}: executable file not found in $PATH"))
+}
+
+/// Open a namespace of `pid` (e.g. "mnt", "pid") close-on-exec.
+pub fn open_ns(pid: Pid, kind: &str) -> Result<OwnedFd, ProcessError> {
+    let path = format!("/proc/{pid}/ns/{kind}");
+    let fd = nix::fcntl::open(
+        path.as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(sys("open namespace"))?;
+    Ok(fd)
+}
+
+/// Run `f` with this process's children created in the PID namespace `target`; the
+/// monitor's own PID namespace is restored afterwards whatever `f` returns.
+pub fn with_pid_ns_for_children<T>(
+    target: Option<&OwnedFd>,
+    f: impl FnOnce() -> Result<T, ProcessError>,
+) -> Result<T, ProcessError> {
+    let Some(target) = target else { return f() };
+    let own = open_ns(nix::unistd::getpid(), "pid")?;
+    nix::sched::setns(target, CloneFlags::CLONE_NEWPID)
+        .map_err(sys("join the container's PID namespace"))?;
+    let result = f();
+    nix::sched::setns(&own, CloneFlags::CLONE_NEWPID)
+        .map_err(sys("restore the monitor's PID namespace"))?;
+    result
+}
+
+/// Wrap a raw descriptor received over a socket.
+///
+/// # Safety
+/// `fd` must be an open descriptor owned by nobody else.
+pub unsafe fn owned(fd: RawFd) -> OwnedFd {
+    // SAFETY: per the caller's contract.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// `/dev/null` opened read-write, close-on-exec, for a process without stdin.
+pub fn dev_null() -> Result<OwnedFd, ProcessError> {
+    nix::fcntl::open(
+        "/dev/null",
+        OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(sys("open /dev/null"))
+}
+
+/// A borrowed view, for callers holding raw descriptors.
+pub fn borrow(fd: &OwnedFd) -> BorrowedFd<'_> {
+    use std::os::fd::AsFd;
+    fd.as_fd()
+}

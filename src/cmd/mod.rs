@@ -1,0 +1,192 @@
+//! One function per subcommand: build what the library needs and call it.
+
+mod exec;
+mod logs;
+mod output;
+mod run;
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use podrun_runtime::pod::{PodRuntime, RuntimeConfig};
+use podrun_runtime::state::Paths;
+
+use crate::{Cli, Command, ImageCommand};
+
+pub fn runtime(cli: &Cli) -> Result<PodRuntime> {
+    let mut config = RuntimeConfig::new(Paths::new(&cli.root, &cli.state, &cli.log_root));
+    config.cgroup_driver = cli
+        .cgroup_driver
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--cgroup-driver: {e}"))?;
+    podrun_runtime::state::validate_path_component("--cgroup-root", &cli.cgroup_root)
+        .map_err(anyhow::Error::msg)?;
+    config.cgroup_root = cli.cgroup_root.clone();
+    let rt = PodRuntime::new(config)?;
+    // Whatever a crash left behind goes before anything else happens.
+    for pod in rt.reap()? {
+        eprintln!("podrun: removed leftovers of pod {pod} (its monitor was gone)");
+    }
+    Ok(rt)
+}
+
+fn namespace(cli: &Cli) -> String {
+    cli.namespace.clone().unwrap_or_else(|| "default".into())
+}
+
+pub fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Monitor {
+            ready_fd,
+            state_dir,
+        } => {
+            // SAFETY: the launcher passes this descriptor to us and nobody else owns it.
+            let ready = ready_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+            if let Some(fd) = &ready {
+                // Keep it out of every container.
+                // SAFETY: fcntl on our own descriptor.
+                unsafe {
+                    libc::fcntl(
+                        std::os::fd::AsRawFd::as_raw_fd(fd),
+                        libc::F_SETFD,
+                        libc::FD_CLOEXEC,
+                    )
+                };
+            }
+            podrun_runtime::monitor::run(state_dir, ready)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { detach, file } => run::run(&cli, file, *detach),
+        Command::Pods { output } => output::pods(&runtime(&cli)?, output),
+        Command::Ps { all, output } => output::ps(&runtime(&cli)?, *all, output),
+        Command::Logs {
+            follow,
+            container,
+            previous,
+            pod,
+        } => logs::logs(
+            &runtime(&cli)?,
+            &namespace(&cli),
+            pod,
+            container.as_deref(),
+            *follow,
+            *previous,
+        ),
+        Command::Exec {
+            interactive,
+            tty,
+            container,
+            pod,
+            command,
+        } => exec::exec(
+            &runtime(&cli)?,
+            &namespace(&cli),
+            pod,
+            container.as_deref(),
+            command.clone(),
+            *interactive,
+            *tty,
+        ),
+        Command::Down { file, grace_period } => {
+            let rt = runtime(&cli)?;
+            let m = podrun_runtime::spec::load_manifest(file)?;
+            let ns = cli
+                .namespace
+                .clone()
+                .unwrap_or_else(|| m.namespace().to_owned());
+            match rt.find(&ns, m.name()) {
+                Ok(pod) => {
+                    rt.stop(&pod, *grace_period, true)?;
+                    println!("pod {ns}/{} removed", m.name());
+                }
+                Err(podrun_runtime::pod::PodError::NotFound(_)) => {
+                    println!("pod {ns}/{} not found (nothing to do)", m.name())
+                }
+                Err(e) => return Err(e.into()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rm { pods, grace_period } => {
+            let rt = runtime(&cli)?;
+            let ns = namespace(&cli);
+            let mut failed = false;
+            for name in pods {
+                match rt
+                    .find(&ns, name)
+                    .and_then(|p| rt.stop(&p, *grace_period, true))
+                {
+                    Ok(()) => println!("{name}"),
+                    Err(e) => {
+                        eprintln!("podrun: {name}: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Images { output } => output::images(&runtime(&cli)?, output),
+        Command::Image { command } => match command {
+            ImageCommand::Ls { output } => output::images(&runtime(&cli)?, output),
+            ImageCommand::Load { file } => {
+                let rt = runtime(&cli)?;
+                let loaded = rt
+                    .images
+                    .load_archive(file)
+                    .with_context(|| format!("load {}", file.display()))?;
+                if loaded.is_empty() {
+                    bail!("{}: the archive holds no image", file.display());
+                }
+                for img in loaded {
+                    let tags = if img.repo_tags.is_empty() {
+                        vec!["<none>".to_owned()]
+                    } else {
+                        img.repo_tags.clone()
+                    };
+                    for t in tags {
+                        println!("Loaded image: {t} ({})", &img.id);
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            ImageCommand::Rm { images } => {
+                let rt = runtime(&cli)?;
+                let in_use: Vec<String> = rt
+                    .list()?
+                    .iter()
+                    .flat_map(|p| p.plan.containers.iter().map(|c| c.image_id.clone()))
+                    .collect();
+                let mut failed = false;
+                for r in images {
+                    let res =
+                        rt.images
+                            .get(r)
+                            .map_err(anyhow::Error::from)
+                            .and_then(|img| match img {
+                                Some(img) if in_use.contains(&img.id) => {
+                                    bail!("image is in use by a pod")
+                                }
+                                Some(_) => Ok(rt.images.remove(r)?),
+                                None => bail!("image not found"),
+                            });
+                    match res {
+                        Ok(()) => println!("Deleted: {r}"),
+                        Err(e) => {
+                            eprintln!("podrun: {r}: {e:#}");
+                            failed = true;
+                        }
+                    }
+                }
+                Ok(if failed {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                })
+            }
+        },
+    }
+}

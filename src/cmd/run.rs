@@ -1,0 +1,152 @@
+//! `podrun run`: start a pod, then either return once it runs (-d) or stream its logs
+//! until Ctrl-C or until every container is done, and remove it.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use podrun_runtime::monitor::protocol::{Client, Request};
+use podrun_runtime::status::{ContainerState, PodPhase};
+
+use super::logs::Tailer;
+use crate::Cli;
+
+pub fn run(cli: &Cli, file: &Path, detach: bool) -> Result<ExitCode> {
+    // Block the stop signals before anything starts, so a Ctrl-C during start-up is
+    // handled as a stop of the pod rather than killing podrun half-way.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGHUP);
+    mask.thread_block()?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+
+    let rt = super::runtime(cli)?;
+    let mut m = podrun_runtime::spec::load_manifest(file)?;
+    podrun_runtime::spec::apply_defaults(&mut m, cli.namespace.as_deref());
+    let plan = rt.run(&m)?;
+    let pod = rt.find(&plan.namespace, &plan.name)?;
+
+    if detach {
+        // Return once every container has started (or report why one could not).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let status = rt.status(&pod);
+            if let Some(s) = &status {
+                let failed = s
+                    .containers
+                    .iter()
+                    .find_map(|c| match (&c.state, &c.last_state) {
+                        (
+                            ContainerState::Terminated {
+                                reason, message, ..
+                            },
+                            _,
+                        )
+                        | (
+                            _,
+                            Some(ContainerState::Terminated {
+                                reason, message, ..
+                            }),
+                        ) if reason == "StartError" => {
+                            Some(format!("container {}: {message}", c.name))
+                        }
+                        _ => None,
+                    });
+                if let Some(msg) = failed {
+                    rt.stop(&pod, Some(0), true)?;
+                    bail!(
+                        "pod {}/{} failed to start: {msg}",
+                        plan.namespace,
+                        plan.name
+                    );
+                }
+                let started = s.containers.iter().filter(|c| !c.init).all(|c| {
+                    c.restart_count > 0 || !matches!(c.state, ContainerState::Waiting { .. })
+                });
+                if started || matches!(s.phase, PodPhase::Failed | PodPhase::Succeeded) {
+                    println!("pod {}/{} started ({})", plan.namespace, plan.name, s.phase);
+                    return Ok(ExitCode::SUCCESS);
+                }
+            } else if !rt.find(&plan.namespace, &plan.name).is_ok_and(|p| p.alive) {
+                bail!(
+                    "pod {}/{}: the pod monitor exited",
+                    plan.namespace,
+                    plan.name
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "pod {}/{}: containers did not start within 120s (see `podrun pods`)",
+                    plan.namespace,
+                    plan.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    // Foreground: if podrun dies, the monitor notices the closed connection and removes
+    // the pod.
+    let mut hold = Client::connect(&pod.socket())?;
+    hold.call(&Request::Hold)?;
+    let mut tailer = Tailer::new(&plan, None, false);
+    loop {
+        tailer.poll()?;
+        if signals.read_signal()?.is_some() {
+            eprintln!(
+                "podrun: stopping pod {}/{} (grace period {}s)",
+                plan.namespace, plan.name, plan.termination_grace_period_secs
+            );
+            break;
+        }
+        let status = rt.status(&pod);
+        match &status {
+            Some(s) if matches!(s.phase, PodPhase::Succeeded | PodPhase::Failed) => break,
+            None if !rt.find(&plan.namespace, &plan.name).is_ok_and(|p| p.alive) => break,
+            _ => {}
+        }
+        let mut fds = [nix::poll::PollFd::new(
+            signals.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
+    }
+    let final_status = rt.status(&pod);
+    let pod = rt.find(&plan.namespace, &plan.name)?;
+    // Stop and remove; a second Ctrl-C shortens the grace period to nothing.
+    let result = std::thread::scope(|s| {
+        let h = s.spawn(|| rt.stop(&pod, None, true));
+        while !h.is_finished() {
+            if signals.read_signal().ok().flatten().is_some() {
+                if let Ok(mut c) = Client::connect(&pod.socket()) {
+                    let _ = c.send(&Request::Stop {
+                        grace_secs: Some(0),
+                        remove: true,
+                    });
+                }
+            }
+            let _ = tailer.poll();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        h.join().expect("stop thread")
+    });
+    let _ = tailer.poll();
+    drop(hold);
+    result?;
+    let code = final_status
+        .as_ref()
+        .and_then(|s| {
+            s.containers
+                .iter()
+                .filter(|c| !c.init)
+                .filter_map(|c| c.state.exit_code())
+                .find(|c| *c != 0)
+        })
+        .unwrap_or(0);
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
