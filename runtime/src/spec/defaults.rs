@@ -21,7 +21,7 @@ pub fn default_image_pull_policy(image: &str) -> &'static str {
 }
 
 /// Read a random version-4 UUID from the kernel, so no RNG crate is needed.
-fn new_uid() -> String {
+pub(crate) fn new_uid() -> String {
     match std::fs::read_to_string("/proc/sys/kernel/random/uuid") {
         Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
         // Not Linux or /proc not mounted: still unique per process and time, v4-shaped.
@@ -42,6 +42,24 @@ fn new_uid() -> String {
             )
         }
     }
+}
+
+/// The API server's name for an object with only `generateName`: the prefix plus five
+/// characters from an alphabet without vowels or look-alikes.
+pub(crate) fn generate_name(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let random: Vec<u8> = new_uid().bytes().filter(u8::is_ascii_hexdigit).collect();
+    let suffix: String = random
+        .chunks(2)
+        .take(5)
+        .map(|pair| {
+            let v = pair.iter().fold(0usize, |acc, b| {
+                acc * 16 + (*b as char).to_digit(16).unwrap_or(0) as usize
+            });
+            ALPHABET[v % ALPHABET.len()] as char
+        })
+        .collect();
+    format!("{prefix}{suffix}")
 }
 
 /// Fill in the defaults the API server would: namespace ("default" or the override),
@@ -122,6 +140,29 @@ mod tests {
     use super::*;
     use crate::spec::parse_manifest;
     use std::path::Path;
+
+    #[test]
+    fn generated_names() {
+        let a = generate_name("web-");
+        assert_eq!(a.len(), 9, "{a}");
+        assert!(a.starts_with("web-"));
+        assert!(
+            a[4..]
+                .bytes()
+                .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b)),
+            "{a}"
+        );
+        let m = parse_manifest(
+            "apiVersion: v1\nkind: Pod\nmetadata: {generateName: job-}\nspec: {containers: [{name: c, image: x}]}\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        assert!(
+            m.name().starts_with("job-") && m.name().len() == 9,
+            "{}",
+            m.name()
+        );
+    }
 
     #[test]
     fn pull_policy_table() {

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_norway::Value;
 
+use super::defaults::generate_name;
 use super::validate::{validate, DocLabels};
 use super::{PodManifest, SpecError};
 
@@ -139,13 +140,18 @@ pub fn parse_manifest(text: &str, source: &Path) -> Result<PodManifest, SpecErro
         }
     }
 
-    let Some((pod, _)) = pod else {
+    let Some((mut pod, _)) = pod else {
         return Err(SpecError::InvalidManifest {
             path: source.to_path_buf(),
             message: "no Pod in the file (expected one document with apiVersion: v1, kind: Pod)"
                 .to_string(),
         });
     };
+    if pod.metadata.name.is_none() {
+        if let Some(prefix) = pod.metadata.generate_name.as_deref() {
+            pod.metadata.name = Some(generate_name(prefix));
+        }
+    }
     let manifest = PodManifest {
         pod,
         config_maps,
