@@ -1,0 +1,922 @@
+//! cgroupfs driver on cgroup v1 (legacy and hybrid hosts): one directory per
+//! hierarchy (cpu, cpuacct, cpuset, memory, pids, freezer, ...), each cgroup created in
+//! all of them, limits written to the controller that owns them.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::fs::{
+    clean_path, keyed_value, mkdir_all, parse_u64, read_optional, remove_tree, subtree_pids,
+    write_optional, CgroupFs,
+};
+use super::mountinfo::{relative_to, MountTable};
+use super::{
+    cgroupfs_pod_path, CgroupError, CgroupManager, Driver, Hierarchy, QosClass, Resources, Stats,
+    DEFAULT_CPU_PERIOD, MAX_CPU_SHARES, MIN_CPU_SHARES,
+};
+
+/// How long freeze waits for the kernel to settle FREEZING into FROZEN.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One mounted v1 hierarchy, its directory relative to the filesystem root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V1Dir {
+    pub dir: PathBuf,
+    pub controllers: Vec<String>,
+}
+
+impl V1Dir {
+    fn has(&self, controller: &str) -> bool {
+        self.controllers.iter().any(|c| c == controller)
+    }
+}
+
+/// The v1 cgroupfs backend.
+pub struct V1Manager {
+    hierarchy: Hierarchy,
+    fs: Arc<dyn CgroupFs>,
+    dirs: Vec<V1Dir>,
+}
+
+impl V1Manager {
+    /// A manager over explicit hierarchy directories (relative to `fs`'s root).
+    pub fn new(hierarchy: Hierarchy, fs: Arc<dyn CgroupFs>, dirs: Vec<V1Dir>) -> Self {
+        V1Manager {
+            hierarchy,
+            fs,
+            dirs,
+        }
+    }
+
+    /// A manager over the v1 mounts of `table` that lie below `mount_root`.
+    pub fn from_mounts(
+        hierarchy: Hierarchy,
+        table: &MountTable,
+        mount_root: &Path,
+        fs: Arc<dyn CgroupFs>,
+    ) -> Result<Self, CgroupError> {
+        let mut dirs = Vec::new();
+        for m in &table.v1 {
+            match relative_to(&m.mount_point, mount_root) {
+                Some(dir) => dirs.push(V1Dir {
+                    dir,
+                    controllers: m.controllers.clone(),
+                }),
+                None => tracing::debug!(
+                    mount_point = %m.mount_point.display(),
+                    mount_root = %mount_root.display(),
+                    "ignoring v1 hierarchy outside the mount root"
+                ),
+            }
+        }
+        if !dirs.iter().any(|d| d.has("memory") || d.has("cpu")) {
+            let mount_point = table
+                .v1_for("memory")
+                .map(|m| m.mount_point.clone())
+                .unwrap_or_default();
+            return Err(CgroupError::MountOutsideRoot {
+                mount_point,
+                mount_root: mount_root.to_path_buf(),
+            });
+        }
+        Ok(Self::new(hierarchy, fs, dirs))
+    }
+
+    /// Directories of the hierarchies this manager writes to.
+    pub fn hierarchy_dirs(&self) -> &[V1Dir] {
+        &self.dirs
+    }
+
+    /// The cgroup's directory in the hierarchy carrying `controller`.
+    fn dir_of(&self, controller: &str, rel: &Path) -> Option<PathBuf> {
+        self.dirs
+            .iter()
+            .find(|d| d.has(controller))
+            .map(|d| d.dir.join(rel))
+    }
+
+    /// Create the cgroup's directories in every hierarchy (cpusets filled from the
+    /// parents) without touching limits. The systemd driver uses this for the v1
+    /// hierarchies systemd does not manage (cpuset, freezer, ...).
+    pub fn create_dirs(&self, path: &str) -> Result<(), CgroupError> {
+        let rel = clean_path(path)?;
+        for h in &self.dirs {
+            let cpuset = h.has("cpuset");
+            mkdir_all(
+                &*self.fs,
+                &h.dir,
+                &rel,
+                |_| Ok(()),
+                |parent, child| {
+                    if cpuset {
+                        self.fill_cpuset(parent, child)?;
+                    }
+                    Ok(())
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Write only the cpuset fields of `res`.
+    pub fn apply_cpuset(&self, path: &str, res: &Resources) -> Result<(), CgroupError> {
+        let rel = clean_path(path)?;
+        if let Some(dir) = self.dir_of("cpuset", &rel) {
+            if let Some(cpus) = &res.cpuset_cpus {
+                write_optional(&*self.fs, &dir.join("cpuset.cpus"), cpus)?;
+            }
+            if let Some(mems) = &res.cpuset_mems {
+                write_optional(&*self.fs, &dir.join("cpuset.mems"), mems)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn exists_anywhere(&self, rel: &Path) -> bool {
+        self.dirs.iter().any(|d| self.fs.exists(&d.dir.join(rel)))
+    }
+
+    /// A fresh cpuset cgroup has empty cpus/mems and refuses tasks until they are set:
+    /// copy them from the parent.
+    fn fill_cpuset(&self, parent: &Path, child: &Path) -> Result<(), CgroupError> {
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            let Some(current) = read_optional(&*self.fs, &child.join(file))? else {
+                continue;
+            };
+            if !current.trim().is_empty() {
+                continue;
+            }
+            if let Some(inherited) = read_optional(&*self.fs, &parent.join(file))? {
+                if !inherited.trim().is_empty() {
+                    write_optional(&*self.fs, &child.join(file), inherited.trim())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_cpu(&self, dir: &Path, res: &Resources) -> Result<(), CgroupError> {
+        let fs = &*self.fs;
+        if let Some(shares) = res.cpu_shares {
+            let shares = shares.clamp(MIN_CPU_SHARES, MAX_CPU_SHARES);
+            write_optional(fs, &dir.join("cpu.shares"), &shares.to_string())?;
+        }
+        let (quota, period) = v1_cfs(res);
+        let quota_file = dir.join("cpu.cfs_quota_us");
+        let quota_value = quota.to_string();
+        let Some(period) = period else {
+            write_optional(fs, &quota_file, &quota_value)?;
+            return Ok(());
+        };
+        // The kernel checks quota/period against the parent on every write, so one
+        // order can fail where the other passes: try period first, then the reverse.
+        let period_file = dir.join("cpu.cfs_period_us");
+        match write_optional(fs, &period_file, &period.to_string()) {
+            Ok(_) => {
+                write_optional(fs, &quota_file, &quota_value)?;
+            }
+            Err(CgroupError::WriteFile { ref source, .. })
+                if source.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                write_optional(fs, &quota_file, &quota_value)?;
+                write_optional(fs, &period_file, &period.to_string())?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    fn apply_memory(&self, path: &str, dir: &Path, res: &Resources) -> Result<(), CgroupError> {
+        let fs = &*self.fs;
+        let file = dir.join("memory.limit_in_bytes");
+        let Some(limit) = res.memory_limit.filter(|l| *l > 0) else {
+            write_optional(fs, &file, "-1")?;
+            return Ok(());
+        };
+        let working_set = self.memory_working_set(dir)?;
+        if (limit as u64) < working_set {
+            return Err(CgroupError::MemoryBelowUsage {
+                path: path.to_string(),
+                limit,
+                usage: working_set,
+            });
+        }
+        match write_optional(fs, &file, &limit.to_string()) {
+            // The kernel answers EBUSY when it cannot reclaim down to the new limit.
+            Err(CgroupError::WriteFile { ref source, .. })
+                if source.raw_os_error() == Some(libc::EBUSY) =>
+            {
+                let usage = read_optional(fs, &dir.join("memory.usage_in_bytes"))?
+                    .and_then(|s| parse_u64(&s))
+                    .unwrap_or(0);
+                Err(CgroupError::MemoryBelowUsage {
+                    path: path.to_string(),
+                    limit,
+                    usage,
+                })
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    fn memory_working_set(&self, dir: &Path) -> Result<u64, CgroupError> {
+        let usage = read_optional(&*self.fs, &dir.join("memory.usage_in_bytes"))?
+            .and_then(|s| parse_u64(&s))
+            .unwrap_or(0);
+        let stat = read_optional(&*self.fs, &dir.join("memory.stat"))?.unwrap_or_default();
+        let inactive = keyed_value(&stat, "total_inactive_file")
+            .or_else(|| keyed_value(&stat, "inactive_file"))
+            .unwrap_or(0);
+        Ok(usage.saturating_sub(inactive))
+    }
+}
+
+/// The v1 CFS values to write: quota (-1 = unlimited) and the period, if any.
+pub fn v1_cfs(res: &Resources) -> (i64, Option<u64>) {
+    match res.cpu_quota.filter(|q| *q > 0) {
+        Some(q) => (q, Some(res.cpu_period.unwrap_or(DEFAULT_CPU_PERIOD))),
+        None => (-1, res.cpu_period),
+    }
+}
+
+/// pids.max value: non-positive limits mean unlimited, as in Kubernetes.
+pub fn pids_max(limit: Option<i64>) -> String {
+    match limit.filter(|l| *l > 0) {
+        Some(l) => l.to_string(),
+        None => "max".to_string(),
+    }
+}
+
+fn read_counter(fs: &dyn CgroupFs, file: &Path) -> Result<u64, CgroupError> {
+    Ok(read_optional(fs, file)?
+        .and_then(|s| parse_u64(&s))
+        .unwrap_or(0))
+}
+
+impl CgroupManager for V1Manager {
+    fn driver(&self) -> Driver {
+        Driver::Cgroupfs
+    }
+
+    fn hierarchy(&self) -> Hierarchy {
+        self.hierarchy
+    }
+
+    fn pod_path(&self, root: &str, qos: QosClass, pod_uid: &str) -> String {
+        cgroupfs_pod_path(root, qos, pod_uid)
+    }
+
+    fn container_path(&self, pod_path: &str, container_id: &str) -> String {
+        format!("{}/{container_id}", pod_path.trim_end_matches('/'))
+    }
+
+    fn ensure(&self, path: &str, resources: &Resources) -> Result<(), CgroupError> {
+        self.create_dirs(path)?;
+        self.update(path, resources)
+    }
+
+    fn add_process(&self, path: &str, pid: i32) -> Result<(), CgroupError> {
+        let rel = clean_path(path)?;
+        for h in &self.dirs {
+            let procs = h.dir.join(&rel).join("cgroup.procs");
+            self.fs
+                .write(&procs, &pid.to_string())
+                .map_err(|source| match source.kind() {
+                    io::ErrorKind::NotFound => CgroupError::NotFound {
+                        path: path.to_string(),
+                    },
+                    _ => CgroupError::AddProcess {
+                        path: path.to_string(),
+                        pid,
+                        source,
+                    },
+                })?;
+        }
+        tracing::debug!(cgroup = %path, pid, "process added to cgroup");
+        Ok(())
+    }
+
+    fn update(&self, path: &str, resources: &Resources) -> Result<(), CgroupError> {
+        let rel = clean_path(path)?;
+        if !self.exists_anywhere(&rel) {
+            return Err(CgroupError::NotFound {
+                path: path.to_string(),
+            });
+        }
+        let fs = &*self.fs;
+        self.apply_cpuset(path, resources)?;
+        match self.dir_of("cpu", &rel) {
+            Some(dir) => self.apply_cpu(&dir, resources)?,
+            None => tracing::debug!(cgroup = %path, "no cpu hierarchy, cpu limits skipped"),
+        }
+        match self.dir_of("memory", &rel) {
+            Some(dir) => self.apply_memory(path, &dir, resources)?,
+            None => tracing::debug!(cgroup = %path, "no memory hierarchy, memory limit skipped"),
+        }
+        match self.dir_of("pids", &rel) {
+            Some(dir) => {
+                write_optional(fs, &dir.join("pids.max"), &pids_max(resources.pids_limit))?;
+            }
+            None => tracing::debug!(cgroup = %path, "no pids hierarchy, pids limit skipped"),
+        }
+        Ok(())
+    }
+
+    fn stats(&self, path: &str) -> Result<Stats, CgroupError> {
+        let rel = clean_path(path)?;
+        if !self.exists_anywhere(&rel) {
+            return Err(CgroupError::NotFound {
+                path: path.to_string(),
+            });
+        }
+        let fs = &*self.fs;
+        let mut stats = Stats::default();
+        if let Some(dir) = self.dir_of("cpuacct", &rel) {
+            stats.cpu_usage_ns = read_counter(fs, &dir.join("cpuacct.usage"))?;
+        }
+        if let Some(dir) = self.dir_of("memory", &rel) {
+            stats.memory_usage = read_counter(fs, &dir.join("memory.usage_in_bytes"))?;
+            stats.memory_working_set = self.memory_working_set(&dir)?;
+            let stat = read_optional(fs, &dir.join("memory.stat"))?.unwrap_or_default();
+            // total_* include descendants; the plain keys only this cgroup.
+            let get = |k: &str| {
+                keyed_value(&stat, &format!("total_{k}"))
+                    .or_else(|| keyed_value(&stat, k))
+                    .unwrap_or(0)
+            };
+            stats.memory_rss = get("rss");
+            stats.page_faults = get("pgfault");
+            stats.major_page_faults = get("pgmajfault");
+        }
+        stats.oom_kills = self.oom_kills(path)?;
+        if let Some(dir) = self.dir_of("pids", &rel) {
+            stats.pids_current = read_counter(fs, &dir.join("pids.current"))?;
+        }
+        Ok(stats)
+    }
+
+    fn oom_kills(&self, path: &str) -> Result<u64, CgroupError> {
+        let rel = clean_path(path)?;
+        let Some(dir) = self.dir_of("memory", &rel) else {
+            return Ok(0);
+        };
+        let text = read_optional(&*self.fs, &dir.join("memory.oom_control"))?;
+        Ok(text.and_then(|t| keyed_value(&t, "oom_kill")).unwrap_or(0))
+    }
+
+    fn pids(&self, path: &str) -> Result<Vec<i32>, CgroupError> {
+        let rel = clean_path(path)?;
+        let mut pids: Vec<i32> = self
+            .dirs
+            .iter()
+            .flat_map(|h| subtree_pids(&*self.fs, &h.dir.join(&rel)))
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(pids)
+    }
+
+    fn remove(&self, path: &str) -> Result<(), CgroupError> {
+        let rel = clean_path(path)?;
+        let mut first_err = None;
+        // Keep going on errors so one busy hierarchy does not leak the others.
+        for h in &self.dirs {
+            if let Err(e) = remove_tree(&*self.fs, &h.dir.join(&rel), path) {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => {
+                tracing::debug!(cgroup = %path, "cgroup removed");
+                Ok(())
+            }
+        }
+    }
+
+    fn freeze(&self, path: &str, frozen: bool) -> Result<(), CgroupError> {
+        let rel = clean_path(path)?;
+        let dir = self
+            .dir_of("freezer", &rel)
+            .ok_or_else(|| CgroupError::ControllerMissing {
+                controller: "freezer".to_string(),
+            })?;
+        if !self.fs.exists(&dir) {
+            return Err(CgroupError::NotFound {
+                path: path.to_string(),
+            });
+        }
+        let file = dir.join("freezer.state");
+        let wanted = if frozen { "FROZEN" } else { "THAWED" };
+        let deadline = Instant::now() + FREEZE_TIMEOUT;
+        loop {
+            // Re-writing while FREEZING pushes the kernel on: a task in an
+            // uninterruptible sleep can otherwise stall the transition.
+            self.fs
+                .write(&file, wanted)
+                .map_err(|source| CgroupError::WriteFile {
+                    path: file.clone(),
+                    value: wanted.to_string(),
+                    source,
+                })?;
+            let seen = read_optional(&*self.fs, &file)?.unwrap_or_default();
+            let seen = seen.trim();
+            if seen == wanted {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(CgroupError::FreezeTimeout {
+                    path: path.to_string(),
+                    wanted: wanted.to_string(),
+                    seen: seen.to_string(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fs::{FakeFs, FsOp};
+    use super::*;
+
+    /// A hybrid host like the development machines, faked in memory.
+    fn fake_host(with_pids: bool) -> (Arc<FakeFs>, V1Manager) {
+        let fs = Arc::new(FakeFs::new());
+        let procs = ("cgroup.procs", "");
+        fs.add_hierarchy(
+            "cpu",
+            &[
+                procs,
+                ("cpu.shares", "1024"),
+                ("cpu.cfs_quota_us", "-1"),
+                ("cpu.cfs_period_us", "100000"),
+            ],
+        );
+        fs.add_hierarchy("cpuacct", &[procs, ("cpuacct.usage", "0")]);
+        fs.add_hierarchy(
+            "cpuset",
+            &[procs, ("cpuset.cpus", "0-3"), ("cpuset.mems", "0")],
+        );
+        fs.add_hierarchy(
+            "memory",
+            &[
+                procs,
+                ("memory.limit_in_bytes", "9223372036854771712"),
+                ("memory.usage_in_bytes", "0"),
+                ("memory.stat", "cache 0\nrss 0\n"),
+                (
+                    "memory.oom_control",
+                    "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+                ),
+            ],
+        );
+        fs.add_hierarchy("freezer", &[procs, ("freezer.state", "THAWED")]);
+        let mut mountinfo = String::from(
+            "32 31 0:29 / /cg/cpu rw - cgroup cgroup rw,cpu\n\
+             33 31 0:30 / /cg/cpuacct rw - cgroup cgroup rw,cpuacct\n\
+             34 31 0:31 / /cg/cpuset rw - cgroup cgroup rw,cpuset\n\
+             35 31 0:32 / /cg/memory rw - cgroup cgroup rw,memory\n\
+             37 31 0:34 / /cg/freezer rw - cgroup cgroup rw,freezer\n\
+             41 31 0:38 / /cg/unified rw - cgroup2 cgroup2 rw\n",
+        );
+        if with_pids {
+            fs.add_hierarchy("pids", &[procs, ("pids.max", "max"), ("pids.current", "0")]);
+            mountinfo.push_str("39 31 0:36 / /cg/pids rw - cgroup cgroup rw,pids\n");
+        }
+        let (h, table) = super::super::detect_from(&mountinfo).unwrap();
+        assert_eq!(h, Hierarchy::Hybrid);
+        let dyn_fs: Arc<dyn CgroupFs> = fs.clone();
+        let mgr = V1Manager::from_mounts(h, &table, Path::new("/cg"), dyn_fs).unwrap();
+        (fs, mgr)
+    }
+
+    fn limits() -> Resources {
+        Resources {
+            cpu_shares: Some(512),
+            cpu_quota: Some(50_000),
+            cpu_period: None,
+            memory_limit: Some(64 << 20),
+            pids_limit: Some(100),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn paths_follow_kubernetes_qos_layout() {
+        let (_, mgr) = fake_host(true);
+        let pod = mgr.pod_path("podrun", QosClass::Burstable, "1234");
+        assert_eq!(pod, "podrun/burstable/pod1234");
+        assert_eq!(
+            mgr.container_path(&pod, "abc"),
+            "podrun/burstable/pod1234/abc"
+        );
+        assert_eq!(
+            mgr.pod_path("podrun", QosClass::Guaranteed, "9"),
+            "podrun/pod9"
+        );
+        assert_eq!(mgr.driver(), Driver::Cgroupfs);
+        assert_eq!(mgr.hierarchy(), Hierarchy::Hybrid);
+    }
+
+    #[test]
+    fn ensure_creates_every_hierarchy_and_writes_limits() {
+        let (fs, mgr) = fake_host(true);
+        mgr.ensure("podrun/burstable/pod1", &limits()).unwrap();
+        for h in ["cpu", "cpuacct", "cpuset", "memory", "freezer", "pids"] {
+            assert!(fs.has_dir(format!("{h}/podrun/burstable/pod1")), "{h}");
+        }
+        let d = "podrun/burstable/pod1";
+        assert_eq!(fs.get(format!("cpu/{d}/cpu.shares")).unwrap(), "512");
+        assert_eq!(
+            fs.get(format!("cpu/{d}/cpu.cfs_period_us")).unwrap(),
+            "100000"
+        );
+        assert_eq!(
+            fs.get(format!("cpu/{d}/cpu.cfs_quota_us")).unwrap(),
+            "50000"
+        );
+        assert_eq!(
+            fs.get(format!("memory/{d}/memory.limit_in_bytes")).unwrap(),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(fs.get(format!("pids/{d}/pids.max")).unwrap(), "100");
+        // memsw is never touched.
+        assert!(!fs
+            .writes()
+            .iter()
+            .any(|(p, _)| p.to_string_lossy().contains("memsw")));
+        // Parents exist but get no limits.
+        assert!(!fs
+            .writes()
+            .iter()
+            .any(|(p, _)| p == Path::new("memory/podrun/burstable/memory.limit_in_bytes")));
+    }
+
+    #[test]
+    fn cpuset_parents_inherit_cpus_and_mems() {
+        let (fs, mgr) = fake_host(true);
+        mgr.ensure("podrun/burstable/pod1/ctr", &Resources::default())
+            .unwrap();
+        for level in [
+            "podrun",
+            "podrun/burstable",
+            "podrun/burstable/pod1",
+            "podrun/burstable/pod1/ctr",
+        ] {
+            assert_eq!(
+                fs.get(format!("cpuset/{level}/cpuset.cpus")).unwrap(),
+                "0-3",
+                "{level}"
+            );
+            assert_eq!(
+                fs.get(format!("cpuset/{level}/cpuset.mems")).unwrap(),
+                "0",
+                "{level}"
+            );
+        }
+        // An explicit cpuset wins over the inherited one.
+        let res = Resources {
+            cpuset_cpus: Some("1".into()),
+            ..Default::default()
+        };
+        mgr.update("podrun/burstable/pod1/ctr", &res).unwrap();
+        assert_eq!(
+            fs.get("cpuset/podrun/burstable/pod1/ctr/cpuset.cpus")
+                .unwrap(),
+            "1"
+        );
+    }
+
+    #[test]
+    fn ensure_is_idempotent() {
+        let (fs, mgr) = fake_host(true);
+        mgr.ensure("podrun/pod1", &limits()).unwrap();
+        let mkdirs = |fs: &FakeFs| {
+            fs.ops()
+                .iter()
+                .filter(|o| matches!(o, FsOp::Mkdir(_)))
+                .count()
+        };
+        let before = mkdirs(&fs);
+        mgr.ensure("podrun/pod1", &limits()).unwrap();
+        assert_eq!(mkdirs(&fs), before);
+    }
+
+    #[test]
+    fn unlimited_resources_lift_limits() {
+        let (fs, mgr) = fake_host(true);
+        mgr.ensure("podrun/pod1", &limits()).unwrap();
+        mgr.update("podrun/pod1", &Resources::default()).unwrap();
+        assert_eq!(fs.get("cpu/podrun/pod1/cpu.cfs_quota_us").unwrap(), "-1");
+        assert_eq!(
+            fs.get("memory/podrun/pod1/memory.limit_in_bytes").unwrap(),
+            "-1"
+        );
+        assert_eq!(fs.get("pids/podrun/pod1/pids.max").unwrap(), "max");
+        // Shares untouched when not given.
+        assert_eq!(fs.get("cpu/podrun/pod1/cpu.shares").unwrap(), "512");
+    }
+
+    #[test]
+    fn cfs_and_pids_conversions() {
+        assert_eq!(v1_cfs(&Resources::default()), (-1, None));
+        let r = Resources {
+            cpu_quota: Some(20_000),
+            cpu_period: Some(50_000),
+            ..Default::default()
+        };
+        assert_eq!(v1_cfs(&r), (20_000, Some(50_000)));
+        let r = Resources {
+            cpu_quota: Some(20_000),
+            ..Default::default()
+        };
+        assert_eq!(v1_cfs(&r), (20_000, Some(100_000)));
+        assert_eq!(pids_max(None), "max");
+        assert_eq!(pids_max(Some(0)), "max");
+        assert_eq!(pids_max(Some(-1)), "max");
+        assert_eq!(pids_max(Some(42)), "42");
+    }
+
+    #[test]
+    fn shares_are_clamped_to_kernel_range() {
+        let (fs, mgr) = fake_host(true);
+        let r = Resources {
+            cpu_shares: Some(1),
+            ..Default::default()
+        };
+        mgr.ensure("podrun/pod1", &r).unwrap();
+        assert_eq!(fs.get("cpu/podrun/pod1/cpu.shares").unwrap(), "2");
+    }
+
+    #[test]
+    fn period_rejected_first_is_retried_after_quota() {
+        let (fs, mgr) = fake_host(true);
+        mgr.ensure("podrun/pod1", &Resources::default()).unwrap();
+        fs.fail_writes("cpu/podrun/pod1/cpu.cfs_period_us", libc::EINVAL);
+        let err = mgr.update("podrun/pod1", &limits()).unwrap_err();
+        // Both orders fail here; the error names the file.
+        assert!(err.to_string().contains("cpu.cfs_period_us"), "{err}");
+        let quota_writes: Vec<_> = fs
+            .writes()
+            .into_iter()
+            .filter(|(p, _)| p.ends_with("cpu.cfs_quota_us"))
+            .collect();
+        assert_eq!(quota_writes.last().unwrap().1, "50000");
+    }
+
+    #[test]
+    fn memory_limit_below_usage_is_a_clear_error() {
+        let (fs, mgr) = fake_host(true);
+        mgr.ensure("podrun/pod1", &Resources::default()).unwrap();
+        fs.set("memory/podrun/pod1/memory.usage_in_bytes", "200000000");
+        fs.set(
+            "memory/podrun/pod1/memory.stat",
+            "total_inactive_file 1000\n",
+        );
+        let err = mgr.update("podrun/pod1", &limits()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CgroupError::MemoryBelowUsage {
+                    usage: 199_999_000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Reclaimable page cache does not count against the new limit; the kernel's
+        // EBUSY still maps to the same error.
+        fs.set(
+            "memory/podrun/pod1/memory.stat",
+            "total_inactive_file 199000000\n",
+        );
+        fs.fail_writes("memory/podrun/pod1/memory.limit_in_bytes", libc::EBUSY);
+        let err = mgr.update("podrun/pod1", &limits()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CgroupError::MemoryBelowUsage {
+                    usage: 200_000_000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_pids_controller_is_skipped() {
+        let (fs, mgr) = fake_host(false);
+        mgr.ensure("podrun/pod1", &limits()).unwrap();
+        assert!(fs.get("pids/podrun/pod1/pids.max").is_none());
+        // A hierarchy without a knob (old kernel) is skipped too.
+        let fs2 = Arc::new(FakeFs::new());
+        fs2.add_hierarchy("memory", &[("cgroup.procs", "")]);
+        let dyn_fs: Arc<dyn CgroupFs> = fs2.clone();
+        let mgr2 = V1Manager::new(
+            Hierarchy::Legacy,
+            dyn_fs,
+            vec![V1Dir {
+                dir: "memory".into(),
+                controllers: vec!["memory".into()],
+            }],
+        );
+        mgr2.ensure("p", &limits()).unwrap();
+    }
+
+    #[test]
+    fn add_process_pids_and_remove() {
+        let (fs, mgr) = fake_host(true);
+        let ctr = "podrun/burstable/pod1/ctr1";
+        mgr.ensure(ctr, &limits()).unwrap();
+        mgr.add_process(ctr, 4242).unwrap();
+        for h in ["cpu", "cpuacct", "cpuset", "memory", "freezer", "pids"] {
+            assert_eq!(fs.get(format!("{h}/{ctr}/cgroup.procs")).unwrap(), "4242\n");
+        }
+        // Pod-level listing includes the container's processes, deduped.
+        assert_eq!(mgr.pids("podrun/burstable/pod1").unwrap(), vec![4242]);
+        assert!(matches!(
+            mgr.remove("podrun/burstable/pod1"),
+            Err(CgroupError::Busy { ref pids, .. }) if pids == &vec![4242]
+        ));
+        for h in ["cpu", "cpuacct", "cpuset", "memory", "freezer", "pids"] {
+            fs.set(format!("{h}/{ctr}/cgroup.procs"), "");
+        }
+        mgr.remove("podrun/burstable/pod1").unwrap();
+        for h in ["cpu", "cpuacct", "cpuset", "memory", "freezer", "pids"] {
+            assert!(!fs.has_dir(format!("{h}/{ctr}")));
+            assert!(!fs.has_dir(format!("{h}/podrun/burstable/pod1")));
+            assert!(fs.has_dir(format!("{h}/podrun/burstable")));
+        }
+        // Deepest first.
+        let rmdirs: Vec<_> = fs
+            .ops()
+            .into_iter()
+            .filter_map(|o| match o {
+                FsOp::Rmdir(p) if p.starts_with("memory") => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            rmdirs,
+            vec![
+                PathBuf::from("memory/podrun/burstable/pod1/ctr1"),
+                PathBuf::from("memory/podrun/burstable/pod1")
+            ]
+        );
+        // Idempotent.
+        mgr.remove("podrun/burstable/pod1").unwrap();
+        assert!(mgr.pids("podrun/burstable/pod1").unwrap().is_empty());
+    }
+
+    #[test]
+    fn add_process_to_missing_cgroup_is_not_found() {
+        let (_, mgr) = fake_host(true);
+        assert!(matches!(
+            mgr.add_process("podrun/nope", 1),
+            Err(CgroupError::NotFound { .. })
+        ));
+        assert!(matches!(
+            mgr.update("podrun/nope", &limits()),
+            Err(CgroupError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn stats_and_oom_kills() {
+        let (fs, mgr) = fake_host(true);
+        let d = "podrun/pod1";
+        mgr.ensure(d, &Resources::default()).unwrap();
+        fs.set(format!("cpuacct/{d}/cpuacct.usage"), "123456789\n");
+        fs.set(format!("memory/{d}/memory.usage_in_bytes"), "10000\n");
+        fs.set(
+            format!("memory/{d}/memory.stat"),
+            "rss 1\npgfault 2\ntotal_rss 4000\ntotal_inactive_file 3000\ntotal_pgfault 77\ntotal_pgmajfault 5\n",
+        );
+        fs.set(
+            format!("memory/{d}/memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+        );
+        fs.set(format!("pids/{d}/pids.current"), "6\n");
+        let s = mgr.stats(d).unwrap();
+        assert_eq!(
+            s,
+            Stats {
+                cpu_usage_ns: 123_456_789,
+                memory_usage: 10_000,
+                memory_working_set: 7_000,
+                memory_rss: 4_000,
+                page_faults: 77,
+                major_page_faults: 5,
+                oom_kills: 3,
+                pids_current: 6,
+            }
+        );
+        assert_eq!(mgr.oom_kills(d).unwrap(), 3);
+        assert!(matches!(
+            mgr.stats("podrun/none"),
+            Err(CgroupError::NotFound { .. })
+        ));
+        assert_eq!(mgr.oom_kills("podrun/none").unwrap(), 0);
+    }
+
+    #[test]
+    fn freeze_and_thaw() {
+        let (fs, mgr) = fake_host(true);
+        mgr.ensure("podrun/pod1", &Resources::default()).unwrap();
+        mgr.freeze("podrun/pod1", true).unwrap();
+        assert_eq!(
+            fs.get("freezer/podrun/pod1/freezer.state").unwrap(),
+            "FROZEN"
+        );
+        mgr.freeze("podrun/pod1", false).unwrap();
+        assert_eq!(
+            fs.get("freezer/podrun/pod1/freezer.state").unwrap(),
+            "THAWED"
+        );
+        assert!(matches!(
+            mgr.freeze("podrun/none", true),
+            Err(CgroupError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_paths_are_rejected() {
+        let (_, mgr) = fake_host(true);
+        assert!(matches!(
+            mgr.ensure("../escape", &Resources::default()),
+            Err(CgroupError::InvalidPath { .. })
+        ));
+        assert!(matches!(
+            mgr.remove("/"),
+            Err(CgroupError::InvalidPath { .. })
+        ));
+    }
+
+    /// Real cgroups on this host, as root, on a v1 (legacy or hybrid) layout.
+    #[test]
+    fn real_v1_cgroups_as_root() {
+        if !nix::unistd::geteuid().is_root() || !Path::new("/sys/fs/cgroup/memory").exists() {
+            eprintln!("skipping: needs root and a v1 memory hierarchy");
+            return;
+        }
+        let mgr = match super::super::new_manager(Driver::Cgroupfs) {
+            Ok(m) => m,
+            Err(e) => panic!("cgroupfs manager on this host: {e}"),
+        };
+        assert_ne!(mgr.hierarchy(), Hierarchy::Unified);
+        let root = format!("podrun-unit-{}", std::process::id());
+        let pod = mgr.pod_path(&root, QosClass::Burstable, "u-1");
+        let ctr = mgr.container_path(&pod, "c1");
+        let pod_res = Resources {
+            cpu_shares: Some(256),
+            memory_limit: Some(256 << 20),
+            ..Default::default()
+        };
+        let ctr_res = Resources {
+            cpu_shares: Some(128),
+            cpu_quota: Some(20_000),
+            memory_limit: Some(64 << 20),
+            pids_limit: Some(64),
+            ..Default::default()
+        };
+        mgr.ensure(&pod, &pod_res).unwrap();
+        mgr.ensure(&ctr, &ctr_res).unwrap();
+        let limit =
+            std::fs::read_to_string(format!("/sys/fs/cgroup/memory/{ctr}/memory.limit_in_bytes"))
+                .unwrap();
+        assert_eq!(limit.trim(), (64u64 << 20).to_string());
+        let quota =
+            std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/{ctr}/cpu.cfs_quota_us")).unwrap();
+        assert_eq!(quota.trim(), "20000");
+
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let added = mgr.add_process(&ctr, pid);
+        let pod_pids = mgr.pids(&pod);
+        let ctr_pids = mgr.pids(&ctr);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+        child.wait().unwrap();
+        added.unwrap();
+        assert_eq!(pod_pids.unwrap(), vec![pid]);
+        assert_eq!(ctr_pids.unwrap(), vec![pid]);
+        mgr.stats(&ctr).unwrap();
+
+        mgr.remove(&ctr).unwrap();
+        mgr.remove(&root).unwrap();
+        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let (_, mounts) = super::super::detect_from(&table).unwrap();
+        for m in &mounts.v1 {
+            let dir = m.mount_point.join(&root);
+            assert!(!dir.exists(), "{} leaked", dir.display());
+        }
+        mgr.remove(&root).unwrap();
+    }
+}
