@@ -52,9 +52,11 @@ impl CgroupFs for HostFs {
 
     fn write(&self, path: &Path, data: &str) -> io::Result<()> {
         use std::io::Write;
-        // One write(2) per value: cgroupfs parses each write as a whole.
+        // One write(2) per value: cgroupfs parses each write as a whole. O_TRUNC is
+        // ignored by cgroupfs and keeps plain files (tests) exact.
         let mut f = std::fs::OpenOptions::new()
             .write(true)
+            .truncate(true)
             .open(self.full(path))?;
         f.write_all(data.as_bytes())
     }
@@ -188,10 +190,25 @@ impl CgroupFs for FakeFs {
         let Some(current) = st.files.get_mut(path) else {
             return Err(io::Error::from(io::ErrorKind::NotFound));
         };
-        // Like the kernel, cgroup.procs lists members: a write adds one.
-        if path.file_name().is_some_and(|n| n == "cgroup.procs") {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name == "cgroup.procs" {
+            // Like the kernel, cgroup.procs lists members: a write adds one.
             current.push_str(data.trim());
             current.push('\n');
+        } else if name == "cgroup.subtree_control" {
+            // "+a -b" edits the enabled set.
+            let mut enabled: Vec<String> = current.split_whitespace().map(str::to_string).collect();
+            for tok in data.split_whitespace() {
+                let (add, c) = tok.split_at(1);
+                enabled.retain(|e| e != c);
+                if add == "+" {
+                    enabled.push(c.to_string());
+                }
+            }
+            *current = enabled.join(" ");
         } else {
             *current = data.to_string();
         }

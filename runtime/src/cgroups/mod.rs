@@ -472,6 +472,60 @@ mod tests {
         assert!(detect().is_ok());
     }
 
+    /// The mount root is configurable: a temp dir with plain directories stands in for
+    /// the cgroup mounts (no control files, so every knob is skipped as absent).
+    #[test]
+    fn manager_over_a_temp_mount_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for h in ["cpu", "memory", "freezer", "unified"] {
+            std::fs::create_dir(root.join(h)).unwrap();
+        }
+        std::fs::write(root.join("memory/cgroup.procs"), "").unwrap();
+        let r = root.display();
+        let mountinfo = root.join("mountinfo");
+        std::fs::write(
+            &mountinfo,
+            format!(
+                "1 0 0:1 / {r}/cpu rw - cgroup cgroup rw,cpu\n\
+                 2 0 0:2 / {r}/memory rw - cgroup cgroup rw,memory\n\
+                 3 0 0:3 / {r}/freezer rw - cgroup cgroup rw,freezer\n\
+                 4 0 0:4 / {r}/unified rw - cgroup2 cgroup2 rw\n\
+                 5 0 0:5 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n"
+            ),
+        )
+        .unwrap();
+        let config = ManagerConfig {
+            mount_root: root.to_path_buf(),
+            mountinfo,
+        };
+        let mgr = new_manager_with(Driver::Cgroupfs, &config).unwrap();
+        assert_eq!(mgr.hierarchy(), Hierarchy::Hybrid);
+        let pod = mgr.pod_path("podrun-t", QosClass::BestEffort, "x");
+        let res = Resources {
+            memory_limit: Some(1 << 20),
+            ..Default::default()
+        };
+        mgr.ensure(&pod, &res).unwrap();
+        for h in ["cpu", "memory", "freezer"] {
+            assert!(root.join(h).join(&pod).is_dir(), "{h}");
+        }
+        // Outside the mount root (pids) and the unified mount are left alone.
+        assert!(!root.join("unified/podrun-t").exists());
+        mgr.remove("podrun-t").unwrap();
+        for h in ["cpu", "memory", "freezer"] {
+            assert!(!root.join(h).join("podrun-t").exists(), "{h}");
+        }
+        assert!(new_manager_with(
+            Driver::Cgroupfs,
+            &ManagerConfig {
+                mount_root: root.to_path_buf(),
+                mountinfo: root.join("missing"),
+            }
+        )
+        .is_err());
+    }
+
     #[test]
     fn systemd_driver_fails_clearly_without_systemd() {
         if std::path::Path::new("/run/systemd/system").exists() {

@@ -899,15 +899,35 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
+        // Collect results first: the child must be killed even when a check fails.
         let added = mgr.add_process(&ctr, pid);
         let pod_pids = mgr.pids(&pod);
         let ctr_pids = mgr.pids(&ctr);
+        let stats = mgr.stats(&ctr);
+        let frozen = mgr.freeze(&pod, true).and_then(|_| {
+            std::fs::read_to_string(format!("/sys/fs/cgroup/freezer/{ctr}/freezer.state")).map_err(
+                |source| CgroupError::ReadFile {
+                    path: "freezer.state".into(),
+                    source,
+                },
+            )
+        });
+        // Kill while frozen, then thaw so the signal is delivered: the teardown order.
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+        let thawed = mgr.freeze(&pod, false);
         child.wait().unwrap();
         added.unwrap();
         assert_eq!(pod_pids.unwrap(), vec![pid]);
         assert_eq!(ctr_pids.unwrap(), vec![pid]);
-        mgr.stats(&ctr).unwrap();
+        assert_eq!(stats.unwrap().pids_current, 1);
+        assert_eq!(frozen.unwrap().trim(), "FROZEN");
+        thawed.unwrap();
+        let cpus =
+            std::fs::read_to_string(format!("/sys/fs/cgroup/cpuset/{ctr}/cpuset.cpus")).unwrap();
+        assert!(!cpus.trim().is_empty(), "cpuset.cpus inherited");
+        let pids_max =
+            std::fs::read_to_string(format!("/sys/fs/cgroup/pids/{ctr}/pids.max")).unwrap();
+        assert_eq!(pids_max.trim(), "64");
 
         mgr.remove(&ctr).unwrap();
         mgr.remove(&root).unwrap();

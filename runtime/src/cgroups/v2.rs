@@ -383,6 +383,18 @@ mod tests {
                 ),
             ]
         );
+        assert_eq!(
+            fs.get("cgroup.subtree_control").unwrap(),
+            "memory cpuset cpu io pids"
+        );
+        // Controllers already enabled are not written again.
+        let before = fs.writes().len();
+        mgr.ensure("podrun/burstable/pod2", &Resources::default())
+            .unwrap();
+        assert!(!fs.writes()[before..]
+            .iter()
+            .any(|(p, _)| p.ends_with("cgroup.subtree_control")));
+
         let d = "podrun/burstable/pod1";
         assert_eq!(fs.get(format!("{d}/cpu.weight")).unwrap(), "39");
         assert_eq!(fs.get(format!("{d}/cpu.max")).unwrap(), "50000 100000");
@@ -501,7 +513,7 @@ mod tests {
     }
 
     #[test]
-    fn freeze_waits_for_frozen_event_and_times_out() {
+    fn freeze_waits_for_frozen_event() {
         let (fs, mgr) = fake_host();
         mgr.ensure("p", &Resources::default()).unwrap();
         // The fake never reports "frozen 1" unless told: thaw is immediate.
