@@ -819,3 +819,42 @@ fn chain_ids_follow_the_spec() {
     assert_eq!(c[0], "sha256:a");
     assert_eq!(c[1], sha256_digest(b"sha256:a sha256:b"));
 }
+
+#[test]
+fn real_ops_as_root_make_overlay_whiteouts() {
+    if !nix::unistd::geteuid().is_root() {
+        return; // The decision logic is covered through the fake above.
+    }
+    let data = layer(|b| {
+        dir(b, "etc/");
+        file(b, "etc/.wh.hosts", "");
+        dir(b, "opq/");
+        file(b, "opq/.wh..wh..opq", "");
+        raw_entry(b, "owned", EntryType::Regular, None, b"x", 0o2755);
+    });
+    let t = tempfile::tempdir().unwrap();
+    let stats = unpack::unpack_layer(&data[..], t.path()).unwrap();
+    assert_eq!(stats.whiteouts, 2);
+    let wh = fs::symlink_metadata(t.path().join("etc/hosts")).unwrap();
+    use std::os::unix::fs::FileTypeExt;
+    assert!(wh.file_type().is_char_device());
+    assert_eq!(wh.rdev(), 0);
+    let owned = fs::metadata(t.path().join("owned")).unwrap();
+    assert_eq!((owned.uid(), owned.gid()), (1000, 1000));
+    assert_eq!(owned.permissions().mode() & 0o7777, 0o2755);
+    // trusted.* xattrs need CAP_SYS_ADMIN and filesystem support; read back when possible.
+    let path = std::ffi::CString::new(t.path().join("opq").as_os_str().as_encoded_bytes()).unwrap();
+    let name = std::ffi::CString::new(OVERLAY_OPAQUE_XATTR).unwrap();
+    let mut buf = [0u8; 4];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!(n, 1);
+    assert_eq!(&buf[..1], b"y");
+}
