@@ -298,6 +298,8 @@ impl<R: Read> Read for HashingReader<R> {
 }
 
 /// Unpack a layer into `dest` (which must exist) with the real privileged operations.
+/// Without root, device nodes are skipped but a whiteout fails the unpack: silently dropping
+/// it would bring deleted files back in the container.
 pub fn unpack_layer(reader: impl Read, dest: &Path) -> Result<UnpackStats, ImageError> {
     unpack_layer_with(reader, dest, &LinuxLayerOps::new())
 }
