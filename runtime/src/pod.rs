@@ -810,7 +810,7 @@ impl Planner<'_> {
                     if meta.is_err() {
                         std::fs::create_dir_all(&path)
                             .map_err(io(format!("create hostPath {}", h.path)))?;
-                    } else if !meta.as_ref().unwrap().is_dir() {
+                    } else if meta.as_ref().is_ok_and(|m| !m.is_dir()) {
                         return Err(bad("a directory"));
                     }
                 }
@@ -825,7 +825,7 @@ impl Planner<'_> {
                             .append(true)
                             .open(&path)
                             .map_err(io(format!("create hostPath {}", h.path)))?;
-                    } else if !meta.as_ref().unwrap().is_file() {
+                    } else if meta.as_ref().is_ok_and(|m| !m.is_file()) {
                         return Err(bad("a file"));
                     }
                 }

@@ -19,7 +19,7 @@ use nix::unistd::{Gid, Pid, Uid};
 
 use crate::plan::ProcessSpec;
 use crate::rootfs::RootfsSpec;
-use crate::security::capabilities::CapabilitySet;
+use crate::security::capabilities;
 use crate::syscall::LinuxSyscall;
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +163,14 @@ fn child(
         Ok(1) => {}
         _ => return Err("the pod monitor went away before the container started".into()),
     }
+    // The monitor blocks and ignores signals for itself; both would survive execve.
+    let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
+    for sig in 1..32 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: resetting a disposition to default in a single-threaded child.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
+    }
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     for (fd, target) in [(&stdio.stdin, 0), (&stdio.stdout, 1), (&stdio.stderr, 2)] {
         // SAFETY: dup2 onto the standard descriptors of this (child) process.
@@ -199,47 +207,10 @@ fn raise_oom_score_adj(desired: i32) {
     }
 }
 
-fn cap_set(names: &[String]) -> Result<caps::CapsHashSet, String> {
-    names
-        .iter()
-        .map(|n| {
-            n.parse::<caps::Capability>()
-                .map_err(|e| format!("capability {n}: {e}"))
-        })
-        .collect()
-}
-
-fn apply_capabilities_before_user(set: &CapabilitySet) -> Result<(), String> {
-    let keep = cap_set(&set.bounding)?;
-    for cap in caps::runtime::thread_all_supported() {
-        if !keep.contains(&cap) {
-            caps::drop(None, caps::CapSet::Bounding, cap)
-                .map_err(|e| format!("drop {cap} from the bounding set: {e}"))?;
-        }
-    }
-    Ok(())
-}
-
-fn apply_capabilities_after_user(set: &CapabilitySet) -> Result<(), String> {
-    let err = |what: &str, e: caps::errors::CapsError| format!("set {what} capabilities: {e}");
-    caps::set(None, caps::CapSet::Inheritable, &cap_set(&set.inheritable)?)
-        .map_err(|e| err("inheritable", e))?;
-    caps::set(None, caps::CapSet::Permitted, &cap_set(&set.permitted)?)
-        .map_err(|e| err("permitted", e))?;
-    caps::set(None, caps::CapSet::Effective, &cap_set(&set.effective)?)
-        .map_err(|e| err("effective", e))?;
-    caps::clear(None, caps::CapSet::Ambient).map_err(|e| err("ambient", e))?;
-    for cap in cap_set(&set.ambient)? {
-        caps::raise(None, caps::CapSet::Ambient, cap).map_err(|e| err("ambient", e))?;
-    }
-    Ok(())
-}
-
 fn set_user(p: &ProcessSpec) -> Result<(), String> {
     // Keep the permitted set across setuid so the container's capabilities can be set
     // afterwards; the final capset decides what remains.
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+    capabilities::prepare_for_setuid().map_err(|e| e.to_string())?;
     let groups: Vec<Gid> = p
         .additional_gids
         .iter()
@@ -250,8 +221,6 @@ fn set_user(p: &ProcessSpec) -> Result<(), String> {
     nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setgid {}: {e}", p.gid))?;
     let uid = Uid::from_raw(p.uid);
     nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setuid {}: {e}", p.uid))?;
-    // SAFETY: as above.
-    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
     Ok(())
 }
 
@@ -268,9 +237,8 @@ fn finish_and_exec(p: &ProcessSpec, seccomp: &[seccompiler::BpfProgram]) -> Resu
     if !p.no_new_privs {
         install_seccomp(seccomp)?;
     }
-    apply_capabilities_before_user(&p.capabilities)?;
     set_user(p)?;
-    apply_capabilities_after_user(&p.capabilities)?;
+    capabilities::apply(&p.capabilities).map_err(|e| e.to_string())?;
     if p.no_new_privs {
         // SAFETY: prctl with integer arguments.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {

@@ -120,7 +120,7 @@ pub fn run(cli: &Cli, file: &Path, detach: bool) -> Result<ExitCode> {
     let pod = rt.find(&plan.namespace, &plan.name)?;
     // Stop and remove; a second Ctrl-C shortens the grace period to nothing.
     let result = std::thread::scope(|s| {
-        let h = s.spawn(|| rt.stop(&pod, None, true));
+        let h = s.spawn(|| rt.stop(&pod, None, false));
         while !h.is_finished() {
             if signals.read_signal().ok().flatten().is_some() {
                 if let Ok(mut c) = Client::connect(&pod.socket()) {
@@ -135,9 +135,12 @@ pub fn run(cli: &Cli, file: &Path, detach: bool) -> Result<ExitCode> {
         }
         h.join().expect("stop thread")
     });
+    // Everything the containers wrote is in the logs now: print it, then remove the pod.
     let _ = tailer.poll();
-    drop(hold);
     result?;
+    let removed = rt.stop(&rt.find(&plan.namespace, &plan.name)?, Some(0), true);
+    drop(hold);
+    removed?;
     let code = final_status
         .as_ref()
         .and_then(|s| {

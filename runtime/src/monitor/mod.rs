@@ -323,7 +323,18 @@ impl Monitor {
                 self.status_dirty = false;
             }
             if self.finished_stopping() {
-                break;
+                if self.stopping.as_ref().is_some_and(|s| s.remove) {
+                    break;
+                }
+                // Stopped but kept: answer whoever waits, stay for status and removal.
+                for w in self
+                    .stopping
+                    .as_mut()
+                    .map(|s| std::mem::take(&mut s.waiters))
+                    .unwrap_or_default()
+                {
+                    let _ = protocol::write_response(&w, &Response::Ok);
+                }
             }
             self.poll_once()?;
         }
@@ -769,7 +780,7 @@ impl Monitor {
             .filter(|c| c.running.is_none() && !c.done)
             .filter_map(|c| c.next_start)
             .min();
-        if let Some(s) = &self.stopping {
+        if let Some(s) = self.stopping.as_ref().filter(|_| !self.finished_stopping()) {
             next = Some(next.map_or(s.deadline, |n| n.min(s.deadline)));
             // While stopping, look again often: processes in shared PID namespaces are
             // killed through the cgroup, which sends no SIGCHLD for grandchildren.

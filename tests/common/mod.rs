@@ -1,0 +1,204 @@
+//! Shared harness of the integration tests: each test gets its own podrun instance (root,
+//! state, log and cgroup roots), loads the project's test images, drives the real
+//! `podrun` binary, and ends by checking that nothing leaked.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Skip (pass) when not root: these tests need namespaces, mounts and cgroups.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !common::is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn image_archive(name: &str) -> PathBuf {
+    let p = repo().join("images/out").join(format!("{name}.tar"));
+    assert!(p.exists(), "{} is missing: build the test images first with images/build.sh", p.display());
+    p
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub logs: PathBuf,
+    pub cgroup_root: String,
+}
+
+impl Env {
+    /// A fresh podrun instance with the given images loaded.
+    pub fn new(images: &[&str]) -> Env {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = tempfile::Builder::new().prefix("podrun-it-").tempdir().unwrap();
+        let env = Env {
+            root: dir.path().join("root"),
+            state: dir.path().join("state"),
+            logs: dir.path().join("logs"),
+            cgroup_root: format!("podrun-it-{}-{n}", std::process::id()),
+            dir,
+        };
+        for img in images {
+            let out = env.podrun(&["image", "load", image_archive(img).to_str().unwrap()]);
+            assert!(out.status.success(), "image load {img}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        env
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_podrun"));
+        c.arg("--root").arg(&self.root);
+        c.arg("--state").arg(&self.state);
+        c.arg("--log-root").arg(&self.logs);
+        c.arg("--cgroup-root").arg(&self.cgroup_root);
+        c.args(args);
+        c.stdin(std::process::Stdio::null());
+        c
+    }
+
+    pub fn podrun(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Run podrun and require success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.podrun(args);
+        assert!(
+            out.status.success(),
+            "podrun {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Write a manifest into the test dir and return its path.
+    pub fn manifest(&self, name: &str, yaml: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, yaml).unwrap();
+        p
+    }
+
+    pub fn pods_json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["pods", "-o", "json"])).unwrap()
+    }
+
+    /// The status of one container of one pod, as `podrun pods -o json` reports it.
+    pub fn container_status(&self, pod: &str, container: &str) -> Option<serde_json::Value> {
+        let pods = self.pods_json();
+        pods.as_array()?
+            .iter()
+            .find(|p| p["name"] == pod)?["status_detail"]["containers"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == container)
+            .cloned()
+    }
+
+    /// Poll until `f` returns Some or the timeout passes.
+    pub fn wait_for<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(Instant::now() < end, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Assert that nothing of this instance is left on the host: monitor and container
+    /// processes, mounts, cgroups, pod state, container layers, logs.
+    pub fn assert_no_leaks(&self) {
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        // Processes whose command line or cwd mention this instance.
+        let mut procs = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(&dir) && cmdline.contains(" monitor ") {
+                procs.push(format!("{pid}: {cmdline}"));
+            }
+        }
+        assert!(procs.is_empty(), "leaked processes: {procs:?}");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let leaked: Vec<&str> = mounts.lines().filter(|l| l.contains(&dir)).collect();
+        assert!(leaked.is_empty(), "leaked mounts: {leaked:?}");
+        let mut cgroups = Vec::new();
+        for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let p = h.path().join(&self.cgroup_root);
+            if p.exists() {
+                // The top-level dir may stay only if it has no pods below.
+                let pods: Vec<_> = walk_dirs(&p).into_iter().filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy().contains("pod"))).collect();
+                if !pods.is_empty() {
+                    cgroups.push(format!("{}", pods[0].display()));
+                }
+            }
+        }
+        assert!(cgroups.is_empty(), "leaked cgroups: {cgroups:?}");
+        for (what, p) in [("pod state", self.state.join("pods")), ("containers", self.root.join("containers")), ("pod data", self.root.join("pods")), ("names", self.state.join("names"))] {
+            let left: Vec<_> = std::fs::read_dir(&p).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+            assert!(left.is_empty(), "leaked {what}: {left:?}");
+        }
+        let logs: Vec<_> = std::fs::read_dir(&self.logs).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        assert!(logs.is_empty(), "leaked log dirs: {logs:?}");
+    }
+}
+
+fn walk_dirs(p: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(d) = std::fs::read_dir(p) {
+        for e in d.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                out.push(e.path());
+                out.extend(walk_dirs(&e.path()));
+            }
+        }
+    }
+    out
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Best-effort removal of whatever a failed test left running, so one failure does
+        // not leak into the next run: remove the pods through podrun itself.
+        if let Ok(out) = self.cmd(&["pods", "-o", "json"]).output() {
+            if let Ok(serde_json::Value::Array(pods)) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+                for p in pods {
+                    if let (Some(n), Some(ns)) = (p["name"].as_str(), p["namespace"].as_str()) {
+                        let _ = self.cmd(&["rm", "-n", ns, "--grace-period", "0", n]).output();
+                    }
+                }
+            }
+        }
+        for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let p = h.path().join(&self.cgroup_root);
+            let mut dirs = walk_dirs(&p);
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+            for d in dirs {
+                let _ = std::fs::remove_dir(d);
+            }
+            let _ = std::fs::remove_dir(&p);
+        }
+    }
+}
