@@ -539,5 +539,6 @@ mod tests {
             matches!(err, CgroupError::SystemdUnavailable { .. }),
             "{err}"
         );
+        eprintln!("{err}");
     }
 }
