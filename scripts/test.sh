@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Everything that must be green: formatting, lints, unit tests (no root) and the
+# integration tests in tests/ (root: real namespaces, cgroups, mounts and images).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked --workspace -- --test-threads=4
