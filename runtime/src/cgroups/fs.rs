@@ -373,39 +373,52 @@ pub(crate) fn subtree_pids(fs: &dyn CgroupFs, dir: &Path) -> Vec<i32> {
 const RMDIR_RETRIES: u32 = 10;
 const RMDIR_BACKOFF: Duration = Duration::from_millis(20);
 
-/// Remove `dir` and its descendants deepest first. Missing = Ok. EBUSY is retried with
-/// backoff, then reported as `Busy` with the PIDs still inside.
-pub(crate) fn remove_tree(fs: &dyn CgroupFs, dir: &Path, cgroup: &str) -> Result<(), CgroupError> {
-    if !fs.exists(dir) {
-        return Ok(());
-    }
+/// Remove `dirs` (the same cgroup in each hierarchy) and their descendants, deepest
+/// first. Missing = Ok. EBUSY is retried with backoff across all of them, then
+/// reported as `Busy` with the PIDs still inside.
+pub(crate) fn remove_trees(
+    fs: &dyn CgroupFs,
+    dirs: &[PathBuf],
+    cgroup: &str,
+) -> Result<(), CgroupError> {
     let mut delay = RMDIR_BACKOFF;
     for attempt in 0..=RMDIR_RETRIES {
         let mut busy = false;
-        for d in subtree_deepest_first(fs, dir) {
-            match fs.rmdir(&d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    busy = true;
-                    break;
-                }
-                Err(source) => return Err(CgroupError::RemoveDir { path: d, source }),
-            }
+        for dir in dirs {
+            busy |= remove_tree_once(fs, dir)?;
         }
         if !busy {
             return Ok(());
         }
         if attempt < RMDIR_RETRIES {
-            tracing::debug!(cgroup = %cgroup, dir = %dir.display(), attempt, "cgroup busy, retrying rmdir");
+            tracing::debug!(cgroup = %cgroup, attempt, "cgroup busy, retrying rmdir");
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_millis(200));
         }
     }
+    let mut pids: Vec<i32> = dirs.iter().flat_map(|d| subtree_pids(fs, d)).collect();
+    pids.sort_unstable();
+    pids.dedup();
     Err(CgroupError::Busy {
         path: cgroup.to_string(),
-        pids: subtree_pids(fs, dir),
+        pids,
     })
+}
+
+/// One deepest-first pass over `dir`; true when some level was busy.
+fn remove_tree_once(fs: &dyn CgroupFs, dir: &Path) -> Result<bool, CgroupError> {
+    if !fs.exists(dir) {
+        return Ok(false);
+    }
+    for d in subtree_deepest_first(fs, dir) {
+        match fs.rmdir(&d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(true),
+            Err(source) => return Err(CgroupError::RemoveDir { path: d, source }),
+        }
+    }
+    Ok(false)
 }
 
 /// Write a control file; a missing file (controller or knob absent on this kernel)
@@ -486,7 +499,7 @@ mod tests {
         assert_eq!(subtree_pids(&fs, Path::new("memory/a")), vec![42]);
         assert!(fs.rmdir(Path::new("memory/a/b")).is_err());
         fs.set("memory/a/b/cgroup.procs", "");
-        remove_tree(&fs, Path::new("memory/a"), "a").unwrap();
+        remove_trees(&fs, &[PathBuf::from("memory/a")], "a").unwrap();
         assert!(!fs.has_dir("memory/a"));
         assert!(fs.get("memory/a/memory.limit_in_bytes").is_none());
     }
@@ -497,7 +510,7 @@ mod tests {
         fs.add_hierarchy("pids", &[("cgroup.procs", "")]);
         fs.mkdir(Path::new("pids/x")).unwrap();
         fs.set("pids/x/cgroup.procs", "7\n8\n");
-        match remove_tree(&fs, Path::new("pids/x"), "x") {
+        match remove_trees(&fs, &[PathBuf::from("pids/x")], "x") {
             Err(CgroupError::Busy { pids, .. }) => assert_eq!(pids, vec![7, 8]),
             other => panic!("expected Busy, got {other:?}"),
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::fs::{
-    clean_path, keyed_value, mkdir_all, parse_u64, read_optional, remove_tree, subtree_pids,
+    clean_path, keyed_value, mkdir_all, parse_u64, read_optional, remove_trees, subtree_pids,
     write_optional, CgroupFs,
 };
 use super::mountinfo::{relative_to, MountTable};
@@ -380,20 +380,10 @@ impl CgroupManager for V1Manager {
 
     fn remove(&self, path: &str) -> Result<(), CgroupError> {
         let rel = clean_path(path)?;
-        let mut first_err = None;
-        // Keep going on errors so one busy hierarchy does not leak the others.
-        for h in &self.dirs {
-            if let Err(e) = remove_tree(&*self.fs, &h.dir.join(&rel), path) {
-                first_err.get_or_insert(e);
-            }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => {
-                tracing::debug!(cgroup = %path, "cgroup removed");
-                Ok(())
-            }
-        }
+        let dirs: Vec<PathBuf> = self.dirs.iter().map(|h| h.dir.join(&rel)).collect();
+        remove_trees(&*self.fs, &dirs, path)?;
+        tracing::debug!(cgroup = %path, "cgroup removed");
+        Ok(())
     }
 
     fn freeze(&self, path: &str, frozen: bool) -> Result<(), CgroupError> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::fs::{
-    clean_path, keyed_value, mkdir_all, parse_u64, read_optional, remove_tree, subtree_pids,
+    clean_path, keyed_value, mkdir_all, parse_u64, read_optional, remove_trees, subtree_pids,
     write_optional, CgroupFs,
 };
 use super::mountinfo::{relative_to, MountTable};
@@ -248,7 +248,7 @@ impl CgroupManager for V2Manager {
 
     fn remove(&self, path: &str) -> Result<(), CgroupError> {
         let dir = self.dir.join(clean_path(path)?);
-        remove_tree(&*self.fs, &dir, path)?;
+        remove_trees(&*self.fs, &[dir], path)?;
         tracing::debug!(cgroup = %path, "cgroup removed");
         Ok(())
     }
