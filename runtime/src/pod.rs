@@ -1142,7 +1142,8 @@ impl Planner<'_> {
                     .collect()
             },
         };
-        let resources = spec::container_resources(c);
+        let mut resources = spec::container_resources(c);
+        resources.restrict_devices = !privileged;
         let exec_hook = |h: Option<&k8s_openapi::api::core::v1::LifecycleHandler>| {
             h.and_then(|h| h.exec.as_ref())
                 .and_then(|e| e.command.clone())

@@ -524,3 +524,16 @@ mod tests {
         assert_eq!(keyed_value(text, "nope"), None);
     }
 }
+
+/// rmdir `dirs` without recursing; true when none of them is left.
+pub(crate) fn remove_dirs_if_empty(fs: &dyn CgroupFs, dirs: &[PathBuf]) -> bool {
+    let mut gone = true;
+    for dir in dirs {
+        match fs.rmdir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(_) => gone = false,
+        }
+    }
+    gone
+}

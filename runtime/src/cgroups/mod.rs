@@ -48,7 +48,28 @@ pub struct Resources {
     pub cpuset_cpus: Option<String>,
     /// cpuset.mems.
     pub cpuset_mems: Option<String>,
+    /// Deny device access except the standard devices (/dev/null, zero, full, random,
+    /// urandom, tty, console, ptmx, pts), as runc's default device rules do. Unprivileged
+    /// containers get this; the v1 devices controller enforces it.
+    #[serde(default)]
+    pub restrict_devices: bool,
 }
+
+/// Device rules allowed in unprivileged containers (v1 `devices.allow` syntax): mknod of
+/// anything, access only to the standard character devices.
+pub const DEFAULT_DEVICE_RULES: &[&str] = &[
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+];
 
 /// Default CFS period (µs) used when a quota is given without one.
 pub const DEFAULT_CPU_PERIOD: u64 = 100_000;
@@ -267,6 +288,10 @@ pub trait CgroupManager: Send + Sync {
     fn remove(&self, path: &str) -> Result<(), CgroupError>;
     /// Freeze or thaw every process of the cgroup.
     fn freeze(&self, path: &str, frozen: bool) -> Result<(), CgroupError>;
+    /// Remove the cgroup only if it has no children and no processes (in every
+    /// hierarchy); never touches anything below it. For cleaning up shared parents (QoS
+    /// and root cgroups) once their last pod is gone. Ok(true) when it is gone.
+    fn remove_if_empty(&self, path: &str) -> Result<bool, CgroupError>;
 }
 
 /// cgroupfs pod path: "<root>/<qos>/pod<uid>", Guaranteed pods directly under root.

@@ -471,6 +471,11 @@ impl CgroupManager for SystemdManager {
         Ok(())
     }
 
+    fn remove_if_empty(&self, _path: &str) -> Result<bool, CgroupError> {
+        // Slices are systemd's to garbage-collect once they hold no units.
+        Ok(false)
+    }
+
     fn freeze(&self, path: &str, frozen: bool) -> Result<(), CgroupError> {
         self.fs().freeze(&UnitPath::parse(path)?.fs_path(), frozen)
     }

@@ -321,6 +321,14 @@ impl CgroupManager for V1Manager {
             }
             None => tracing::debug!(cgroup = %path, "no pids hierarchy, pids limit skipped"),
         }
+        if resources.restrict_devices {
+            if let Some(dir) = self.dir_of("devices", &rel) {
+                write_optional(fs, &dir.join("devices.deny"), "a")?;
+                for rule in crate::cgroups::DEFAULT_DEVICE_RULES {
+                    write_optional(fs, &dir.join("devices.allow"), rule)?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -384,6 +392,12 @@ impl CgroupManager for V1Manager {
         remove_trees(&*self.fs, &dirs, path)?;
         tracing::debug!(cgroup = %path, "cgroup removed");
         Ok(())
+    }
+
+    fn remove_if_empty(&self, path: &str) -> Result<bool, CgroupError> {
+        let rel = clean_path(path)?;
+        let dirs: Vec<PathBuf> = self.dirs.iter().map(|h| h.dir.join(&rel)).collect();
+        Ok(crate::cgroups::fs::remove_dirs_if_empty(&*self.fs, &dirs))
     }
 
     fn freeze(&self, path: &str, frozen: bool) -> Result<(), CgroupError> {
@@ -465,11 +479,16 @@ mod tests {
             ],
         );
         fs.add_hierarchy("freezer", &[procs, ("freezer.state", "THAWED")]);
+        fs.add_hierarchy(
+            "devices",
+            &[procs, ("devices.allow", ""), ("devices.deny", "")],
+        );
         let mut mountinfo = String::from(
             "32 31 0:29 / /cg/cpu rw - cgroup cgroup rw,cpu\n\
              33 31 0:30 / /cg/cpuacct rw - cgroup cgroup rw,cpuacct\n\
              34 31 0:31 / /cg/cpuset rw - cgroup cgroup rw,cpuset\n\
              35 31 0:32 / /cg/memory rw - cgroup cgroup rw,memory\n\
+             36 31 0:33 / /cg/devices rw - cgroup cgroup rw,devices\n\
              37 31 0:34 / /cg/freezer rw - cgroup cgroup rw,freezer\n\
              41 31 0:38 / /cg/unified rw - cgroup2 cgroup2 rw\n",
         );
@@ -516,7 +535,9 @@ mod tests {
     fn ensure_creates_every_hierarchy_and_writes_limits() {
         let (fs, mgr) = fake_host(true);
         mgr.ensure("podrun/burstable/pod1", &limits()).unwrap();
-        for h in ["cpu", "cpuacct", "cpuset", "memory", "freezer", "pids"] {
+        for h in [
+            "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "pids",
+        ] {
             assert!(fs.has_dir(format!("{h}/podrun/burstable/pod1")), "{h}");
         }
         let d = "podrun/burstable/pod1";
@@ -579,6 +600,50 @@ mod tests {
                 .unwrap(),
             "1"
         );
+    }
+
+    #[test]
+    fn unprivileged_containers_get_the_default_device_rules() {
+        let (fs, mgr) = fake_host(true);
+        let res = Resources {
+            restrict_devices: true,
+            ..Resources::default()
+        };
+        mgr.ensure("podrun/pod1/c1", &res).unwrap();
+        let writes: Vec<(String, String)> = fs
+            .ops()
+            .iter()
+            .filter_map(|o| match o {
+                FsOp::Write(p, v)
+                    if p.to_string_lossy()
+                        .contains("devices/podrun/pod1/c1/devices.") =>
+                {
+                    Some((
+                        p.file_name().unwrap().to_string_lossy().into_owned(),
+                        v.clone(),
+                    ))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(writes[0], ("devices.deny".to_string(), "a".to_string()));
+        assert!(writes.contains(&("devices.allow".to_string(), "c 1:3 rwm".to_string())));
+        assert_eq!(writes.len(), 1 + crate::cgroups::DEFAULT_DEVICE_RULES.len());
+        // Privileged: no device rules at all.
+        mgr.ensure("podrun/pod1/c2", &Resources::default()).unwrap();
+        assert!(!fs.ops().iter().any(
+            |o| matches!(o, FsOp::Write(p, _) if p.to_string_lossy().contains("c2/devices."))
+        ));
+    }
+
+    #[test]
+    fn remove_if_empty_never_recurses() {
+        let (_fs, mgr) = fake_host(true);
+        mgr.ensure("podrun/burstable/pod1", &Resources::default())
+            .unwrap();
+        assert!(!mgr.remove_if_empty("podrun/burstable").unwrap());
+        assert!(mgr.remove_if_empty("podrun/burstable/pod1").unwrap());
+        assert!(mgr.remove_if_empty("podrun/burstable").unwrap());
     }
 
     #[test]
@@ -724,7 +789,9 @@ mod tests {
         let ctr = "podrun/burstable/pod1/ctr1";
         mgr.ensure(ctr, &limits()).unwrap();
         mgr.add_process(ctr, 4242).unwrap();
-        for h in ["cpu", "cpuacct", "cpuset", "memory", "freezer", "pids"] {
+        for h in [
+            "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "pids",
+        ] {
             assert_eq!(fs.get(format!("{h}/{ctr}/cgroup.procs")).unwrap(), "4242\n");
         }
         // Pod-level listing includes the container's processes, deduped.
@@ -733,11 +800,15 @@ mod tests {
             mgr.remove("podrun/burstable/pod1"),
             Err(CgroupError::Busy { ref pids, .. }) if pids == &vec![4242]
         ));
-        for h in ["cpu", "cpuacct", "cpuset", "memory", "freezer", "pids"] {
+        for h in [
+            "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "pids",
+        ] {
             fs.set(format!("{h}/{ctr}/cgroup.procs"), "");
         }
         mgr.remove("podrun/burstable/pod1").unwrap();
-        for h in ["cpu", "cpuacct", "cpuset", "memory", "freezer", "pids"] {
+        for h in [
+            "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "pids",
+        ] {
             assert!(!fs.has_dir(format!("{h}/{ctr}")));
             assert!(!fs.has_dir(format!("{h}/podrun/burstable/pod1")));
             assert!(fs.has_dir(format!("{h}/podrun/burstable")));

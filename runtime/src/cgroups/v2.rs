@@ -253,6 +253,11 @@ impl CgroupManager for V2Manager {
         Ok(())
     }
 
+    fn remove_if_empty(&self, path: &str) -> Result<bool, CgroupError> {
+        let dir = self.dir.join(clean_path(path)?);
+        Ok(crate::cgroups::fs::remove_dirs_if_empty(&*self.fs, &[dir]))
+    }
+
     fn freeze(&self, path: &str, frozen: bool) -> Result<(), CgroupError> {
         let dir = self.existing_dir(path)?;
         let file = dir.join("cgroup.freeze");
