@@ -327,6 +327,11 @@ impl PodRuntime {
                 // Wait for the monitor process itself to exit.
                 if let Some(pid) = pod.status.as_ref().map(|s| s.monitor_pid) {
                     for _ in 0..500 {
+                        // The monitor is our own child when this process started it.
+                        let _ = nix::sys::wait::waitpid(
+                            nix::unistd::Pid::from_raw(pid),
+                            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                        );
                         if !pid_alive(pid) || !pod.plan.state_dir.exists() {
                             break;
                         }

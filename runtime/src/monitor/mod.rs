@@ -397,9 +397,27 @@ impl Monitor {
 
     /// Decide what to start now: init containers one at a time in order, then all app
     /// containers; restarts whose back-off has expired.
+    fn apps_done(&self) -> bool {
+        let mut apps = self
+            .containers
+            .iter()
+            .filter(|c| c.plan.kind == ContainerKind::App)
+            .peekable();
+        apps.peek().is_some() && apps.all(|c| c.done)
+    }
+
     fn progress(&mut self) {
         if self.stopping.is_some() {
             self.progress_stop();
+            return;
+        }
+        if self.apps_done() {
+            // The pod completed: its sidecars get their stop signal, latest first.
+            for idx in (0..self.containers.len()).rev() {
+                if self.containers[idx].plan.kind == ContainerKind::Sidecar {
+                    self.stop_container(idx);
+                }
+            }
             return;
         }
         let now = Instant::now();
@@ -504,6 +522,12 @@ impl Monitor {
             .ensure(&cp.cgroup_path, &cp.resources)
             .map_err(|e| format!("cgroup {}: {e}", cp.cgroup_path))?;
         let oom_before = self.cgroups.oom_kills(&cp.cgroup_path).unwrap_or(0);
+        if c.status.restart_count > 0 {
+            // A restarted container starts from the image again, as a new container.
+            for dir in [&cp.rootfs.upper, &cp.rootfs.work] {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
         for dir in [&cp.rootfs.upper, &cp.rootfs.work, &cp.rootfs.rootfs] {
             std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         }
@@ -656,6 +680,7 @@ impl Monitor {
     ) {
         let stopping = self.stopping.is_some();
         let policy = self.plan.restart_policy;
+        let apps_done = self.apps_done();
         let c = &mut self.containers[idx];
         let terminated = ContainerState::Terminated {
             exit_code,
@@ -668,7 +693,8 @@ impl Monitor {
         c.status.ready = false;
         let restart = !stopping
             && match c.plan.kind {
-                ContainerKind::Sidecar => true,
+                // Sidecars end with the pod's app containers, as in Kubernetes.
+                ContainerKind::Sidecar => !apps_done,
                 ContainerKind::Init => {
                     exit_code != 0 && policy != crate::plan::RestartPolicy::Never
                 }
