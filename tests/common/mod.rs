@@ -48,7 +48,10 @@ impl Env {
     /// A fresh podrun instance with the given images loaded.
     pub fn new(images: &[&str]) -> Env {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = tempfile::Builder::new().prefix("podrun-it-").tempdir().unwrap();
+        // Short on purpose: the monitor socket lives at
+        // <state>/pods/<64-hex id>/monitor.sock, and a unix socket path must fit in
+        // sun_path (108 bytes), so a long TMPDIR would make every pod fail to start.
+        let dir = tempfile::Builder::new().prefix("prt-").tempdir_in("/tmp").unwrap();
         let env = Env {
             root: dir.path().join("root"),
             state: dir.path().join("state"),
@@ -162,6 +165,109 @@ impl Env {
         }
         let logs: Vec<_> = std::fs::read_dir(&self.logs).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
         assert!(logs.is_empty(), "leaked log dirs: {logs:?}");
+    }
+}
+
+/// The state of a container status from `pods -o json`: its kind ("running", "waiting"
+/// or "terminated") and its details.
+pub fn state_of(c: &serde_json::Value) -> (String, serde_json::Value) {
+    let obj = c["state"].as_object().cloned().unwrap_or_default();
+    let (k, v) = obj.into_iter().next().unwrap_or_else(|| ("unknown".into(), serde_json::Value::Null));
+    (k, v)
+}
+
+/// A field of a state's details, looked up as Kubernetes spells it (`exitCode`) and in
+/// snake case (`exit_code`).
+pub fn detail<'a>(d: &'a serde_json::Value, camel: &str) -> &'a serde_json::Value {
+    if !d[camel].is_null() {
+        return &d[camel];
+    }
+    let mut snake = String::new();
+    for ch in camel.chars() {
+        if ch.is_ascii_uppercase() {
+            snake.push('_');
+            snake.push(ch.to_ascii_lowercase());
+        } else {
+            snake.push(ch);
+        }
+    }
+    &d[snake.as_str()]
+}
+
+/// The output of a command as text: (exit code, stdout, stderr).
+pub fn text(out: &Output) -> (i32, String, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+impl Env {
+    /// Write a manifest and `run -d` it; returns the manifest's path.
+    pub fn run_pod(&self, file: &str, yaml: &str) -> PathBuf {
+        let p = self.manifest(file, yaml);
+        self.ok(&["run", "-d", p.to_str().unwrap()]);
+        p
+    }
+
+    /// `exec -c CONTAINER POD -- CMD...`
+    pub fn exec(&self, pod: &str, container: &str, cmd: &[&str]) -> Output {
+        let mut args = vec!["exec", "-c", container, pod, "--"];
+        args.extend_from_slice(cmd);
+        self.podrun(&args)
+    }
+
+    /// `exec` that must succeed; returns stdout.
+    pub fn exec_ok(&self, pod: &str, container: &str, cmd: &[&str]) -> String {
+        let out = self.exec(pod, container, cmd);
+        let (code, stdout, stderr) = text(&out);
+        assert_eq!(code, 0, "exec {pod}/{container} {cmd:?}:\nstdout: {stdout}\nstderr: {stderr}");
+        stdout
+    }
+
+    /// Remove pods at once (grace period 0).
+    pub fn rm(&self, pods: &[&str]) {
+        let mut args = vec!["rm", "--grace-period", "0"];
+        args.extend_from_slice(pods);
+        self.ok(&args);
+    }
+
+    /// Run podrun and require failure; returns (exit code, stdout, stderr).
+    pub fn fail(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.podrun(args);
+        let t = text(&out);
+        assert!(!out.status.success(), "podrun {args:?} should have failed:\nstdout: {}\nstderr: {}", t.1, t.2);
+        t
+    }
+
+    /// The pod's entry of `pods -o json`.
+    pub fn pod_json(&self, pod: &str) -> Option<serde_json::Value> {
+        self.pods_json().as_array()?.iter().find(|p| p["name"] == pod).cloned()
+    }
+
+    /// The pod phase (status_detail.phase).
+    pub fn phase(&self, pod: &str) -> Option<String> {
+        self.pod_json(pod)?["status_detail"]["phase"].as_str().map(str::to_owned)
+    }
+
+    /// Wait until a container is in state `kind` ("running", "waiting", "terminated");
+    /// returns the whole container status.
+    pub fn wait_state(&self, pod: &str, container: &str, kind: &str, timeout: Duration) -> serde_json::Value {
+        self.wait_for(&format!("{pod}/{container} {kind}"), timeout, || {
+            let c = self.container_status(pod, container)?;
+            (state_of(&c).0 == kind).then_some(c)
+        })
+    }
+
+    /// The cgroup directories of this instance in one v1 hierarchy (or the v2 tree).
+    pub fn cgroup_dirs(&self, hierarchy: &str) -> Vec<PathBuf> {
+        let base = Path::new("/sys/fs/cgroup").join(hierarchy).join(&self.cgroup_root);
+        let mut v = walk_dirs(&base);
+        if base.exists() {
+            v.push(base);
+        }
+        v
     }
 }
 
