@@ -127,12 +127,27 @@ enum Command {
         #[arg(short, long, default_value = "table")]
         output: String,
     },
+    /// OCI runtime bundles, as runc and crun run them.
+    Oci {
+        #[command(subcommand)]
+        command: OciCommand,
+    },
     /// The per-pod monitor (started by podrun itself).
     #[command(hide = true)]
     Monitor {
         #[arg(long)]
         ready_fd: Option<i32>,
         state_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum OciCommand {
+    /// Create, start and wait for a container from a bundle's config.json, then delete it.
+    Run {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        id: String,
     },
 }
 

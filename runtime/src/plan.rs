@@ -53,6 +53,10 @@ pub struct ProcessSpec {
     /// Desired oom_score_adj; only ever raised (lowering needs CAP_SYS_RESOURCE).
     pub oom_score_adj: Option<i32>,
     pub tty: bool,
+    /// Set the hostname (the process has its own UTS namespace). Pods set theirs once
+    /// in the monitor instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1183,6 +1183,7 @@ impl Planner<'_> {
                 no_new_privs,
                 oom_score_adj: Some(oom_score_adj(qos, c)),
                 tty: c.tty.unwrap_or(false),
+                hostname: None,
             },
             seccomp,
             resources,

@@ -191,6 +191,9 @@ fn child(
                 .map_err(|e| format!("join the container's mount namespace: {e}"))?;
         }
     }
+    if let Some(h) = &process.hostname {
+        nix::unistd::sethostname(h).map_err(|e| format!("sethostname {h:?}: {e}"))?;
+    }
     finish_and_exec(process, seccomp)
 }
 

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use podrun_runtime::pod::{PodRuntime, RuntimeConfig};
 use podrun_runtime::state::Paths;
 
-use crate::{Cli, Command, ImageCommand};
+use crate::{Cli, Command, ImageCommand, OciCommand};
 
 pub fn runtime(cli: &Cli) -> Result<PodRuntime> {
     let mut config = RuntimeConfig::new(Paths::new(&cli.root, &cli.state, &cli.log_root));
@@ -58,6 +58,17 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { detach, file } => run::run(&cli, file, *detach),
+        Command::Oci {
+            command: OciCommand::Run { bundle, id },
+        } => {
+            let driver = cli
+                .cgroup_driver
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--cgroup-driver: {e}"))?;
+            let cgroups = podrun_runtime::cgroups::new_manager(driver)?;
+            let code = podrun_runtime::oci::run_bundle(bundle, id, cgroups.as_ref())?;
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
         Command::Pods { output } => output::pods(&runtime(&cli)?, output),
         Command::Ps { all, output } => output::ps(&runtime(&cli)?, *all, output),
         Command::Logs {
