@@ -1,0 +1,7 @@
+//! podrun's Container Network Interface support: the spec's types, host-local
+//! compatible IPAM, the netlink and namespace mechanics behind the `podrun-bridge`
+//! plugin, and the runtime-side client that loads network configurations and runs
+//! plugin chains the way libcni does.
+
+pub mod ipam;
+pub mod spec;
