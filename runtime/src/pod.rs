@@ -231,6 +231,23 @@ impl PodRuntime {
                     continue;
                 }
                 warn!(pod = %pod.plan.name, namespace = %pod.plan.namespace, "reaping pod whose monitor is gone");
+                if let Some(pid) = pod
+                    .status
+                    .as_ref()
+                    .map(|s| s.monitor_pid)
+                    .filter(|p| pid_alive(*p))
+                {
+                    // Not answering but alive (hung): it must not keep running unowned.
+                    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    if String::from_utf8_lossy(&cmdline)
+                        .contains(&*pod.plan.state_dir.to_string_lossy())
+                    {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
                 monitor::teardown_pod(&pod.plan, self.cgroups.as_ref());
                 reaped.push(format!("{}/{}", pod.plan.namespace, pod.plan.name));
             }
@@ -380,8 +397,19 @@ impl PodRuntime {
     }
 }
 
+/// Whether `pid` is a live process (a zombie is not).
 pub fn pid_alive(pid: i32) -> bool {
-    pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    if pid <= 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
 
 /// Start the pod monitor in new namespaces, detached from the caller's session, and wait
