@@ -223,11 +223,11 @@ impl PodRuntime {
                 // A pod being created has a plan but no socket yet: give its monitor time.
                 let young =
                     pod.plan.created_at > chrono::Utc::now() - chrono::Duration::seconds(60);
-                let pid_alive = pod
+                let monitor_alive = pod
                     .status
                     .as_ref()
                     .is_some_and(|s| pid_alive(s.monitor_pid));
-                if young && (pod.status.is_none() || pid_alive) {
+                if young && (pod.status.is_none() || monitor_alive) {
                     continue;
                 }
                 warn!(pod = %pod.plan.name, namespace = %pod.plan.namespace, "reaping pod whose monitor is gone");
