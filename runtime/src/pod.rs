@@ -365,20 +365,19 @@ impl PodRuntime {
     }
 
     /// Run a command in a container with the given stdio; returns its exit code.
+    /// Run a command in a container with the given stdio (three descriptors: stdin,
+    /// stdout, stderr), or with a new terminal from the container's devpts whose master
+    /// is sent over `stdio`'s single console socket. Returns the command's exit code.
     pub fn exec(
         &self,
         pod: &PodInfo,
         container: &str,
         args: Vec<String>,
         tty: bool,
-        stdio: [&OwnedFd; 3],
+        stdio: &[&OwnedFd],
     ) -> Result<i32, PodError> {
         let mut c = Client::connect(&pod.socket())?;
-        let fds = [
-            stdio[0].as_raw_fd(),
-            stdio[1].as_raw_fd(),
-            stdio[2].as_raw_fd(),
-        ];
+        let fds: Vec<i32> = stdio.iter().map(|f| f.as_raw_fd()).collect();
         c.send_with_fds(
             &Request::Exec {
                 container: container.to_owned(),

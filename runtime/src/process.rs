@@ -54,8 +54,13 @@ pub enum ChildSetup<'a> {
     /// A container's init: new mount namespace (and PID namespace, per the clone flags),
     /// build the rootfs and pivot into it.
     Container(&'a RootfsSpec),
-    /// An exec process: join the mount namespace of the container's init.
-    Join { mnt_ns: &'a OwnedFd },
+    /// An exec process: join the mount namespace of the container's init. With a
+    /// console socket, the process gets a new terminal from the container's own devpts
+    /// (so `tty` names it inside the container) and the master end is sent back over it.
+    Join {
+        mnt_ns: &'a OwnedFd,
+        console: Option<&'a OwnedFd>,
+    },
 }
 
 /// A raw clone that behaves like fork(2) but can create namespaces for the child.
@@ -186,15 +191,80 @@ fn child(
         ChildSetup::Container(rootfs) => {
             crate::rootfs::setup_rootfs(&LinuxSyscall, rootfs).map_err(|e| e.to_string())?;
         }
-        ChildSetup::Join { mnt_ns } => {
+        ChildSetup::Join { mnt_ns, console } => {
             nix::sched::setns(mnt_ns, CloneFlags::CLONE_NEWNS)
                 .map_err(|e| format!("join the container's mount namespace: {e}"))?;
+            if let Some(sock) = console {
+                attach_new_terminal(sock)?;
+            }
         }
     }
     if let Some(h) = &process.hostname {
         nix::unistd::sethostname(h).map_err(|e| format!("sethostname {h:?}: {e}"))?;
     }
     finish_and_exec(process, seccomp)
+}
+
+/// Open a terminal pair on the container's /dev/ptmx, make the slave this process's
+/// stdio and controlling terminal, and send the master over `sock`.
+fn attach_new_terminal(sock: &OwnedFd) -> Result<(), String> {
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| format!("open the container's /dev/ptmx: {e}"))?;
+    grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
+    unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
+    let name = ptsname_r(&master).map_err(|e| format!("ptsname: {e}"))?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("open {name}: {e}"))?;
+    let fds = [master.as_raw_fd()];
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    let iov = [std::io::IoSlice::new(b"t")];
+    nix::sys::socket::sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &cmsg,
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| format!("send the terminal to the caller: {e}"))?;
+    for target in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors of this (child) process.
+        if unsafe { libc::dup2(slave.as_raw_fd(), target) } < 0 {
+            return Err(format!("dup2 terminal: {}", nix::Error::last()));
+        }
+    }
+    // SAFETY: ioctl on our own stdin, now the terminal slave; we lead our session.
+    unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+    Ok(())
+}
+
+/// Receive a terminal master sent by `attach_new_terminal`.
+pub fn receive_terminal(sock: &OwnedFd) -> Result<OwnedFd, ProcessError> {
+    let mut buf = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(sys("receive the terminal"))?;
+    for c in msg.cmsgs().map_err(sys("receive the terminal"))? {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(fd) = fds.first() {
+                // SAFETY: the kernel just installed this descriptor in our process.
+                return Ok(unsafe { owned(*fd) });
+            }
+        }
+    }
+    Err(ProcessError::Start(
+        "the exec process sent no terminal".into(),
+    ))
 }
 
 /// Raise (never lower) oom_score_adj: lowering needs CAP_SYS_RESOURCE, which some hosts

@@ -46,56 +46,64 @@ pub fn exec(
         };
         let stdout = dup(std::io::stdout())?;
         let stderr = dup(std::io::stderr())?;
-        let code = rt.exec(&info, &name, command, false, [&stdin, &stdout, &stderr])?;
+        let code = rt.exec(&info, &name, command, false, &[&stdin, &stdout, &stderr])?;
         return Ok(ExitCode::from(code.clamp(0, 255) as u8));
     }
 
-    let pty = nix::pty::openpty(None, None)?;
+    // The terminal is made inside the container (its own devpts), as runc's console
+    // socket does; its master end comes back over this socket pair.
+    let (ours, theirs) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )?;
     let stdin_fd = std::io::stdin();
     let saved = termios::tcgetattr(&stdin_fd).ok();
-    if let Some(t) = &saved {
-        let mut raw = t.clone();
-        termios::cfmakeraw(&mut raw);
-        termios::tcsetattr(&stdin_fd, termios::SetArg::TCSANOW, &raw)?;
-        // Same window size as ours.
+    let relay = std::thread::spawn(move || -> Result<()> {
+        let master = podrun_runtime::process::receive_terminal(&ours)?;
         // SAFETY: TIOCGWINSZ/TIOCSWINSZ read and write one winsize struct.
         unsafe {
             let mut ws: libc::winsize = std::mem::zeroed();
-            if libc::ioctl(stdin_fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) == 0 {
-                libc::ioctl(pty.master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+            if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {
+                libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
             }
         }
-    }
-    let master_in = dup(&pty.master)?;
-    let master_out = dup(&pty.master)?;
-    if interactive {
-        std::thread::spawn(move || {
-            let mut m = std::fs::File::from(master_in);
-            let mut buf = [0u8; 4096];
-            let mut stdin = std::io::stdin();
-            while let Ok(n) = stdin.read(&mut buf) {
-                if n == 0 || m.write_all(&buf[..n]).is_err() {
-                    break;
+        if interactive {
+            let master_in = dup(&master)?;
+            std::thread::spawn(move || {
+                let mut m = std::fs::File::from(master_in);
+                let mut buf = [0u8; 4096];
+                let mut stdin = std::io::stdin();
+                while let Ok(n) = stdin.read(&mut buf) {
+                    if n == 0 || m.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
-    }
-    let relay = std::thread::spawn(move || {
-        let mut m = std::fs::File::from(master_out);
+            });
+        }
+        let mut m = std::fs::File::from(master);
         let mut buf = [0u8; 4096];
         let mut out = std::io::stdout();
+        // EIO once the process and every holder of the slave are gone.
         while let Ok(n) = m.read(&mut buf) {
             if n == 0 || out.write_all(&buf[..n]).is_err() {
                 break;
             }
             let _ = out.flush();
         }
+        Ok(())
     });
-    let slave = pty.slave;
-    let result = rt.exec(&info, &name, command, true, [&slave, &slave, &slave]);
-    drop(slave);
-    // The process is gone; what it wrote is still in the terminal buffer.
-    let _ = relay.join();
+    if let Some(t) = &saved {
+        let mut raw = t.clone();
+        termios::cfmakeraw(&mut raw);
+        termios::tcsetattr(&stdin_fd, termios::SetArg::TCSANOW, &raw)?;
+    }
+    let result = rt.exec(&info, &name, command, true, &[&theirs]);
+    drop(theirs);
+    if result.is_ok() {
+        let _ = relay.join();
+    }
     if let Some(t) = &saved {
         let _ = termios::tcsetattr(&stdin_fd, termios::SetArg::TCSANOW, t);
     }

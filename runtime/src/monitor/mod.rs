@@ -983,7 +983,8 @@ impl Monitor {
                     );
                     return;
                 }
-                if fds.len() != 3 || args.is_empty() {
+                let console_mode = tty && fds.len() == 1;
+                if (fds.len() != 3 && !console_mode) || args.is_empty() {
                     let _ = protocol::write_response(
                         &stream,
                         &Response::Error {
@@ -995,6 +996,11 @@ impl Monitor {
                 let _ = stream.set_read_timeout(None);
                 let _ = stream.set_write_timeout(None);
                 let mut fds = fds.into_iter();
+                if console_mode {
+                    let console = fds.next();
+                    self.spawn_exec_with(idx, args, None, Some(stream), console);
+                    return;
+                }
                 let stdio = Stdio {
                     stdin: fds.next().unwrap(),
                     stdout: fds.next().unwrap(),
@@ -1013,6 +1019,17 @@ impl Monitor {
         args: Vec<String>,
         stdio: Option<Stdio>,
         stream: Option<UnixStream>,
+    ) {
+        self.spawn_exec_with(idx, args, stdio, stream, None)
+    }
+
+    fn spawn_exec_with(
+        &mut self,
+        idx: usize,
+        args: Vec<String>,
+        stdio: Option<Stdio>,
+        stream: Option<UnixStream>,
+        console: Option<OwnedFd>,
     ) {
         let hook = stream.is_none();
         let result = (|| -> Result<Pid, String> {
@@ -1039,7 +1056,8 @@ impl Monitor {
             };
             let mut spec: ProcessSpec = c.plan.process.clone();
             spec.args = args;
-            if stdio.tty && !spec.env.iter().any(|e| e.starts_with("TERM=")) {
+            if (stdio.tty || console.is_some()) && !spec.env.iter().any(|e| e.starts_with("TERM="))
+            {
                 spec.env.push("TERM=xterm".into());
             }
             let cgroups = &self.cgroups;
@@ -1052,7 +1070,10 @@ impl Monitor {
             process::with_pid_ns_for_children(pid_ns.as_ref(), || {
                 process::spawn(
                     CloneFlags::empty(),
-                    ChildSetup::Join { mnt_ns: &mnt_ns },
+                    ChildSetup::Join {
+                        mnt_ns: &mnt_ns,
+                        console: console.as_ref(),
+                    },
                     &spec,
                     &seccomp,
                     stdio,
