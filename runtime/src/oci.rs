@@ -384,13 +384,7 @@ pub fn run_bundle(bundle: &Path, id: &str, cgroups: &dyn CgroupManager) -> Resul
         );
     }
     let _ = cgroups.remove(&p.cgroup_path);
-    let mut parent = p.cgroup_path.as_str();
-    while let Some((up, _)) = parent.rsplit_once('/') {
-        if up.is_empty() || !cgroups.remove_if_empty(up).unwrap_or(false) {
-            break;
-        }
-        parent = up;
-    }
+    crate::cgroups::remove_empty_parents(cgroups, &p.cgroup_path);
     result
 }
 

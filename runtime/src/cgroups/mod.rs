@@ -567,3 +567,15 @@ mod tests {
         eprintln!("{err}");
     }
 }
+
+/// Remove the cgroups above `path` (QoS and root cgroups) that nothing uses any more,
+/// stopping at the first one still in use.
+pub fn remove_empty_parents(cgroups: &dyn CgroupManager, path: &str) {
+    let mut current = path;
+    while let Some((up, _)) = current.rsplit_once('/') {
+        if up.is_empty() || !cgroups.remove_if_empty(up).unwrap_or(false) {
+            break;
+        }
+        current = up;
+    }
+}

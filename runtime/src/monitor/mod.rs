@@ -1269,13 +1269,7 @@ pub fn teardown_pod(plan: &PodPlan, cgroups: &dyn CgroupManager) {
     }
     // The QoS and root cgroups above the pod go with their last pod; one still in use by
     // another pod is left alone (rmdir of a non-empty cgroup fails).
-    let mut parent = plan.cgroup_path.as_str();
-    while let Some((up, _)) = parent.rsplit_once('/') {
-        if up.is_empty() || !cgroups.remove_if_empty(up).unwrap_or(false) {
-            break;
-        }
-        parent = up;
-    }
+    crate::cgroups::remove_empty_parents(cgroups, &plan.cgroup_path);
     for c in &plan.containers {
         if let Some(dir) = c.rootfs.upper.parent() {
             let _ = std::fs::remove_dir_all(dir);
