@@ -15,7 +15,10 @@
 //! unreferenced content, which the next garbage collection removes.
 
 pub mod archive;
+pub mod hosts;
+pub mod pull;
 pub mod reference;
+pub mod registry;
 pub mod unpack;
 
 #[cfg(test)]
@@ -89,6 +92,47 @@ pub enum ImageError {
     },
     #[error("image {id}: {what} is missing from the store")]
     ContentMissing { id: String, what: String },
+    /// A pull failed: which image, at which step, and why.
+    #[error("pull {reference}: {step}: {cause}")]
+    Pull {
+        reference: String,
+        step: String,
+        cause: Box<ImageError>,
+    },
+    #[error("registry hosts config {path}: {reason}")]
+    HostsConfig { path: PathBuf, reason: String },
+    #[error("registry auth config {path}: {reason}")]
+    AuthConfig { path: PathBuf, reason: String },
+    #[error("GET {url}: HTTP {status}{}", if detail.is_empty() { String::new() } else { format!(" ({detail})") })]
+    RegistryHttp {
+        url: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("connect to {url}: {reason}")]
+    RegistryConnect { url: String, reason: String },
+    #[error("read {url}: failed after {received} bytes: {reason}")]
+    RegistryRead {
+        url: String,
+        received: u64,
+        reason: String,
+    },
+    #[error("{url}: no data received for {seconds}s (stall timeout)")]
+    Stalled { url: String, seconds: f64 },
+    #[error("authenticate at {url}: {reason}")]
+    RegistryAuth { url: String, reason: String },
+    #[error("TLS setup for {endpoint}: {reason}")]
+    Tls { endpoint: String, reason: String },
+    #[error("no manifest for platform {platform} (the image index has: {available})")]
+    NoMatchingPlatform { platform: String, available: String },
+    #[error("unsupported manifest type {0:?}")]
+    UnsupportedManifest(String),
+    #[error("image {0:?} is not present locally and imagePullPolicy is Never")]
+    NeverPull(String),
+    #[error("invalid imagePullPolicy {0:?}: expected Always, IfNotPresent or Never")]
+    InvalidPullPolicy(String),
+    #[error("invalid platform {platform:?}: {reason}")]
+    InvalidPlatform { platform: String, reason: String },
 }
 
 /// An image in the store.
