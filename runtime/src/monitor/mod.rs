@@ -367,30 +367,17 @@ impl Monitor {
     }
 
     fn phase(&self) -> PodPhase {
-        let init_failed = self.containers.iter().any(|c| {
-            c.plan.kind == ContainerKind::Init && c.done && c.status.state.exit_code() != Some(0)
-        });
-        if init_failed {
-            return PodPhase::Failed;
-        }
-        let apps: Vec<&Container> = self
+        let views: Vec<ContainerView> = self
             .containers
             .iter()
-            .filter(|c| c.plan.kind == ContainerKind::App)
+            .map(|c| ContainerView {
+                kind: c.plan.kind,
+                started_once: c.status.restart_count > 0 || c.running.is_some(),
+                done: c.done,
+                exit_code: c.status.state.exit_code(),
+            })
             .collect();
-        if apps
-            .iter()
-            .all(|c| c.status.restart_count == 0 && c.running.is_none() && !c.done)
-        {
-            return PodPhase::Pending;
-        }
-        if apps.iter().all(|c| c.done) {
-            if apps.iter().all(|c| c.status.state.exit_code() == Some(0)) {
-                return PodPhase::Succeeded;
-            }
-            return PodPhase::Failed;
-        }
-        PodPhase::Running
+        pod_phase(&views)
     }
 
     // ---- starting containers -------------------------------------------------------
@@ -691,15 +678,7 @@ impl Monitor {
             finished_at: Utc::now(),
         };
         c.status.ready = false;
-        let restart = !stopping
-            && match c.plan.kind {
-                // Sidecars end with the pod's app containers, as in Kubernetes.
-                ContainerKind::Sidecar => !apps_done,
-                ContainerKind::Init => {
-                    exit_code != 0 && policy != crate::plan::RestartPolicy::Never
-                }
-                ContainerKind::App => policy.restarts(exit_code),
-            };
+        let restart = !stopping && should_restart(c.plan.kind, policy, exit_code, apps_done);
         if restart {
             let delay = c.backoff.next_delay(ran);
             c.status.last_state = Some(terminated);
@@ -928,7 +907,7 @@ impl Monitor {
                 Err(_) => return,
             };
             let _ = stream.set_nonblocking(false);
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
             let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
             match protocol::read_request(&stream) {
                 Ok((req, fds)) => self.handle(stream, req, fds),
@@ -1233,6 +1212,57 @@ impl Monitor {
     }
 }
 
+/// What the pod phase depends on, per container.
+#[derive(Debug, Clone, Copy)]
+struct ContainerView {
+    kind: ContainerKind,
+    started_once: bool,
+    done: bool,
+    exit_code: Option<i32>,
+}
+
+/// The pod phase as Kubernetes defines it: Failed once an init container has failed for
+/// good; Pending until an app container has started; Succeeded or Failed once every app
+/// container is done (by their exit codes); Running otherwise.
+fn pod_phase(containers: &[ContainerView]) -> PodPhase {
+    if containers
+        .iter()
+        .any(|c| c.kind == ContainerKind::Init && c.done && c.exit_code != Some(0))
+    {
+        return PodPhase::Failed;
+    }
+    let apps: Vec<&ContainerView> = containers
+        .iter()
+        .filter(|c| c.kind == ContainerKind::App)
+        .collect();
+    if apps.iter().all(|c| !c.started_once && !c.done) {
+        return PodPhase::Pending;
+    }
+    if apps.iter().all(|c| c.done) {
+        if apps.iter().all(|c| c.exit_code == Some(0)) {
+            return PodPhase::Succeeded;
+        }
+        return PodPhase::Failed;
+    }
+    PodPhase::Running
+}
+
+/// Whether a container that exited is started again (the pod is not stopping).
+fn should_restart(
+    kind: ContainerKind,
+    policy: crate::plan::RestartPolicy,
+    exit_code: i32,
+    apps_done: bool,
+) -> bool {
+    match kind {
+        // Sidecars end with the pod's app containers, as in Kubernetes.
+        ContainerKind::Sidecar => !apps_done,
+        // Init containers must succeed; they are retried unless the pod never restarts.
+        ContainerKind::Init => exit_code != 0 && policy != crate::plan::RestartPolicy::Never,
+        ContainerKind::App => policy.restarts(exit_code),
+    }
+}
+
 fn set_cloexec(fd: &OwnedFd) {
     // SAFETY: fcntl on a descriptor we own.
     unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -1286,4 +1316,72 @@ pub fn teardown_pod(plan: &PodPlan, cgroups: &dyn CgroupManager) {
         }
     }
     let _ = std::fs::remove_dir_all(&plan.state_dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::RestartPolicy::{Always, Never, OnFailure};
+    use ContainerKind::{App, Init, Sidecar};
+
+    fn v(
+        kind: ContainerKind,
+        started_once: bool,
+        done: bool,
+        exit_code: Option<i32>,
+    ) -> ContainerView {
+        ContainerView {
+            kind,
+            started_once,
+            done,
+            exit_code,
+        }
+    }
+
+    #[test]
+    fn phases_follow_kubernetes() {
+        assert_eq!(
+            pod_phase(&[v(Init, true, false, None), v(App, false, false, None)]),
+            PodPhase::Pending
+        );
+        assert_eq!(
+            pod_phase(&[v(Init, true, true, Some(1)), v(App, false, false, None)]),
+            PodPhase::Failed
+        );
+        assert_eq!(
+            pod_phase(&[v(Init, true, true, Some(0)), v(App, true, false, None)]),
+            PodPhase::Running
+        );
+        assert_eq!(
+            pod_phase(&[v(App, true, true, Some(0)), v(App, true, true, Some(0))]),
+            PodPhase::Succeeded
+        );
+        assert_eq!(
+            pod_phase(&[v(App, true, true, Some(0)), v(App, true, true, Some(2))]),
+            PodPhase::Failed
+        );
+        assert_eq!(
+            pod_phase(&[v(App, true, true, Some(0)), v(App, true, false, None)]),
+            PodPhase::Running
+        );
+        // A running sidecar does not keep a finished pod running.
+        assert_eq!(
+            pod_phase(&[v(Sidecar, true, false, None), v(App, true, true, Some(0))]),
+            PodPhase::Succeeded
+        );
+    }
+
+    #[test]
+    fn restarts_follow_policy_and_kind() {
+        assert!(should_restart(App, Always, 0, false));
+        assert!(!should_restart(App, OnFailure, 0, false));
+        assert!(should_restart(App, OnFailure, 1, false));
+        assert!(!should_restart(App, Never, 1, false));
+        assert!(!should_restart(Init, Always, 0, false));
+        assert!(should_restart(Init, Always, 1, false));
+        assert!(should_restart(Init, OnFailure, 1, false));
+        assert!(!should_restart(Init, Never, 1, false));
+        assert!(should_restart(Sidecar, Never, 0, false));
+        assert!(!should_restart(Sidecar, Always, 1, true));
+    }
 }
