@@ -10,6 +10,7 @@
 //! tmp/                         temp files and dirs, renamed into place only once complete
 //! locks/gc.lock                shared by loads, exclusive for garbage collection
 //! locks/meta.lock              exclusive around every change of image records
+//! locks/blob-<hex>.lock        held while one pull downloads that blob; others wait on it
 //! ```
 //! Everything becomes visible by rename, so readers need no lock and a crash leaves at most
 //! unreferenced content, which the next garbage collection removes.
@@ -19,8 +20,13 @@ pub mod hosts;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod save;
 pub mod unpack;
 
+#[cfg(test)]
+mod fake_registry;
+#[cfg(test)]
+mod pull_tests;
 #[cfg(test)]
 mod tests;
 
@@ -806,7 +812,50 @@ impl ImageStore {
         sweep_dir(&self.blobs_dir(), &blobs)?;
         sweep_dir(&self.root.join("layers"), &layers)?;
         sweep_dir(&tmp, &BTreeSet::new())?;
+        // Per-blob download locks: no pull is in flight, so nobody waits on them.
+        let locks = self.root.join("locks");
+        for e in fs::read_dir(&locks).map_err(io_err("list store directory", &locks))? {
+            let e = e.map_err(io_err("list store directory", &locks))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("blob-") && name.ends_with(".lock") {
+                let _ = fs::remove_file(e.path());
+            }
+        }
         Ok(())
+    }
+
+    /// Remove images that have neither a tag nor a repo digest, except those in `keep`
+    /// (image ids in use), then collect unreferenced blobs and layers. Returns the removed ids.
+    pub fn prune(&self, keep: &[String]) -> Result<Vec<String>, ImageError> {
+        let _gc = self.lock("gc.lock", FlockArg::LockExclusive)?;
+        let mut removed = Vec::new();
+        {
+            let _meta = self.lock("meta.lock", FlockArg::LockExclusive)?;
+            for rec in self.records()? {
+                if !rec.image.repo_tags.is_empty()
+                    || !rec.image.repo_digests.is_empty()
+                    || keep.contains(&rec.image.id)
+                {
+                    continue;
+                }
+                let p = self.record_path(rec.hex());
+                fs::remove_file(&p).map_err(io_err("remove image record", &p))?;
+                tracing::info!(image = %rec.image.id, "untagged image pruned");
+                removed.push(rec.image.id);
+            }
+        }
+        self.sweep()?;
+        Ok(removed)
+    }
+
+    /// The image's whole OCI config document, for `podrun image inspect`.
+    pub fn config_document(&self, image: &Image) -> Result<serde_json::Value, ImageError> {
+        let path = self.blob_path(&image.id);
+        let data = fs::read(&path).map_err(io_err("read image config", &path))?;
+        serde_json::from_slice(&data).map_err(|source| ImageError::Json {
+            what: "image config",
+            source,
+        })
     }
 
     pub fn config(&self, image: &Image) -> Result<ImageConfig, ImageError> {
