@@ -31,13 +31,18 @@ fn sidecar_pod_serves_nginx_to_curl_over_localhost() {
         let l = env.ok(&["logs", "-c", "web", "sidecar-demo"]);
         l.contains("GET / ").then_some(l)
     });
-    assert!(logs.contains("curl/"), "access log names the client: {logs}");
+    assert!(
+        logs.contains("curl/"),
+        "access log names the client: {logs}"
+    );
 
     let hostname = env.exec_ok("sidecar-demo", "client", &["hostname"]);
     assert_eq!(hostname.trim(), "sidecar-demo");
     let hosts = env.exec_ok("sidecar-demo", "client", &["cat", "/etc/hosts"]);
     assert!(
-        hosts.lines().any(|l| l.split_whitespace().skip(1).any(|n| n == "sidecar-demo")),
+        hosts
+            .lines()
+            .any(|l| l.split_whitespace().skip(1).any(|n| n == "sidecar-demo")),
         "/etc/hosts names the pod: {hosts}"
     );
     // Both containers see the same hostname (one UTS namespace per pod).
@@ -112,38 +117,89 @@ fn volumes_empty_dir_memory_config_map_and_secret() {
     // The writer wrote into the shared emptyDir; the reader sees it.
     let data = env.wait_for("the shared file", Duration::from_secs(10), || {
         let out = env.exec("vols", "reader", &["cat", "/shared/hello"]);
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     });
     assert_eq!(data.trim(), "shared-data");
     // And the other way round.
     env.exec_ok("vols", "reader", &["sh", "-c", "echo back > /shared/reply"]);
-    assert_eq!(env.exec_ok("vols", "writer", &["cat", "/data/reply"]).trim(), "back");
+    assert_eq!(
+        env.exec_ok("vols", "writer", &["cat", "/data/reply"])
+            .trim(),
+        "back"
+    );
 
     // The same volume mounted readOnly refuses writes.
     let ro = env.exec("vols", "reader", &["touch", "/shared-ro/x"]);
-    assert!(!ro.status.success(), "writing to a readOnly mount must fail");
-    assert_eq!(env.exec_ok("vols", "reader", &["cat", "/shared-ro/hello"]).trim(), "shared-data");
+    assert!(
+        !ro.status.success(),
+        "writing to a readOnly mount must fail"
+    );
+    assert_eq!(
+        env.exec_ok("vols", "reader", &["cat", "/shared-ro/hello"])
+            .trim(),
+        "shared-data"
+    );
 
     // medium: Memory is a tmpfs inside the container.
     let mounts = env.exec_ok("vols", "writer", &["cat", "/proc/mounts"]);
-    let mem = mounts.lines().find(|l| l.split_whitespace().nth(1) == Some("/mem"));
-    assert_eq!(mem.and_then(|l| l.split_whitespace().nth(2)), Some("tmpfs"), "{mounts}");
-    let data_fs = mounts.lines().find(|l| l.split_whitespace().nth(1) == Some("/data"));
-    assert_ne!(data_fs.and_then(|l| l.split_whitespace().nth(2)), Some("tmpfs"), "a disk emptyDir is not a tmpfs: {mounts}");
-    env.exec_ok("vols", "writer", &["sh", "-c", "echo m > /mem/f && cat /mem/f"]);
+    let mem = mounts
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("/mem"));
+    assert_eq!(
+        mem.and_then(|l| l.split_whitespace().nth(2)),
+        Some("tmpfs"),
+        "{mounts}"
+    );
+    let data_fs = mounts
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("/data"));
+    assert_ne!(
+        data_fs.and_then(|l| l.split_whitespace().nth(2)),
+        Some("tmpfs"),
+        "a disk emptyDir is not a tmpfs: {mounts}"
+    );
+    env.exec_ok(
+        "vols",
+        "writer",
+        &["sh", "-c", "echo m > /mem/f && cat /mem/f"],
+    );
 
     // configMap with items: only the listed key, under its path.
-    assert_eq!(env.exec_ok("vols", "reader", &["cat", "/etc/app/app.conf"]), "color=blue\n");
+    assert_eq!(
+        env.exec_ok("vols", "reader", &["cat", "/etc/app/app.conf"]),
+        "color=blue\n"
+    );
     let ls = env.exec_ok("vols", "reader", &["ls", "/etc/app"]);
     assert!(!ls.contains("not-projected"), "items limits the keys: {ls}");
     // subPath mounts the single file.
-    assert_eq!(env.exec_ok("vols", "reader", &["cat", "/app.conf"]), "color=blue\n");
+    assert_eq!(
+        env.exec_ok("vols", "reader", &["cat", "/app.conf"]),
+        "color=blue\n"
+    );
     // configMap and secret volumes are read-only.
-    assert!(!env.exec("vols", "reader", &["sh", "-c", "echo x > /etc/app/app.conf"]).status.success());
-    assert!(!env.exec("vols", "reader", &["touch", "/secret/new"]).status.success());
+    assert!(!env
+        .exec(
+            "vols",
+            "reader",
+            &["sh", "-c", "echo x > /etc/app/app.conf"]
+        )
+        .status
+        .success());
+    assert!(!env
+        .exec("vols", "reader", &["touch", "/secret/new"])
+        .status
+        .success());
     // Secret data is decoded; stringData is folded in.
-    assert_eq!(env.exec_ok("vols", "reader", &["cat", "/secret/token"]), "token");
-    assert_eq!(env.exec_ok("vols", "reader", &["cat", "/secret/password"]), "s3cret");
+    assert_eq!(
+        env.exec_ok("vols", "reader", &["cat", "/secret/token"]),
+        "token"
+    );
+    assert_eq!(
+        env.exec_ok("vols", "reader", &["cat", "/secret/password"]),
+        "s3cret"
+    );
 
     env.rm(&["vols"]);
     env.assert_no_leaks();
@@ -220,7 +276,9 @@ spec:
     command: [sh, -c, "echo app started"]
 "#,
     );
-    env.wait_for("phase Failed", Duration::from_secs(20), || (env.phase("badinit").as_deref() == Some("Failed")).then_some(()));
+    env.wait_for("phase Failed", Duration::from_secs(20), || {
+        (env.phase("badinit").as_deref() == Some("Failed")).then_some(())
+    });
     let setup = env.container_status("badinit", "setup").unwrap();
     let (kind, d) = state_of(&setup);
     assert_eq!(kind, "terminated");
@@ -229,7 +287,11 @@ spec:
     // Give the monitor time to (wrongly) start the app container before checking.
     std::thread::sleep(Duration::from_millis(500));
     let app = env.container_status("badinit", "app").unwrap();
-    assert_eq!(state_of(&app).0, "waiting", "app container must never start: {app}");
+    assert_eq!(
+        state_of(&app).0,
+        "waiting",
+        "app container must never start: {app}"
+    );
     assert_eq!(app["restartCount"], 0);
     assert_eq!(env.ok(&["logs", "-c", "app", "badinit"]), "");
     assert_eq!(env.ok(&["logs", "-c", "setup", "badinit"]), "setting up\n");
@@ -266,7 +328,11 @@ spec:
     env.run_pod("nsidecar.yaml", &yaml);
     env.wait_state("nsidecar", "app", "running", Duration::from_secs(20));
     let helper = env.container_status("nsidecar", "helper").unwrap();
-    assert_eq!(state_of(&helper).0, "running", "the sidecar keeps running: {helper}");
+    assert_eq!(
+        state_of(&helper).0,
+        "running",
+        "the sidecar keeps running: {helper}"
+    );
     assert_eq!(helper["init"], true);
     // The sidecar started before the app container.
     let logs = env.wait_for("app output", Duration::from_secs(10), || {
@@ -307,7 +373,10 @@ spec:
     env.run_pod("sharepid.yaml", &yaml);
     env.wait_state("sharepid", "two", "running", Duration::from_secs(20));
     let ps = env.exec_ok("sharepid", "one", &["ps", "-o", "pid,args"]);
-    assert!(ps.contains("sleep 4242"), "container one sees two's process: {ps}");
+    assert!(
+        ps.contains("sleep 4242"),
+        "container one sees two's process: {ps}"
+    );
 
     // Without sharing, each container has its own PID namespace.
     let yaml = format!(
@@ -329,7 +398,10 @@ spec:
     env.run_pod("ownpid.yaml", &yaml);
     env.wait_state("ownpid", "two", "running", Duration::from_secs(20));
     let ps = env.exec_ok("ownpid", "one", &["ps", "-o", "pid,args"]);
-    assert!(!ps.contains("sleep 4343"), "container one must not see two's process: {ps}");
+    assert!(
+        !ps.contains("sleep 4343"),
+        "container one must not see two's process: {ps}"
+    );
     env.rm(&["sharepid", "ownpid"]);
     env.assert_no_leaks();
 }
@@ -385,23 +457,46 @@ spec:
     // Only reads: the interface list of the network namespace.
     let host_ifaces = interfaces(&std::fs::read_to_string("/proc/net/dev").unwrap());
     let inside = interfaces(&env.exec_ok("hostns", "c", &["cat", "/proc/net/dev"]));
-    assert_eq!(inside, host_ifaces, "hostNetwork sees the host's interfaces");
+    assert_eq!(
+        inside, host_ifaces,
+        "hostNetwork sees the host's interfaces"
+    );
     let isolated = interfaces(&env.exec_ok("podns", "c", &["cat", "/proc/net/dev"]));
-    assert_eq!(isolated, BTreeSet::from(["lo".to_owned()]), "a pod network namespace has only lo");
+    assert_eq!(
+        isolated,
+        BTreeSet::from(["lo".to_owned()]),
+        "a pod network namespace has only lo"
+    );
 
     // Namespace identities: host's for hostNetwork/hostPID/hostIPC, private otherwise.
-    let ns = |pid: &str, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap().to_string_lossy().into_owned();
+    let ns = |pid: &str, kind: &str| {
+        std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
     for kind in ["net", "pid", "ipc"] {
         let host = ns("self", kind);
-        let inside = env.exec_ok("hostns", "c", &["readlink", &format!("/proc/self/ns/{kind}")]);
+        let inside = env.exec_ok(
+            "hostns",
+            "c",
+            &["readlink", &format!("/proc/self/ns/{kind}")],
+        );
         assert_eq!(inside.trim(), host, "host {kind} namespace");
-        let private = env.exec_ok("podns", "c", &["readlink", &format!("/proc/self/ns/{kind}")]);
+        let private = env.exec_ok(
+            "podns",
+            "c",
+            &["readlink", &format!("/proc/self/ns/{kind}")],
+        );
         assert_ne!(private.trim(), host, "pod {kind} namespace");
     }
     // With hostPID the container sees this test process.
     let me = std::process::id().to_string();
     let ps = env.exec_ok("hostns", "c", &["ls", "/proc"]);
-    assert!(ps.split_whitespace().any(|p| p == me), "hostPID shows host processes");
+    assert!(
+        ps.split_whitespace().any(|p| p == me),
+        "hostPID shows host processes"
+    );
 
     env.rm(&["hostns", "podns"]);
     env.assert_no_leaks();

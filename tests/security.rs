@@ -21,10 +21,14 @@ fn status_field(status: &str, key: &str) -> String {
 
 /// The first line a container logged, waiting for it.
 fn first_log_line(env: &Env, pod: &str, container: &str) -> String {
-    env.wait_for(&format!("output of {container}"), Duration::from_secs(20), || {
-        let l = env.ok(&["logs", "-c", container, pod]);
-        l.lines().next().map(str::to_owned)
-    })
+    env.wait_for(
+        &format!("output of {container}"),
+        Duration::from_secs(20),
+        || {
+            let l = env.ok(&["logs", "-c", container, pod]);
+            l.lines().next().map(str::to_owned)
+        },
+    )
 }
 
 #[test]
@@ -69,9 +73,17 @@ spec:
         assert_eq!(status_field(&status, "CapEff"), want, "exec in {c}");
     }
     // Without CAP_CHOWN even root cannot give a file away.
-    let out = env.exec("caps", "dropall", &["sh", "-c", "touch /tmp/f && chown 1000 /tmp/f"]);
+    let out = env.exec(
+        "caps",
+        "dropall",
+        &["sh", "-c", "touch /tmp/f && chown 1000 /tmp/f"],
+    );
     assert!(!out.status.success(), "chown must fail without CAP_CHOWN");
-    env.exec_ok("caps", "default", &["sh", "-c", "touch /tmp/f && chown 1000 /tmp/f"]);
+    env.exec_ok(
+        "caps",
+        "default",
+        &["sh", "-c", "touch /tmp/f && chown 1000 /tmp/f"],
+    );
     env.rm(&["caps"]);
     env.assert_no_leaks();
 }
@@ -98,12 +110,19 @@ spec:
     );
     env.run_pod("priv.yaml", &yaml);
     // containerd gives a privileged container the full set of the runtime's own process.
-    let ours = status_field(&std::fs::read_to_string("/proc/self/status").unwrap(), "CapBnd");
+    let ours = status_field(
+        &std::fs::read_to_string("/proc/self/status").unwrap(),
+        "CapBnd",
+    );
     let line = first_log_line(&env, "priv", "priv");
     assert_eq!(status_field(&line, "CapEff"), ours);
     let status = env.exec_ok("priv", "priv", &["cat", "/proc/self/status"]);
     assert_eq!(status_field(&status, "CapEff"), ours);
-    assert_eq!(status_field(&status, "Seccomp"), "0", "privileged runs unconfined");
+    assert_eq!(
+        status_field(&status, "Seccomp"),
+        "0",
+        "privileged runs unconfined"
+    );
     env.rm(&["priv"]);
     env.assert_no_leaks();
 }
@@ -144,8 +163,15 @@ spec:
     env.run_pod("users.yaml", &yaml);
     env.wait_state("users", "rootdefault", "running", Duration::from_secs(20));
 
-    assert!(!env.exec("users", "ro", &["touch", "/x"]).status.success(), "read-only root refuses writes");
-    env.exec_ok("users", "ro", &["sh", "-c", "echo ok > /scratch/f && cat /scratch/f"]);
+    assert!(
+        !env.exec("users", "ro", &["touch", "/x"]).status.success(),
+        "read-only root refuses writes"
+    );
+    env.exec_ok(
+        "users",
+        "ro",
+        &["sh", "-c", "echo ok > /scratch/f && cat /scratch/f"],
+    );
 
     assert_eq!(env.exec_ok("users", "app", &["id", "-u"]).trim(), "1000");
     assert_eq!(env.exec_ok("users", "app", &["id", "-g"]).trim(), "1000");
@@ -159,13 +185,22 @@ spec:
     // The container's own process, not only exec'd ones.
     let status = env.exec_ok("users", "app", &["cat", "/proc/1/status"]);
     assert_eq!(status_field(&status, "NoNewPrivs"), "1");
-    assert_eq!(status_field(&status, "Uid").split_whitespace().next(), Some("1000"));
+    assert_eq!(
+        status_field(&status, "Uid").split_whitespace().next(),
+        Some("1000")
+    );
     // Writing as uid 1000 into root-owned places fails.
-    assert!(!env.exec("users", "app", &["touch", "/etc/x"]).status.success());
+    assert!(!env
+        .exec("users", "app", &["touch", "/etc/x"])
+        .status
+        .success());
 
     let status = env.exec_ok("users", "rootdefault", &["cat", "/proc/self/status"]);
     assert_eq!(status_field(&status, "NoNewPrivs"), "0");
-    assert_eq!(env.exec_ok("users", "rootdefault", &["id", "-u"]).trim(), "0");
+    assert_eq!(
+        env.exec_ok("users", "rootdefault", &["id", "-u"]).trim(),
+        "0"
+    );
 
     env.rm(&["users"]);
     env.assert_no_leaks();
@@ -218,7 +253,10 @@ spec:
 "#,
     );
     env.ok(&["run", "-d", f.to_str().unwrap()]);
-    assert_eq!(env.exec_ok("nonroot", "strict", &["id", "-u"]).trim(), "65534");
+    assert_eq!(
+        env.exec_ok("nonroot", "strict", &["id", "-u"]).trim(),
+        "65534"
+    );
     env.rm(&["nonroot"]);
     env.assert_no_leaks();
 }
@@ -269,7 +307,10 @@ spec:
     assert_eq!(status_field(&status, "Seccomp"), "2");
     // RuntimeDefault blocks new user namespaces for a process without CAP_SYS_ADMIN.
     let out = env.exec("seccomp", "default", &["unshare", "-U", "true"]);
-    assert!(!out.status.success(), "unshare -U must fail under RuntimeDefault");
+    assert!(
+        !out.status.success(),
+        "unshare -U must fail under RuntimeDefault"
+    );
 
     let status = env.exec_ok("seccomp", "unconfined", &["cat", "/proc/1/status"]);
     assert_eq!(status_field(&status, "Seccomp"), "0");
@@ -278,7 +319,10 @@ spec:
     let status = env.exec_ok("seccomp", "local", &["cat", "/proc/1/status"]);
     assert_eq!(status_field(&status, "Seccomp"), "2");
     let out = env.exec("seccomp", "local", &["mkdir", "/tmp/x"]);
-    assert!(!out.status.success(), "mkdir is denied by the Localhost profile");
+    assert!(
+        !out.status.success(),
+        "mkdir is denied by the Localhost profile"
+    );
     env.exec_ok("seccomp", "local", &["touch", "/tmp/y"]);
     env.exec_ok("seccomp", "default", &["mkdir", "/tmp/x"]);
 

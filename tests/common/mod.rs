@@ -32,7 +32,11 @@ pub fn repo() -> PathBuf {
 
 pub fn image_archive(name: &str) -> PathBuf {
     let p = repo().join("images/out").join(format!("{name}.tar"));
-    assert!(p.exists(), "{} is missing: build the test images first with images/build.sh", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build the test images first with images/build.sh",
+        p.display()
+    );
     p
 }
 
@@ -51,7 +55,10 @@ impl Env {
         // Short on purpose: the monitor socket lives at
         // <state>/pods/<64-hex id>/monitor.sock, and a unix socket path must fit in
         // sun_path (108 bytes), so a long TMPDIR would make every pod fail to start.
-        let dir = tempfile::Builder::new().prefix("prt-").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("prt-")
+            .tempdir_in("/tmp")
+            .unwrap();
         let env = Env {
             root: dir.path().join("root"),
             state: dir.path().join("state"),
@@ -61,7 +68,11 @@ impl Env {
         };
         for img in images {
             let out = env.podrun(&["image", "load", image_archive(img).to_str().unwrap()]);
-            assert!(out.status.success(), "image load {img}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "image load {img}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         env
     }
@@ -108,9 +119,7 @@ impl Env {
     /// The status of one container of one pod, as `podrun pods -o json` reports it.
     pub fn container_status(&self, pod: &str, container: &str) -> Option<serde_json::Value> {
         let pods = self.pods_json();
-        pods.as_array()?
-            .iter()
-            .find(|p| p["name"] == pod)?["status_detail"]["containers"]
+        pods.as_array()?.iter().find(|p| p["name"] == pod)?["status_detail"]["containers"]
             .as_array()?
             .iter()
             .find(|c| c["name"] == container)
@@ -118,7 +127,12 @@ impl Env {
     }
 
     /// Poll until `f` returns Some or the timeout passes.
-    pub fn wait_for<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
         let end = Instant::now() + timeout;
         loop {
             if let Some(v) = f() {
@@ -136,7 +150,9 @@ impl Env {
         // Processes whose command line or cwd mention this instance.
         let mut procs = Vec::new();
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             if cmdline.contains(&dir) && cmdline.contains(" monitor ") {
@@ -152,18 +168,33 @@ impl Env {
             let p = h.path().join(&self.cgroup_root);
             if p.exists() {
                 // The top-level dir may stay only if it has no pods below.
-                let pods: Vec<_> = walk_dirs(&p).into_iter().filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy().contains("pod"))).collect();
+                let pods: Vec<_> = walk_dirs(&p)
+                    .into_iter()
+                    .filter(|d| {
+                        d.file_name()
+                            .is_some_and(|n| n.to_string_lossy().contains("pod"))
+                    })
+                    .collect();
                 if !pods.is_empty() {
                     cgroups.push(format!("{}", pods[0].display()));
                 }
             }
         }
         assert!(cgroups.is_empty(), "leaked cgroups: {cgroups:?}");
-        for (what, p) in [("pod state", self.state.join("pods")), ("containers", self.root.join("containers")), ("pod data", self.root.join("pods")), ("names", self.state.join("names"))] {
-            let left: Vec<_> = std::fs::read_dir(&p).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        for (what, p) in [
+            ("pod state", self.state.join("pods")),
+            ("containers", self.root.join("containers")),
+            ("pod data", self.root.join("pods")),
+            ("names", self.state.join("names")),
+        ] {
+            let left: Vec<_> = std::fs::read_dir(&p)
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
             assert!(left.is_empty(), "leaked {what}: {left:?}");
         }
-        let logs: Vec<_> = std::fs::read_dir(&self.logs).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        let logs: Vec<_> = std::fs::read_dir(&self.logs)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
         assert!(logs.is_empty(), "leaked log dirs: {logs:?}");
     }
 }
@@ -172,7 +203,10 @@ impl Env {
 /// or "terminated") and its details.
 pub fn state_of(c: &serde_json::Value) -> (String, serde_json::Value) {
     let obj = c["state"].as_object().cloned().unwrap_or_default();
-    let (k, v) = obj.into_iter().next().unwrap_or_else(|| ("unknown".into(), serde_json::Value::Null));
+    let (k, v) = obj
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| ("unknown".into(), serde_json::Value::Null));
     (k, v)
 }
 
@@ -222,7 +256,10 @@ impl Env {
     pub fn exec_ok(&self, pod: &str, container: &str, cmd: &[&str]) -> String {
         let out = self.exec(pod, container, cmd);
         let (code, stdout, stderr) = text(&out);
-        assert_eq!(code, 0, "exec {pod}/{container} {cmd:?}:\nstdout: {stdout}\nstderr: {stderr}");
+        assert_eq!(
+            code, 0,
+            "exec {pod}/{container} {cmd:?}:\nstdout: {stdout}\nstderr: {stderr}"
+        );
         stdout
     }
 
@@ -237,23 +274,40 @@ impl Env {
     pub fn fail(&self, args: &[&str]) -> (i32, String, String) {
         let out = self.podrun(args);
         let t = text(&out);
-        assert!(!out.status.success(), "podrun {args:?} should have failed:\nstdout: {}\nstderr: {}", t.1, t.2);
+        assert!(
+            !out.status.success(),
+            "podrun {args:?} should have failed:\nstdout: {}\nstderr: {}",
+            t.1,
+            t.2
+        );
         t
     }
 
     /// The pod's entry of `pods -o json`.
     pub fn pod_json(&self, pod: &str) -> Option<serde_json::Value> {
-        self.pods_json().as_array()?.iter().find(|p| p["name"] == pod).cloned()
+        self.pods_json()
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == pod)
+            .cloned()
     }
 
     /// The pod phase (status_detail.phase).
     pub fn phase(&self, pod: &str) -> Option<String> {
-        self.pod_json(pod)?["status_detail"]["phase"].as_str().map(str::to_owned)
+        self.pod_json(pod)?["status_detail"]["phase"]
+            .as_str()
+            .map(str::to_owned)
     }
 
     /// Wait until a container is in state `kind` ("running", "waiting", "terminated");
     /// returns the whole container status.
-    pub fn wait_state(&self, pod: &str, container: &str, kind: &str, timeout: Duration) -> serde_json::Value {
+    pub fn wait_state(
+        &self,
+        pod: &str,
+        container: &str,
+        kind: &str,
+        timeout: Duration,
+    ) -> serde_json::Value {
         self.wait_for(&format!("{pod}/{container} {kind}"), timeout, || {
             let c = self.container_status(pod, container)?;
             (state_of(&c).0 == kind).then_some(c)
@@ -262,7 +316,9 @@ impl Env {
 
     /// The cgroup directories of this instance in one v1 hierarchy (or the v2 tree).
     pub fn cgroup_dirs(&self, hierarchy: &str) -> Vec<PathBuf> {
-        let base = Path::new("/sys/fs/cgroup").join(hierarchy).join(&self.cgroup_root);
+        let base = Path::new("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join(&self.cgroup_root);
         let mut v = walk_dirs(&base);
         if base.exists() {
             v.push(base);
@@ -289,15 +345,23 @@ impl Drop for Env {
         // Best-effort removal of whatever a failed test left running, so one failure does
         // not leak into the next run: remove the pods through podrun itself.
         if let Ok(out) = self.cmd(&["pods", "-o", "json"]).output() {
-            if let Ok(serde_json::Value::Array(pods)) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            if let Ok(serde_json::Value::Array(pods)) =
+                serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            {
                 for p in pods {
                     if let (Some(n), Some(ns)) = (p["name"].as_str(), p["namespace"].as_str()) {
-                        let _ = self.cmd(&["rm", "-n", ns, "--grace-period", "0", n]).output();
+                        let _ = self
+                            .cmd(&["rm", "-n", ns, "--grace-period", "0", n])
+                            .output();
                     }
                 }
             }
         }
-        for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let p = h.path().join(&self.cgroup_root);
             let mut dirs = walk_dirs(&p);
             dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
