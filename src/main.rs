@@ -117,6 +117,8 @@ enum Command {
         #[arg(long)]
         grace_period: Option<u64>,
     },
+    /// Pull an image from a registry.
+    Pull(cmd::image::PullArgs),
     /// Manage images.
     Image {
         #[command(subcommand)]
@@ -162,6 +164,22 @@ enum ImageCommand {
     },
     /// Remove images.
     Rm {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Pull an image from a registry.
+    Pull(cmd::image::PullArgs),
+    /// Print images and their OCI configs as JSON.
+    Inspect {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove untagged images, then blobs and layers no image uses.
+    Prune,
+    /// Write images to an OCI archive.
+    Save {
+        #[arg(short, long)]
+        output: PathBuf,
         #[arg(required = true)]
         images: Vec<String>,
     },

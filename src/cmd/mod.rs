@@ -1,6 +1,7 @@
 //! One function per subcommand: build what the library needs and call it.
 
 mod exec;
+pub mod image;
 mod logs;
 mod output;
 mod run;
@@ -141,7 +142,12 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Images { output } => output::images(&runtime(&cli)?, output),
+        Command::Pull(args) => image::pull(&cli, args),
         Command::Image { command } => match command {
+            ImageCommand::Pull(args) => image::pull(&cli, args),
+            ImageCommand::Inspect { images } => image::inspect(&cli, images),
+            ImageCommand::Prune => image::prune(&cli),
+            ImageCommand::Save { output, images } => image::save(&cli, images, output),
             ImageCommand::Ls { output } => output::images(&runtime(&cli)?, output),
             ImageCommand::Load { file } => {
                 let rt = runtime(&cli)?;
