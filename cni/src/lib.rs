@@ -3,5 +3,11 @@
 //! plugin, and the runtime-side client that loads network configurations and runs
 //! plugin chains the way libcni does.
 
+pub mod bridge;
+pub mod exec;
 pub mod ipam;
+pub mod masq;
+pub mod netlink;
+pub mod ns;
+pub mod skel;
 pub mod spec;

@@ -1,0 +1,530 @@
+//! A small synchronous rtnetlink client: just the link, address and route operations
+//! the bridge plugin needs. A socket talks to the network namespace it was opened in,
+//! so code that works inside a pod's netns opens its own [`Netlink`] on the namespace
+//! thread (see [`crate::ns`]).
+
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+
+use ipnet::IpNet;
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("failed to open netlink socket: {0}")]
+    Open(std::io::Error),
+    #[error("netlink {op} failed: {source}")]
+    Request {
+        op: &'static str,
+        source: std::io::Error,
+    },
+    #[error("netlink {op}: undecodable reply: {detail}")]
+    Decode { op: &'static str, detail: String },
+}
+
+impl NetlinkError {
+    /// The errno the kernel answered with, if the failure came from the kernel.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Request { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self.errno(),
+            Some(libc::ENODEV) | Some(libc::ENOENT) | Some(libc::ESRCH)
+        )
+    }
+
+    pub fn is_exists(&self) -> bool {
+        self.errno() == Some(libc::EEXIST)
+    }
+}
+
+type Result<T> = std::result::Result<T, NetlinkError>;
+
+/// What the plugin needs to know about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub kind: Option<String>,
+    pub mtu: u32,
+    pub mac: String,
+    pub up: bool,
+    pub promisc: bool,
+    pub controller: Option<u32>,
+}
+
+impl Link {
+    fn from_message(msg: &LinkMessage) -> Link {
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            kind: None,
+            mtu: 0,
+            mac: String::new(),
+            up: msg.header.flags.contains(LinkFlags::Up),
+            promisc: msg.header.flags.contains(LinkFlags::Promisc),
+            controller: None,
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::Mtu(m) => link.mtu = *m,
+                LinkAttribute::Address(a) => link.mac = format_mac(a),
+                LinkAttribute::Controller(c) if *c != 0 => link.controller = Some(*c),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(kind) = info {
+                            link.kind = Some(kind.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+/// An address on a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    pub index: u32,
+    pub address: IpNet,
+}
+
+/// A route in the main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub dst: IpNet,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+}
+
+pub fn format_mac(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// One rtnetlink socket in the calling thread's network namespace.
+pub struct Netlink {
+    socket: Socket,
+    seq: u32,
+}
+
+impl Netlink {
+    pub fn open() -> Result<Netlink> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Open)?;
+        socket.bind_auto().map_err(NetlinkError::Open)?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(NetlinkError::Open)?;
+        // Extended acks give the kernel's reason in errors; best effort.
+        let _ = socket.set_ext_ack(true);
+        Ok(Netlink { socket, seq: 0 })
+    }
+
+    /// Sends one request and collects every inner message until the ack or the end of
+    /// the dump.
+    fn request(
+        &mut self,
+        op: &'static str,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        // Non-dump requests always ask for an ack, so the reply loop has an end even
+        // for GET requests that answer with a single message.
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        header.flags = NLM_F_REQUEST | flags | if dump { 0 } else { NLM_F_ACK };
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        packet.finalize();
+        let mut buf = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        self.socket
+            .send(&buf, 0)
+            .map_err(|source| NetlinkError::Request { op, source })?;
+
+        let mut out = Vec::new();
+        loop {
+            let (data, _) = self
+                .socket
+                .recv_from_full()
+                .map_err(|source| NetlinkError::Request { op, source })?;
+            let mut offset = 0;
+            while offset < data.len() {
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
+                    .map_err(|e| NetlinkError::Decode {
+                        op,
+                        detail: e.to_string(),
+                    })?;
+                let len = reply.header.length as usize;
+                if len == 0 {
+                    return Err(NetlinkError::Decode {
+                        op,
+                        detail: "zero-length message".into(),
+                    });
+                }
+                offset += (len + 3) & !3;
+                if reply.header.sequence_number != self.seq {
+                    continue;
+                }
+                match reply.payload {
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(err) => {
+                        if err.code.is_none() {
+                            if !dump {
+                                return Ok(out);
+                            }
+                            continue;
+                        }
+                        return Err(NetlinkError::Request {
+                            op,
+                            source: err.to_io(),
+                        });
+                    }
+                    NetlinkPayload::InnerMessage(inner) => {
+                        out.push(inner);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    // ---- links ----
+
+    pub fn links(&mut self) -> Result<Vec<Link>> {
+        let replies = self.request(
+            "list links",
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(replies
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The link called `name`, or None when there is none.
+    pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request("get link", RouteNetlinkMessage::GetLink(msg), 0) {
+            Ok(replies) => Ok(replies.iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+                _ => None,
+            })),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        match self.request("get link", RouteNetlinkMessage::GetLink(msg), 0) {
+            Ok(replies) => Ok(replies.iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+                _ => None,
+            })),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a bridge; EEXIST is reported so the caller can decide.
+    pub fn create_bridge(&mut self, name: &str, mtu: Option<u32>) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        if let Some(mtu) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        msg.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
+        self.request(
+            "create bridge",
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        Ok(())
+    }
+
+    /// Creates a veth pair `name` (here) and `peer_name`, the peer going straight into
+    /// the namespace `peer_netns_fd` when given.
+    pub fn create_veth(
+        &mut self,
+        name: &str,
+        peer_name: &str,
+        mtu: Option<u32>,
+        peer_netns_fd: Option<RawFd>,
+    ) -> Result<()> {
+        let mut peer = LinkMessage::default();
+        peer.attributes
+            .push(LinkAttribute::IfName(peer_name.to_string()));
+        if let Some(mtu) = mtu {
+            peer.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(fd) = peer_netns_fd {
+            peer.attributes.push(LinkAttribute::NetNsFd(fd));
+        }
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        if let Some(mtu) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
+        self.request(
+            "create veth",
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        Ok(())
+    }
+
+    fn set_link(
+        &mut self,
+        op: &'static str,
+        index: u32,
+        edit: impl FnOnce(&mut LinkMessage),
+    ) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        edit(&mut msg);
+        self.request(op, RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)?;
+        Ok(())
+    }
+
+    pub fn set_up(&mut self, index: u32) -> Result<()> {
+        self.set_link("set link up", index, |m| {
+            m.header.flags |= LinkFlags::Up;
+            m.header.change_mask |= LinkFlags::Up;
+        })
+    }
+
+    pub fn set_promisc(&mut self, index: u32, on: bool) -> Result<()> {
+        self.set_link("set promisc", index, |m| {
+            if on {
+                m.header.flags |= LinkFlags::Promisc;
+            }
+            m.header.change_mask |= LinkFlags::Promisc;
+        })
+    }
+
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
+        self.set_link("set mtu", index, |m| {
+            m.attributes.push(LinkAttribute::Mtu(mtu))
+        })
+    }
+
+    pub fn set_controller(&mut self, index: u32, controller: u32) -> Result<()> {
+        self.set_link("attach to bridge", index, |m| {
+            m.attributes.push(LinkAttribute::Controller(controller))
+        })
+    }
+
+    pub fn delete_link(&mut self, index: u32) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        self.request("delete link", RouteNetlinkMessage::DelLink(msg), NLM_F_ACK)?;
+        Ok(())
+    }
+
+    // ---- addresses ----
+
+    pub fn addresses(&mut self, index: Option<u32>) -> Result<Vec<Address>> {
+        let replies = self.request(
+            "list addresses",
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for m in replies {
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
+            if index.is_some_and(|i| i != a.header.index) {
+                continue;
+            }
+            // IFA_LOCAL is the interface's own address on point-to-point links; use
+            // IFA_ADDRESS otherwise.
+            let mut addr = None;
+            for attr in &a.attributes {
+                match attr {
+                    AddressAttribute::Local(ip) => addr = Some(*ip),
+                    AddressAttribute::Address(ip) if addr.is_none() => addr = Some(*ip),
+                    _ => {}
+                }
+            }
+            if let Some(ip) = addr {
+                if let Ok(net) = IpNet::new(ip, a.header.prefix_len) {
+                    out.push(Address {
+                        index: a.header.index,
+                        address: net,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds an address; an identical existing address is fine.
+    pub fn add_address(&mut self, index: u32, address: IpNet) -> Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = family_of(address.addr());
+        msg.header.prefix_len = address.prefix_len();
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(address.addr()));
+        msg.attributes
+            .push(AddressAttribute::Address(address.addr()));
+        if let IpNet::V4(v4) = address {
+            msg.attributes
+                .push(AddressAttribute::Broadcast(v4.broadcast()));
+        }
+        match self.request(
+            "add address",
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Err(e) if e.is_exists() => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    // ---- routes ----
+
+    pub fn routes(&mut self, v6: bool) -> Result<Vec<RouteEntry>> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = if v6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let replies = self.request(
+            "list routes",
+            RouteNetlinkMessage::GetRoute(req),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for m in replies {
+            let RouteNetlinkMessage::NewRoute(r) = m else {
+                continue;
+            };
+            if r.header.table != RouteHeader::RT_TABLE_MAIN {
+                continue;
+            }
+            let mut dst = None;
+            let mut gateway = None;
+            let mut oif = None;
+            for attr in &r.attributes {
+                match attr {
+                    RouteAttribute::Destination(a) => dst = route_addr(a),
+                    RouteAttribute::Gateway(a) => gateway = route_addr(a),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            let zero: IpAddr = if v6 {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            };
+            let Ok(dst) = IpNet::new(dst.unwrap_or(zero), r.header.destination_prefix_length)
+            else {
+                continue;
+            };
+            out.push(RouteEntry { dst, gateway, oif });
+        }
+        Ok(out)
+    }
+
+    /// Adds a route in the main table; an identical existing route is fine.
+    pub fn add_route(
+        &mut self,
+        dst: IpNet,
+        gateway: Option<IpAddr>,
+        oif: u32,
+        mtu: Option<u32>,
+    ) -> Result<()> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family_of(dst.addr());
+        msg.header.destination_prefix_length = dst.prefix_len();
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.kind = RouteType::Unicast;
+        msg.header.scope = if gateway.is_some() {
+            RouteScope::Universe
+        } else {
+            RouteScope::Link
+        };
+        if dst.prefix_len() > 0 {
+            msg.attributes
+                .push(RouteAttribute::Destination(RouteAddress::from(
+                    dst.network(),
+                )));
+        }
+        if let Some(gw) = gateway {
+            msg.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+        }
+        msg.attributes.push(RouteAttribute::Oif(oif));
+        if let Some(mtu) = mtu {
+            msg.attributes.push(RouteAttribute::Metrics(vec![
+                netlink_packet_route::route::RouteMetric::Mtu(mtu),
+            ]));
+        }
+        match self.request(
+            "add route",
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Err(e) if e.is_exists() => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+}
+
+fn family_of(ip: IpAddr) -> AddressFamily {
+    if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
