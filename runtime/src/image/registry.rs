@@ -128,9 +128,17 @@ fn transport_error(url: &str, t: &ureq::Transport, stall: Duration) -> (ImageErr
         t.kind(),
         ureq::ErrorKind::Dns | ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme
     );
+    // ureq's own Display repeats the URL, which the error already names.
+    let mut detail = t.kind().to_string();
+    if let Some(m) = t.message() {
+        detail.push_str(&format!(": {m}"));
+    }
+    if let Some(io) = io_source(t) {
+        detail.push_str(&format!(": {io}"));
+    }
     let reason = match t.kind() {
-        ureq::ErrorKind::Dns => format!("unknown host ({t})"),
-        _ => t.to_string(),
+        ureq::ErrorKind::Dns => format!("unknown host ({detail})"),
+        _ => detail,
     };
     (
         ImageError::RegistryConnect {

@@ -1,0 +1,365 @@
+//! `podrun pull` against a real registry: Debian's `docker-registry` (the CNCF distribution
+//! server) started on 127.0.0.1 with its storage in a temp dir. The project's busybox OCI
+//! archive is pushed to it with a small distribution-API client written here, then pulled
+//! by the podrun binary directly and through a docker.io mirror configured in hosts.toml.
+//! Needs root (layers are unpacked with their owners and device nodes); installs the
+//! registry with apt-get when it is missing and skips if that fails.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn busybox_archive() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("images/out/busybox.tar");
+    p.exists().then_some(p)
+}
+
+/// Install the registry if it is missing; false if that is impossible here.
+fn ensure_registry_installed() -> bool {
+    if Path::new(REGISTRY_BIN).exists() {
+        return true;
+    }
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "-q", "docker-registry"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        // The package lists may be missing on a fresh machine.
+        let _ = Command::new("apt-get")
+            .args(["update", "-q"])
+            .stdout(Stdio::null())
+            .status();
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "-q", "docker-registry"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status();
+    }
+    Path::new(REGISTRY_BIN).exists()
+}
+
+/// A registry process on a free loopback port, killed by PID when dropped.
+struct Registry {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::Builder::new()
+            .prefix("podrun-registry-")
+            .tempdir()
+            .unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: podrun-test\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("registry.log")).unwrap())
+            .spawn()
+            .expect("start docker-registry");
+        let reg = Registry {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if ureq::get(&format!("{}/v2/", reg.url()))
+                .timeout(Duration::from_secs(2))
+                .call()
+                .is_ok()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "registry did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        reg
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.host())
+    }
+
+    /// Push an OCI image layout (unpacked from `archive`) as `repo:tag`: every blob through
+    /// a monolithic upload (POST, then PUT ?digest=), then the manifest.
+    fn push_oci_archive(&self, archive: &Path, repo: &str, tag: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Command::new("tar")
+            .arg("-xf")
+            .arg(archive)
+            .arg("-C")
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
+        let desc = &index["manifests"][0];
+        let blob = |d: &str| dir.path().join("blobs/sha256").join(&d[7..]);
+        let manifest_digest = desc["digest"].as_str().unwrap();
+        let manifest_bytes = std::fs::read(blob(manifest_digest)).unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
+        let mut digests = vec![manifest["config"]["digest"].as_str().unwrap().to_string()];
+        for l in manifest["layers"].as_array().unwrap() {
+            digests.push(l["digest"].as_str().unwrap().to_string());
+        }
+        for d in digests {
+            let resp = ureq::post(&format!("{}/v2/{repo}/blobs/uploads/", self.url()))
+                .call()
+                .expect("start upload");
+            assert_eq!(resp.status(), 202);
+            let location = resp
+                .header("Location")
+                .expect("upload location")
+                .to_string();
+            let location = if location.starts_with('/') {
+                format!("{}{location}", self.url())
+            } else {
+                location
+            };
+            let sep = if location.contains('?') { '&' } else { '?' };
+            let data = std::fs::read(blob(&d)).unwrap();
+            let resp = ureq::put(&format!("{location}{sep}digest={d}"))
+                .set("Content-Type", "application/octet-stream")
+                .send_bytes(&data)
+                .expect("upload blob");
+            assert_eq!(resp.status(), 201, "blob {d}");
+        }
+        let media = desc["mediaType"].as_str().unwrap();
+        let resp = ureq::put(&format!("{}/v2/{repo}/manifests/{tag}", self.url()))
+            .set("Content-Type", media)
+            .send_bytes(&manifest_bytes)
+            .expect("put manifest");
+        assert_eq!(resp.status(), 201);
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        // Only the process this test started, by its PID.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One podrun instance: its own root, state and log dirs.
+struct Podrun {
+    dir: tempfile::TempDir,
+}
+
+impl Podrun {
+    fn new() -> Podrun {
+        Podrun {
+            dir: tempfile::Builder::new()
+                .prefix("prreg-")
+                .tempdir_in("/tmp")
+                .unwrap(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let d = self.dir.path();
+        Command::new(env!("CARGO_BIN_EXE_podrun"))
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--state")
+            .arg(d.join("state"))
+            .arg("--log-root")
+            .arg(d.join("logs"))
+            .arg("--cgroup-root")
+            .arg(format!("podrun-reg-{}", std::process::id()))
+            .args(args)
+            .env("HOME", d)
+            .env_remove("DOCKER_CONFIG")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "podrun {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn images(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["images", "-o", "json"])).unwrap()
+    }
+
+    fn hosts_dir(&self) -> PathBuf {
+        self.dir.path().join("certs.d")
+    }
+}
+
+/// Root, the registry package and the busybox archive, or a reason to skip.
+fn prerequisites() -> Option<PathBuf> {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return None;
+    }
+    let Some(archive) = busybox_archive() else {
+        eprintln!("skipped: images/out/busybox.tar is missing (run images/build.sh)");
+        return None;
+    };
+    if !ensure_registry_installed() {
+        eprintln!("skipped: docker-registry is not installed and apt-get could not install it");
+        return None;
+    }
+    Some(archive)
+}
+
+#[test]
+fn pull_from_a_local_registry_and_through_a_mirror() {
+    let Some(archive) = prerequisites() else {
+        return;
+    };
+    let reg = Registry::start();
+    reg.push_oci_archive(&archive, "library/busybox", "latest");
+    let reference = format!("{}/library/busybox:latest", reg.host());
+
+    let p = Podrun::new();
+    let hosts = p.hosts_dir();
+    let hosts_arg = hosts.to_str().unwrap();
+    let out = p.ok(&["pull", "--hosts-dir", hosts_arg, &reference]);
+    assert!(
+        out.contains("downloading") && out.contains("unpacked"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("Pulled {reference}")), "{out}");
+    let images = p.images();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0]["repo_tags"][0], reference.as_str());
+    let id = images[0]["id"].as_str().unwrap().to_string();
+    assert!(images[0]["repo_digests"][0]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("{}/library/busybox@sha256:", reg.host())));
+
+    // Again: the manifest is checked, no layer is downloaded.
+    let out = p.ok(&["pull", "--hosts-dir", hosts_arg, &reference]);
+    assert!(
+        out.contains("already present") && !out.contains("downloading"),
+        "{out}"
+    );
+    assert_eq!(p.images().len(), 1);
+
+    // The pulled image has a usable config.
+    let inspect: serde_json::Value =
+        serde_json::from_str(&p.ok(&["image", "inspect", &reference])).unwrap();
+    assert_eq!(inspect[0]["image"]["id"], id.as_str());
+    assert!(inspect[0]["config"]["rootfs"]["diff_ids"].is_array());
+
+    // A missing tag: one clear line naming the reference and the step; nothing stored.
+    let missing = format!("{}/library/busybox:nope", reg.host());
+    let out = p.run(&["pull", "--hosts-dir", hosts_arg, &missing]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("pull {missing}: fetch manifest: GET")) && err.contains("HTTP 404"),
+        "{err}"
+    );
+    assert_eq!(p.images().len(), 1);
+
+    // Save, load elsewhere, prune.
+    let saved = p.dir.path().join("busybox-oci.tar");
+    p.ok(&["image", "save", "-o", saved.to_str().unwrap(), &reference]);
+    let p3 = Podrun::new();
+    p3.ok(&["image", "load", saved.to_str().unwrap()]);
+    assert_eq!(p3.images()[0]["id"], id.as_str());
+    p.ok(&["image", "prune"]);
+    assert_eq!(p.images().len(), 1, "a tagged image survives prune");
+
+    // Mirror: docker.io/library/busybox resolved through hosts.toml. The upstream is a
+    // closed port, so the image can only have come from the mirror.
+    let m = Podrun::new();
+    let dir = m.hosts_dir().join("docker.io");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("hosts.toml"),
+        format!(
+            "server = \"http://127.0.0.1:1\"\n\n[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            reg.url()
+        ),
+    )
+    .unwrap();
+    let out = m.ok(&[
+        "pull",
+        "--hosts-dir",
+        m.hosts_dir().to_str().unwrap(),
+        "busybox",
+    ]);
+    assert!(out.contains("Pulled busybox"), "{out}");
+    let images = m.images();
+    assert_eq!(
+        images[0]["repo_tags"][0],
+        "docker.io/library/busybox:latest"
+    );
+    assert_eq!(images[0]["id"], id.as_str());
+
+    // Concurrent pulls of one image into one store from four processes.
+    let c = Podrun::new();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            let d = c.dir.path();
+            Command::new(env!("CARGO_BIN_EXE_podrun"))
+                .arg("--root")
+                .arg(d.join("root"))
+                .args(["pull", "-q", "--hosts-dir", hosts_arg, &reference])
+                .env("HOME", d)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for ch in children {
+        let out = ch.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id);
+    }
+    assert_eq!(c.images().len(), 1);
+    assert_eq!(
+        std::fs::read_dir(c.dir.path().join("root/tmp"))
+            .unwrap()
+            .count(),
+        0,
+        "no temp files left"
+    );
+}
