@@ -4,8 +4,8 @@
 //! tests can count downloads.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -59,6 +59,29 @@ pub struct FakeRegistry {
 
 impl FakeRegistry {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Serve HTTPS with this PEM certificate chain and key.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Self {
+        use rustls_pki_types::pem::PemObject;
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        Self::start_with(Some(Arc::new(config)))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -70,8 +93,18 @@ impl FakeRegistry {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let st = st.clone();
+                        let tls = tls.clone();
                         std::thread::spawn(move || {
-                            let _ = serve(stream, &st, addr);
+                            let _ = stream.set_nonblocking(false);
+                            let _ = match tls {
+                                Some(cfg) => match rustls::ServerConnection::new(cfg) {
+                                    Ok(conn) => {
+                                        serve(rustls::StreamOwned::new(conn, stream), &st, addr)
+                                    }
+                                    Err(_) => Ok(()),
+                                },
+                                None => serve(stream, &st, addr),
+                            };
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -171,21 +204,28 @@ fn respond(status: u16, body: &[u8]) -> Response {
     }
 }
 
-fn serve(stream: TcpStream, state: &Mutex<State>, addr: SocketAddr) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
+fn serve<S: Read + Write>(
+    mut stream: S,
+    state: &Mutex<State>,
+    addr: SocketAddr,
+) -> std::io::Result<()> {
+    // Byte by byte up to the blank line, so nothing past the head is consumed.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte)? == 0 {
+            return Ok(());
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut parts = lines.next().unwrap_or("").split_whitespace();
     let method = parts.next().unwrap_or("").to_string();
     let target = parts.next().unwrap_or("").to_string();
     let mut headers = HashMap::new();
     let mut content_length = 0usize;
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
-            break;
-        }
+    for h in lines {
         if let Some((k, v)) = h.split_once(':') {
             let k = k.trim().to_ascii_lowercase();
             if k == "content-length" {
@@ -195,7 +235,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>, addr: SocketAddr) -> std::io::
         }
     }
     let mut body = vec![0u8; content_length];
-    reader.read_exact(&mut body)?;
+    stream.read_exact(&mut body)?;
     let path = target.split('?').next().unwrap_or("").to_string();
     let (resp, fault) = {
         let mut s = state.lock().unwrap();
@@ -317,8 +357,8 @@ fn route(
     respond(404, b"{}")
 }
 
-fn write_response(
-    mut stream: TcpStream,
+fn write_response<S: Read + Write>(
+    mut stream: S,
     method: &str,
     mut resp: Response,
     fault: Option<Fault>,
@@ -342,8 +382,7 @@ fn write_response(
         Some(Fault::Truncate(n)) => {
             stream.write_all(&resp.body[..n.min(resp.body.len())])?;
             stream.flush()?;
-            // Close without the rest: the client sees a short body.
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+            // Dropping the stream closes it without the rest: the client sees a short body.
         }
         Some(Fault::Stall(d)) => {
             stream.flush()?;
@@ -351,5 +390,5 @@ fn write_response(
         }
         _ => stream.write_all(&resp.body)?,
     }
-    Ok(())
+    stream.flush()
 }

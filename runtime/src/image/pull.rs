@@ -330,6 +330,12 @@ impl ImageStore {
     /// Pull `reference` from its registry (or a mirror) into the store.
     pub fn pull(&self, reference: &str, opts: &PullOptions) -> Result<Image, ImageError> {
         let r = reference::parse(reference)?;
+        // A pull or load killed part way leaves temp files behind: clear them while no
+        // other pull or load is running (one that is would hold the GC lock shared).
+        if let Ok(gc) = self.lock("gc.lock", FlockArg::LockExclusiveNonblock) {
+            self.clear_tmp();
+            drop(gc);
+        }
         let gc = self.lock("gc.lock", FlockArg::LockShared)?;
         let started = Instant::now();
         let result = self.pull_locked(&r, opts);
@@ -353,6 +359,15 @@ impl ImageStore {
                     step,
                     cause: Box::new(cause),
                 })
+            }
+        }
+    }
+
+    fn clear_tmp(&self) {
+        let tmp = self.tmp_dir();
+        for e in fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            if let Err(err) = super::unpack::remove_tree(&e.path()) {
+                tracing::warn!(path = %e.path().display(), error = %err, "could not remove stale temp path");
             }
         }
     }

@@ -163,6 +163,10 @@ fn pull_by_tag_stores_unpacks_and_reuses() {
     for l in &p.layers {
         assert_eq!(reg.blob_gets(l), 1, "layer {l} downloaded twice");
     }
+    // A temp file left by a pull that was killed is cleared by the next pull.
+    fs::write(e.root.join("tmp/pull-stale"), b"partial").unwrap();
+    e.store.pull(&reference, &e.opts()).unwrap();
+    assert_eq!(count(&e.root.join("tmp")), 0);
     // By digest too, with no new download.
     let by_digest = format!("{}/team/app@{}", reg.host(), p.manifest);
     assert_eq!(e.store.pull(&by_digest, &e.opts()).unwrap().id, p.id);
@@ -686,4 +690,117 @@ fn challenges_credentials_and_platforms_parse() {
     assert!("linux//".parse::<PlatformSpec>().is_err());
     assert!(hosts::is_loopback("127.1.2.3:80") && hosts::is_loopback("localhost"));
     assert!(!hosts::is_loopback("10.0.0.1:5000") && !hosts::is_loopback("localhost.example"));
+}
+
+/// A CA and a leaf certificate for 127.0.0.1 made with the openssl command, or None.
+fn make_certs(dir: &Path) -> Option<()> {
+    let run = |args: &[&str]| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .ok()?;
+    let ok = run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=podrun test CA",
+    ]) && run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]) && run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    ok.then_some(())
+}
+
+#[test]
+fn https_registry_with_hosts_ca_and_skip_verify() {
+    let certs = tempfile::tempdir().unwrap();
+    if make_certs(certs.path()).is_none() {
+        eprintln!("skipped: the openssl command is not available");
+        return;
+    }
+    let reg = FakeRegistry::start_tls(
+        &certs.path().join("leaf.pem"),
+        &certs.path().join("leaf.key"),
+    );
+    let p = push_image(&reg, "tls/app", Some("1"), "amd64", "t");
+    let reference = format!("{}/tls/app:1", reg.host());
+    let write_hosts = |e: &Env, extra: &str| {
+        let dir = e.hosts_dir.join(reg.host());
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("hosts.toml"),
+            format!("server = \"https://{}\"\n{extra}", reg.host()),
+        )
+        .unwrap();
+    };
+
+    // Loopback would default to plain HTTP; hosts.toml asks for HTTPS, with no CA: refused.
+    let e = env();
+    write_hosts(&e, "");
+    let err = e.store.pull(&reference, &e.opts()).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "connect to https://{}/v2/tls/app/manifests/1",
+            reg.host()
+        )) && err.contains("UnknownIssuer"),
+        "{err}"
+    );
+    assert_nothing_left(&e);
+
+    let e = env();
+    write_hosts(
+        &e,
+        &format!("ca = \"{}\"\n", certs.path().join("ca.pem").display()),
+    );
+    assert_eq!(e.store.pull(&reference, &e.opts()).unwrap().id, p.id);
+
+    let e = env();
+    write_hosts(&e, "skip_verify = true\n");
+    assert_eq!(e.store.pull(&reference, &e.opts()).unwrap().id, p.id);
 }
