@@ -4,6 +4,7 @@
 //! plugin chains the way libcni does.
 
 pub mod bridge;
+pub mod client;
 pub mod exec;
 pub mod ipam;
 pub mod masq;
@@ -11,3 +12,9 @@ pub mod netlink;
 pub mod ns;
 pub mod skel;
 pub mod spec;
+
+pub use client::{
+    default_conflist, ClientError, Cni, CniConfig, DEFAULT_CACHE_DIR, DEFAULT_CONF_DIR,
+};
+pub use exec::{find_plugin, DEFAULT_CNI_PATH};
+pub use spec::{CniError, CniResult, NetworkConfigList};
