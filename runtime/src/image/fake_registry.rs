@@ -26,6 +26,11 @@ pub enum AuthMode {
         credentials: Option<(String, String)>,
         token: String,
     },
+    /// Bearer tokens from `POST /token` in exchange for a refresh (identity) token.
+    IdentityToken {
+        refresh_token: String,
+        token: String,
+    },
 }
 
 /// What to do instead of (or to) the next response for a path.
@@ -250,7 +255,7 @@ fn serve<S: Read + Write>(
                 *code,
                 br#"{"errors":[{"code":"UNKNOWN","message":"injected failure"}]}"#,
             ),
-            _ => route(&mut s, &method, &target, &path, &headers, addr),
+            _ => route(&mut s, &method, &target, &path, &headers, &body, addr),
         };
         (resp, fault)
     };
@@ -263,6 +268,7 @@ fn route(
     target: &str,
     path: &str,
     headers: &HashMap<String, String>,
+    body: &[u8],
     addr: SocketAddr,
 ) -> Response {
     let b64 =
@@ -284,6 +290,21 @@ fn route(
             }
             return respond(200, format!(r#"{{"token":"{token}"}}"#).as_bytes());
         }
+        if let Some(AuthMode::IdentityToken {
+            refresh_token,
+            token,
+        }) = &s.auth
+        {
+            let form = String::from_utf8_lossy(body);
+            let ok = method == "POST"
+                && form.contains("grant_type=refresh_token")
+                && form.contains(&format!("refresh_token={refresh_token}"))
+                && form.contains("service=fake");
+            if !ok {
+                return respond(401, b"{}");
+            }
+            return respond(200, format!(r#"{{"access_token":"{token}"}}"#).as_bytes());
+        }
         return respond(404, b"{}");
     }
     let Some(rest) = path.strip_prefix("/v2/") else {
@@ -301,7 +322,9 @@ fn route(
                 .push(("WWW-Authenticate".into(), r#"Basic realm="fake""#.into()));
             return r;
         }
-        Some(AuthMode::Bearer { token, .. }) if given != format!("Bearer {token}") => {
+        Some(AuthMode::Bearer { token, .. } | AuthMode::IdentityToken { token, .. })
+            if given != format!("Bearer {token}") =>
+        {
             let repo = rest
                 .rsplit_once("/manifests/")
                 .or_else(|| rest.rsplit_once("/blobs/"))

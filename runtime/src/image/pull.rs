@@ -552,7 +552,16 @@ impl ImageStore {
                         failed.store(true, Ordering::Relaxed);
                         let mut slot = first_error.lock().unwrap();
                         if slot.is_none() {
-                            *slot = Some((format!("fetch layer {}", short(&l.digest)), e));
+                            // Foreign (non-distributable) layers normally live at URLs
+                            // outside the registry; podrun fetches only from registries.
+                            let kind = if l.media_type.contains("foreign")
+                                || l.media_type.contains("nondistributable")
+                            {
+                                "foreign layer"
+                            } else {
+                                "layer"
+                            };
+                            *slot = Some((format!("fetch {kind} {}", short(&l.digest)), e));
                         }
                         return;
                     }

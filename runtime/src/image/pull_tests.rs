@@ -274,6 +274,36 @@ fn bearer_token_auth_with_credentials_and_config_json() {
 }
 
 #[test]
+fn identity_and_registry_tokens() {
+    let reg = FakeRegistry::start();
+    let p = push_image(&reg, "idt/app", Some("1"), "amd64", "i");
+    reg.set_auth(AuthMode::IdentityToken {
+        refresh_token: "refresh-xyz".into(),
+        token: "access-1".into(),
+    });
+    let reference = format!("{}/idt/app:1", reg.host());
+    let e = env();
+    let mut opts = e.opts();
+    opts.auth = Some(Auth::IdentityToken("refresh-xyz".into()));
+    assert_eq!(e.store.pull(&reference, &opts).unwrap().id, p.id);
+    assert!(reg.log().iter().any(|l| l.starts_with("POST /token")));
+
+    // A registry token is sent up front: no challenge round trip.
+    let e = env();
+    let before = reg.log().len();
+    opts.auth = Some(Auth::RegistryToken("access-1".into()));
+    opts.hosts_dir = e.hosts_dir.clone();
+    assert_eq!(e.store.pull(&reference, &opts).unwrap().id, p.id);
+    assert!(reg.log()[before..].iter().all(|l| !l.contains("/token")));
+
+    let e = env();
+    opts.auth = Some(Auth::IdentityToken("stale".into()));
+    opts.hosts_dir = e.hosts_dir.clone();
+    let err = e.store.pull(&reference, &opts).unwrap_err().to_string();
+    assert!(err.contains("token request failed: HTTP 401"), "{err}");
+}
+
+#[test]
 fn basic_auth() {
     let reg = FakeRegistry::start();
     let p = push_image(&reg, "app", Some("latest"), "amd64", "b");
