@@ -224,7 +224,6 @@ fn crash_loop_back_off_delays_restarts() {
 }
 
 #[test]
-#[ignore = "podrun bug: restartCount is raised when a restart is scheduled, not when the container starts again, so it is already 2 while the container waits in CrashLoopBackOff after its second exit (runtime/src/monitor/mod.rs, Monitor::record_exit); kubelet counts started restarts"]
 fn restart_count_counts_restarts_not_exits() {
     require_root!();
     let env = Env::new(&["busybox"]);
@@ -542,7 +541,6 @@ fn foreground_run_killed_hard_stops_the_pod() {
 }
 
 #[test]
-#[ignore = "podrun bug: the monitor cannot remove its own state dir: the pod tmpfs (<state>/pods/<id>/shm) is still mounted in the monitor's mount namespace, so remove_dir_all fails with EBUSY and leaves plan.json/status.json/monitor.sock until another podrun command reaps the pod (runtime/src/monitor/mod.rs, teardown_pod's remove_dir_all(&plan.state_dir) called from Monitor::teardown)"]
 fn foreground_run_killed_hard_is_removed_by_the_monitor_alone() {
     require_root!();
     let env = Env::new(&["busybox"]);

@@ -89,7 +89,6 @@ spec:
 }
 
 #[test]
-#[ignore = "podrun bug: privileged asks for every capability the kernel knows instead of those podrun's own bounding set holds, so capset fails with EPERM when podrun runs with a reduced bounding set (runtime/src/security/capabilities.rs:73-80,143)"]
 fn privileged_container_gets_every_capability_podrun_holds() {
     require_root!();
     let env = Env::new(&["busybox"]);

@@ -31,7 +31,7 @@ use crate::status::{PodPhase, PodStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
-    #[error("{0}")]
+    #[error(transparent)]
     Spec(#[from] spec::SpecError),
     #[error("{file}: {message}")]
     Invalid { file: String, message: String },
@@ -183,7 +183,7 @@ impl PodRuntime {
             let status = state::read_json::<PodStatus>(&d.join(STATUS_FILE))
                 .ok()
                 .flatten();
-            let alive = std::os::unix::net::UnixStream::connect(d.join(SOCKET_FILE)).is_ok();
+            let alive = crate::monitor::protocol::connect(&d.join(SOCKET_FILE)).is_ok();
             pods.push(PodInfo {
                 plan,
                 status,
@@ -953,6 +953,21 @@ impl Planner<'_> {
         let (img, config, layers) = self.resolve_image(c)?;
         let id = state::new_id();
         let cfield = format!("container {:?}", c.name);
+        let field = match spec
+            .init_containers
+            .iter()
+            .flatten()
+            .position(|x| x.name == c.name)
+        {
+            Some(i) if kind != ContainerKind::App => format!("spec.initContainers[{i}]"),
+            _ => format!(
+                "spec.containers[{}]",
+                spec.containers
+                    .iter()
+                    .position(|x| x.name == c.name)
+                    .unwrap_or(0)
+            ),
+        };
 
         let ctx = spec::EnvContext {
             pod,
@@ -962,8 +977,10 @@ impl Planner<'_> {
             host_ip: None,
             node_name: &self.rt.config.node_name,
         };
-        let env = spec::resolve_env(c, &config.env, &ctx)?;
-        let args = spec::effective_command(c, &config.entrypoint, &config.cmd, &env)?;
+        let env = spec::resolve_env(c, &config.env, &ctx)
+            .map_err(|e| self.invalid(format!("{field}.env: {e}")))?;
+        let args = spec::effective_command(c, &config.entrypoint, &config.cmd, &env)
+            .map_err(|e| self.invalid(format!("{field}.command: {e}")))?;
         let mut env_strings: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         if !env.iter().any(|(k, _)| k == "PATH") {
             env_strings.insert(

@@ -316,6 +316,28 @@ pub(crate) fn mkdir_all(
     mut before_child: impl FnMut(&Path) -> Result<(), CgroupError>,
     mut after: impl FnMut(&Path, &Path) -> Result<(), CgroupError>,
 ) -> Result<(), CgroupError> {
+    // A shared parent (QoS or root cgroup) can be removed by the teardown of its last
+    // pod between our check and our mkdir below it: start over from the top then.
+    let mut attempts = 0;
+    loop {
+        match mkdir_all_once(fs, base, rel, &mut before_child, &mut after) {
+            Err(CgroupError::CreateDir { source, .. })
+                if source.kind() == io::ErrorKind::NotFound && attempts < 5 =>
+            {
+                attempts += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+fn mkdir_all_once(
+    fs: &dyn CgroupFs,
+    base: &Path,
+    rel: &Path,
+    before_child: &mut impl FnMut(&Path) -> Result<(), CgroupError>,
+    after: &mut impl FnMut(&Path, &Path) -> Result<(), CgroupError>,
+) -> Result<(), CgroupError> {
     let mut cur = base.to_path_buf();
     for comp in rel.components() {
         let parent = cur.clone();

@@ -91,6 +91,8 @@ struct Container {
     next_start: Option<Instant>,
     /// Exited and will not run again.
     done: bool,
+    /// Has been started (or tried to) at least once.
+    started_before: bool,
     stop_sent: bool,
     /// Output pipes of a finished run still being drained.
     draining: Vec<(Stream, OwnedFd)>,
@@ -263,7 +265,8 @@ impl Monitor {
 
         let socket = plan.state_dir.join(SOCKET_FILE);
         let _ = std::fs::remove_file(&socket);
-        let listener = UnixListener::bind(&socket).map_err(io("bind the monitor socket"))?;
+        let listener = protocol::with_short_path(&socket, |p| UnixListener::bind(p))
+            .map_err(io("bind the monitor socket"))?;
         listener
             .set_nonblocking(true)
             .map_err(io("monitor socket"))?;
@@ -291,6 +294,7 @@ impl Monitor {
                 backoff: Backoff::new(Duration::from_millis(plan.backoff_base_ms)),
                 next_start: None,
                 done: false,
+                started_before: false,
                 stop_sent: false,
                 draining: Vec::new(),
                 draining_log: None,
@@ -372,7 +376,7 @@ impl Monitor {
             .iter()
             .map(|c| ContainerView {
                 kind: c.plan.kind,
-                started_once: c.status.restart_count > 0 || c.running.is_some(),
+                started_once: c.started_before,
                 done: c.done,
                 exit_code: c.status.state.exit_code(),
             })
@@ -425,11 +429,7 @@ impl Monitor {
                         return
                     }
                     // Later containers wait until the sidecar has started once.
-                    ContainerKind::Sidecar
-                        if c.status.restart_count == 0 && c.running.is_none() =>
-                    {
-                        return
-                    }
+                    ContainerKind::Sidecar if !c.started_before => return,
                     _ => {}
                 }
             } else if c.running.is_none() && !c.done && c.next_start.is_none_or(|t| t <= now) {
@@ -460,6 +460,12 @@ impl Monitor {
 
     fn start(&mut self, idx: usize) {
         let now = Utc::now();
+        // kubelet counts restarts when they happen, not when they are scheduled.
+        let c = &mut self.containers[idx];
+        if c.started_before {
+            c.status.restart_count += 1;
+        }
+        c.started_before = true;
         match self.try_start(idx) {
             Ok(running) => {
                 let c = &mut self.containers[idx];
@@ -682,7 +688,6 @@ impl Monitor {
         if restart {
             let delay = c.backoff.next_delay(ran);
             c.status.last_state = Some(terminated);
-            c.status.restart_count += 1;
             c.next_start = Some(Instant::now() + delay);
             c.status.state = if delay.is_zero() {
                 ContainerState::Waiting {
@@ -1208,6 +1213,11 @@ impl Monitor {
             c.draining.clear();
             c.draining_log = None;
         });
+        // The pod's tmpfs mounts live in this namespace: unmount them so their
+        // directories can go with the state dir.
+        for t in &self.plan.tmpfs {
+            let _ = nix::mount::umount2(&t.path, nix::mount::MntFlags::MNT_DETACH);
+        }
         teardown_pod(&self.plan, self.cgroups.as_ref());
     }
 }

@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -64,6 +65,33 @@ pub enum ProtocolError {
     Remote(String),
 }
 
+/// Run `f` with a path to `socket` short enough for a unix socket address (108 bytes):
+/// long state roots are reached through an O_PATH descriptor of the socket's directory.
+pub fn with_short_path<T>(
+    socket: &Path,
+    f: impl FnOnce(&Path) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    if socket.as_os_str().len() < 100 {
+        return f(socket);
+    }
+    let (Some(dir), Some(name)) = (socket.parent(), socket.file_name()) else {
+        return f(socket);
+    };
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)?;
+    let short = Path::new("/proc/self/fd")
+        .join(dir.as_raw_fd().to_string())
+        .join(name);
+    f(&short)
+}
+
+/// Connect to a monitor socket, whatever the length of its path.
+pub fn connect(socket: &Path) -> std::io::Result<UnixStream> {
+    with_short_path(socket, |p| UnixStream::connect(p))
+}
+
 /// A client connection to one pod monitor.
 pub struct Client {
     stream: UnixStream,
@@ -72,7 +100,7 @@ pub struct Client {
 
 impl Client {
     pub fn connect(socket: &Path) -> Result<Self, ProtocolError> {
-        let stream = UnixStream::connect(socket).map_err(|source| ProtocolError::Connect {
+        let stream = connect(socket).map_err(|source| ProtocolError::Connect {
             path: socket.display().to_string(),
             source,
         })?;

@@ -67,15 +67,21 @@ pub fn default_capabilities() -> Vec<String> {
     names(DEFAULT_CAPABILITIES.iter().copied())
 }
 
-/// Every capability the running kernel knows. Probed with `PR_CAPBSET_READ`, which needs no
+/// Every capability the running kernel knows and podrun holds. Probed with `PR_CAPBSET_READ`, which needs no
 /// /proc (the init process may already be inside the container's rootfs), falling back to
 /// everything the caps crate knows if probing finds nothing.
 fn kernel_capabilities() -> CapsHashSet {
     let supported = caps::runtime::thread_all_supported();
-    if supported.is_empty() {
+    let supported = if supported.is_empty() {
         caps::all()
     } else {
         supported
+    };
+    // "All" can only be what podrun itself may hand on: its own bounding set (some hosts
+    // withhold capabilities such as CAP_SYS_RESOURCE even from root), as containerd does.
+    match caps::read(None, caps::CapSet::Bounding) {
+        Ok(own) if !own.is_empty() => supported.intersection(&own).copied().collect(),
+        _ => supported,
     }
 }
 
