@@ -51,11 +51,42 @@ fn ensure_registry_installed() -> bool {
 struct Registry {
     child: Child,
     port: u16,
+    /// Basic-auth credentials the registry demands (htpasswd), if any.
+    basic: Option<(String, String)>,
     _dir: tempfile::TempDir,
+}
+
+/// `htpasswd -B` from apache2-utils (installed if missing): the registry wants bcrypt.
+fn htpasswd_line(user: &str, password: &str) -> Option<String> {
+    let run = || {
+        Command::new("htpasswd")
+            .args(["-Bbn", user, password])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+    };
+    let out = run().or_else(|| {
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "-q", "apache2-utils"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status();
+        run()
+    })?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 impl Registry {
     fn start() -> Registry {
+        Self::start_with(None).unwrap()
+    }
+
+    /// A registry behind basic auth; None if htpasswd is unavailable.
+    fn start_basic(user: &str, password: &str) -> Option<Registry> {
+        Self::start_with(Some((user.to_string(), password.to_string())))
+    }
+
+    fn start_with(basic: Option<(String, String)>) -> Option<Registry> {
         let dir = tempfile::Builder::new()
             .prefix("podrun-registry-")
             .tempdir()
@@ -66,14 +97,19 @@ impl Registry {
             .unwrap()
             .port();
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: podrun-test\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: podrun-test\n",
+            dir.path().join("data").display()
+        );
+        if let Some((u, p)) = &basic {
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, format!("{}\n", htpasswd_line(u, p)?)).unwrap();
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: podrun-test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        std::fs::write(&config, yaml).unwrap();
         let child = Command::new(REGISTRY_BIN)
             .arg("serve")
             .arg(&config)
@@ -84,21 +120,33 @@ impl Registry {
         let reg = Registry {
             child,
             port,
+            basic,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if ureq::get(&format!("{}/v2/", reg.url()))
+            match ureq::get(&format!("{}/v2/", reg.url()))
                 .timeout(Duration::from_secs(2))
                 .call()
-                .is_ok()
             {
-                break;
+                Ok(_) | Err(ureq::Error::Status(401, _)) => break,
+                Err(_) => {}
             }
             assert!(Instant::now() < deadline, "registry did not come up");
             std::thread::sleep(Duration::from_millis(100));
         }
-        reg
+        Some(reg)
+    }
+
+    fn authorized(&self, req: ureq::Request) -> ureq::Request {
+        match &self.basic {
+            Some((u, p)) => {
+                use base64::Engine;
+                let b = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+                req.set("Authorization", &format!("Basic {b}"))
+            }
+            None => req,
+        }
     }
 
     fn host(&self) -> String {
@@ -133,7 +181,11 @@ impl Registry {
             digests.push(l["digest"].as_str().unwrap().to_string());
         }
         for d in digests {
-            let resp = ureq::post(&format!("{}/v2/{repo}/blobs/uploads/", self.url()))
+            let resp = self
+                .authorized(ureq::post(&format!(
+                    "{}/v2/{repo}/blobs/uploads/",
+                    self.url()
+                )))
                 .call()
                 .expect("start upload");
             assert_eq!(resp.status(), 202);
@@ -148,14 +200,19 @@ impl Registry {
             };
             let sep = if location.contains('?') { '&' } else { '?' };
             let data = std::fs::read(blob(&d)).unwrap();
-            let resp = ureq::put(&format!("{location}{sep}digest={d}"))
+            let resp = self
+                .authorized(ureq::put(&format!("{location}{sep}digest={d}")))
                 .set("Content-Type", "application/octet-stream")
                 .send_bytes(&data)
                 .expect("upload blob");
             assert_eq!(resp.status(), 201, "blob {d}");
         }
         let media = desc["mediaType"].as_str().unwrap();
-        let resp = ureq::put(&format!("{}/v2/{repo}/manifests/{tag}", self.url()))
+        let resp = self
+            .authorized(ureq::put(&format!(
+                "{}/v2/{repo}/manifests/{tag}",
+                self.url()
+            )))
             .set("Content-Type", media)
             .send_bytes(&manifest_bytes)
             .expect("put manifest");
@@ -187,6 +244,10 @@ impl Podrun {
     }
 
     fn run(&self, args: &[&str]) -> Output {
+        self.run_env(args, &[])
+    }
+
+    fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let d = self.dir.path();
         Command::new(env!("CARGO_BIN_EXE_podrun"))
             .arg("--root")
@@ -200,6 +261,8 @@ impl Podrun {
             .args(args)
             .env("HOME", d)
             .env_remove("DOCKER_CONFIG")
+            .env_remove("PODRUN_REGISTRY_PASSWORD")
+            .envs(env.iter().copied())
             .output()
             .unwrap()
     }
@@ -362,4 +425,62 @@ fn pull_from_a_local_registry_and_through_a_mirror() {
         0,
         "no temp files left"
     );
+}
+
+#[test]
+fn pull_from_a_registry_with_basic_auth() {
+    let Some(archive) = prerequisites() else {
+        return;
+    };
+    let Some(reg) = Registry::start_basic("alice", "s3cret") else {
+        eprintln!("skipped: htpasswd (apache2-utils) is not available");
+        return;
+    };
+    reg.push_oci_archive(&archive, "private/busybox", "1");
+    let reference = format!("{}/private/busybox:1", reg.host());
+    let p = Podrun::new();
+    let hosts = p.hosts_dir();
+    let hosts_arg = hosts.to_str().unwrap();
+
+    let out = p.run(&["pull", "--hosts-dir", hosts_arg, &reference]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("pull {reference}: fetch manifest:"))
+            && err.contains("username and password"),
+        "{err}"
+    );
+
+    let out = p.run_env(
+        &["pull", "-u", "alice", "--hosts-dir", hosts_arg, &reference],
+        &[("PODRUN_REGISTRY_PASSWORD", "wrong")],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("HTTP 401"), "{err}");
+    assert!(p.images().is_empty());
+
+    let out = p.run_env(
+        &["pull", "-u", "alice", "--hosts-dir", hosts_arg, &reference],
+        &[("PODRUN_REGISTRY_PASSWORD", "s3cret")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Credentials from ~/.docker/config.json.
+    let q = Podrun::new();
+    let docker = q.dir.path().join(".docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
+    std::fs::write(
+        docker.join("config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.host()),
+    )
+    .unwrap();
+    q.ok(&["pull", "--hosts-dir", hosts_arg, &reference]);
+    assert_eq!(q.images().len(), 1);
 }
