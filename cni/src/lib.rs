@@ -10,6 +10,7 @@ pub mod ipam;
 pub mod masq;
 pub mod netlink;
 pub mod ns;
+pub mod portmap;
 pub mod skel;
 pub mod spec;
 
