@@ -1,5 +1,6 @@
 //! The local image store: content-addressed blobs, layers unpacked once per chain ID, and
-//! image records with their tags. It imports OCI image archives and docker-archives and
+//! image records with their tags. It pulls from registries (`pull`, `registry`, `hosts`),
+//! imports and exports OCI image archives and docker-archives (`archive`, `save`), and
 //! hands the rest of podrun an image's config and its layer directories (overlay lowerdirs).
 //!
 //! Layout under the store root:
