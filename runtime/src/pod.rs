@@ -923,11 +923,13 @@ impl Planner<'_> {
     fn resolve_image(
         &self,
         c: &Container,
+        field: &str,
     ) -> Result<(crate::image::Image, ImageConfig, Vec<PathBuf>), PodError> {
         let image_ref = c.image.clone().unwrap_or_default();
         let img = self.rt.images.get(&image_ref)?.ok_or_else(|| {
             self.invalid(format!(
-                "container {:?}: image {image_ref:?} not found in the local store (load it with `podrun image load FILE`; imagePullPolicy {} cannot pull from a registry yet)",
+                "{}.image: image {image_ref:?} of container {:?} is not in the local store: `podrun pull {image_ref}` or `podrun image load FILE` first (podrun run does not pull; imagePullPolicy is {})",
+                field,
                 c.name,
                 c.image_pull_policy.as_deref().unwrap_or("IfNotPresent")
             ))
@@ -950,7 +952,7 @@ impl Planner<'_> {
     ) -> Result<ContainerPlan, PodError> {
         let pod = &self.m.pod;
         let spec = pod.spec.as_ref().unwrap();
-        let (img, config, layers) = self.resolve_image(c)?;
+        let (img, config, layers) = self.resolve_image(c, &container_field(spec, c, kind))?;
         let id = state::new_id();
         let cfield = format!("container {:?}", c.name);
         let field = match spec
@@ -1245,6 +1247,29 @@ fn user_in_passwd_by_uid(layers: &[PathBuf], uid: u32) -> Option<u32> {
         let f: Vec<&str> = l.split(':').collect();
         (f.len() >= 4 && f[2] == uid.to_string()).then(|| f[3].parse().ok())?
     })
+}
+
+/// The field path of a container in the pod spec, for error messages.
+fn container_field(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    c: &Container,
+    kind: ContainerKind,
+) -> String {
+    match spec
+        .init_containers
+        .iter()
+        .flatten()
+        .position(|x| x.name == c.name)
+    {
+        Some(i) if kind != ContainerKind::App => format!("spec.initContainers[{i}]"),
+        _ => format!(
+            "spec.containers[{}]",
+            spec.containers
+                .iter()
+                .position(|x| x.name == c.name)
+                .unwrap_or(0)
+        ),
+    }
 }
 
 /// kubelet's oom_score_adj policy by QoS class.
