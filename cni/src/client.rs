@@ -120,10 +120,11 @@ impl CniConfig {
 }
 
 /// podrun's network when none is configured: bridge `podrun0` with 10.88.0.0/16,
-/// egress masquerade, and hostPort mappings through portmap.
+/// egress masquerade, and hostPort mappings through podrun-portmap. Both plugins
+/// speak 1.1.0, so GC and STATUS work on it.
 pub fn default_conflist() -> NetworkConfigList {
     let value = json!({
-        "cniVersion": "1.0.0",
+        "cniVersion": "1.1.0",
         "name": "podrun",
         "plugins": [
             {
@@ -139,7 +140,7 @@ pub fn default_conflist() -> NetworkConfigList {
                 }
             },
             {
-                "type": "portmap",
+                "type": "podrun-portmap",
                 "capabilities": {"portMappings": true}
             }
         ]
@@ -550,7 +551,8 @@ mod tests {
         let list = default_conflist();
         list.validate().unwrap();
         assert_eq!(list.plugins[0]["bridge"], "podrun0");
-        assert_eq!(list.plugins[1]["type"], "portmap");
+        assert_eq!(list.plugins[1]["type"], "podrun-portmap");
+        assert_eq!(list.version().unwrap(), "1.1.0");
     }
 
     /// A fake plugin that records its stdin and answers with a result that names it.

@@ -118,3 +118,84 @@ fn host_port_reaches_the_pod_from_host_loopback_and_other_pods() {
     drop(client_ns);
     net.assert_clean_and_remove();
 }
+
+/// ipMasq: a pod reaches a "remote host" (a netns routed from the host only) and the
+/// remote side sees the host's address, not the pod's. The remote netns has no route
+/// back to the pod subnet, so without masquerade the connection could not complete.
+#[test]
+fn ip_masq_gives_pods_egress_to_a_remote_namespace() {
+    if !require_root("ip_masq_egress") {
+        return;
+    }
+    let net = TestNetwork::new("10.244.92.0/24");
+    let remote = TestNetns::new();
+    let host_end = format!("pcr{}", std::process::id() % 100000);
+    sh(
+        "ip",
+        &[
+            "link",
+            "add",
+            &host_end,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "uplink",
+            "netns",
+            &remote.name,
+        ],
+    );
+    sh("ip", &["addr", "add", "10.244.91.1/24", "dev", &host_end]);
+    sh("ip", &["link", "set", &host_end, "up"]);
+    for args in [
+        vec!["addr", "add", "10.244.91.2/24", "dev", "uplink"],
+        vec!["link", "set", "uplink", "up"],
+        vec!["link", "set", "lo", "up"],
+    ] {
+        let mut full = vec!["-n", remote.name.as_str()];
+        full.extend(args);
+        sh("ip", &full);
+    }
+
+    let mut conf = net.conf("1.1.0", "podrun-bridge");
+    conf["ipMasq"] = json!(true);
+    let list = NetworkConfigList::from_single(conf.to_string().as_bytes()).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let cni = Cni::new(
+        list,
+        vec![plugin_path().parent().unwrap().to_path_buf()],
+        cache.path().to_path_buf(),
+    );
+    let pod = TestNetns::new();
+    cni.add("egress", &pod.path(), "eth0", Value::Null).unwrap();
+
+    let listener = NetNs::open(Path::new(&remote.path()))
+        .unwrap()
+        .run(|| TcpListener::bind("10.244.91.2:8080"))
+        .unwrap()
+        .unwrap();
+    let serving = std::thread::spawn(move || {
+        let (mut s, peer) = listener.accept().unwrap();
+        let mut buf = [0u8; 2];
+        let _ = s.read_exact(&mut buf);
+        let _ = s.write_all(peer.ip().to_string().as_bytes());
+    });
+    let seen = NetNs::open(Path::new(&pod.path()))
+        .unwrap()
+        .run(|| greeting("10.244.91.2:8080".parse().unwrap()))
+        .unwrap()
+        .unwrap();
+    serving.join().unwrap();
+    assert_eq!(
+        seen, "10.244.91.1",
+        "remote side saw the pod address: not masqueraded"
+    );
+
+    cni.del("egress", &pod.path(), "eth0", Value::Null).unwrap();
+    drop(pod);
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &host_end])
+        .status();
+    drop(remote);
+    net.assert_clean_and_remove();
+}
