@@ -21,30 +21,47 @@ fn busybox_archive() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
-/// Install the registry if it is missing; false if that is impossible here.
-fn ensure_registry_installed() -> bool {
-    if Path::new(REGISTRY_BIN).exists() {
-        return true;
-    }
-    let ok = Command::new("apt-get")
-        .args(["install", "-y", "-q", "docker-registry"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+/// apt-get install, without letting the package start its own service (as Debian's
+/// docker-registry would, on port 5000): policy-rc.d says no while it runs.
+fn apt_install(pkg: &str) -> bool {
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let added = !policy.exists()
+        && std::fs::write(policy, "#!/bin/sh\nexit 101\n").is_ok()
+        && Command::new("chmod")
+            .args(["+x", "/usr/sbin/policy-rc.d"])
+            .status()
+            .is_ok_and(|s| s.success());
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends", pkg])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let mut ok = install();
     if !ok {
         // The package lists may be missing on a fresh machine.
         let _ = Command::new("apt-get")
             .args(["update", "-q"])
             .stdout(Stdio::null())
             .status();
-        let _ = Command::new("apt-get")
-            .args(["install", "-y", "-q", "docker-registry"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status();
+        ok = install();
     }
-    Path::new(REGISTRY_BIN).exists()
+    if added {
+        let _ = std::fs::remove_file(policy);
+    }
+    ok
+}
+
+/// Install the registry if it is missing (once per test binary: apt holds a lock);
+/// false if that is impossible here.
+fn ensure_registry_installed() -> bool {
+    static INSTALLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *INSTALLED.get_or_init(|| {
+        Path::new(REGISTRY_BIN).exists()
+            || (apt_install("docker-registry") && Path::new(REGISTRY_BIN).exists())
+    })
 }
 
 /// A registry process on a free loopback port, killed by PID when dropped.
@@ -66,11 +83,7 @@ fn htpasswd_line(user: &str, password: &str) -> Option<String> {
             .filter(|o| o.status.success())
     };
     let out = run().or_else(|| {
-        let _ = Command::new("apt-get")
-            .args(["install", "-y", "-q", "apache2-utils"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status();
+        apt_install("apache2-utils");
         run()
     })?;
     Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
