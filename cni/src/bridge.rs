@@ -21,7 +21,7 @@ use tracing::{debug, info};
 use crate::exec::{exec_plugin, find_plugin, Invocation};
 use crate::ipam::{self, DiskStore, IpamConfig};
 use crate::masq::{self, Backend};
-use crate::netlink::{Link, Netlink, NetlinkError};
+use crate::netlink::{Link, LinkOps, Netlink, NetlinkError};
 use crate::ns::{NetNs, NsError};
 use crate::skel::{valid_ifname, CmdArgs, Command, Plugin};
 use crate::spec::{
@@ -221,7 +221,7 @@ fn ipam_del(args: &CmdArgs, ipam: &Ipam) -> Result<(), CniError> {
 }
 
 /// Creates the bridge if missing (tolerating a concurrent creator), brings it up.
-pub fn ensure_bridge(nl: &mut Netlink, conf: &BridgeConf) -> Result<Link, CniError> {
+pub fn ensure_bridge(nl: &mut impl LinkOps, conf: &BridgeConf) -> Result<Link, CniError> {
     let link = match nl
         .link_by_name(&conf.bridge)
         .map_err(nl_err("look up bridge"))?
@@ -289,41 +289,53 @@ fn setup_container_side(
     netns
         .run(|| -> Result<ContainerSide, CniError> {
             let mut nl = Netlink::open().map_err(nl_err("open netlink in netns"))?;
-            if nl
-                .link_by_name(ifname)
-                .map_err(nl_err("look up container interface"))?
-                .is_some()
-            {
-                return Err(CniError::internal(format!(
-                    "container interface {ifname} already exists"
-                )));
-            }
-            nl.create_veth(ifname, host_name, mtu, Some(host_fd))
-                .map_err(nl_err("create veth pair"))?;
-            let link = nl
-                .link_by_name(ifname)
-                .map_err(nl_err("look up container interface"))?
-                .ok_or_else(|| {
-                    CniError::internal(format!("container interface {ifname} vanished"))
-                })?;
-            for ip in &result.ips {
-                nl.add_address(link.index, ip.address)
-                    .map_err(nl_err("add container address"))?;
-            }
-            nl.set_up(link.index)
-                .map_err(nl_err("bring container interface up"))?;
-            if let Some(lo) = nl.link_by_name("lo").map_err(nl_err("look up lo"))? {
-                if !lo.up {
-                    nl.set_up(lo.index).map_err(nl_err("bring lo up"))?;
-                }
-            }
-            for route in &result.routes {
-                nl.add_route(route.dst, route.gw, link.index, route.mtu)
-                    .map_err(nl_err("add container route"))?;
-            }
-            Ok(ContainerSide { mac: link.mac })
+            setup_container_iface(&mut nl, ifname, host_name, mtu, Some(host_fd), result)
         })
         .map_err(ns_err)?
+}
+
+/// Inside the pod netns: creates the veth pair (its peer `host_name` goes to the
+/// namespace `host_fd`), adds the addresses, brings the interface and lo up, and adds
+/// the routes.
+fn setup_container_iface(
+    nl: &mut impl LinkOps,
+    ifname: &str,
+    host_name: &str,
+    mtu: Option<u32>,
+    host_fd: Option<std::os::fd::RawFd>,
+    result: &CniResult,
+) -> Result<ContainerSide, CniError> {
+    if nl
+        .link_by_name(ifname)
+        .map_err(nl_err("look up container interface"))?
+        .is_some()
+    {
+        return Err(CniError::internal(format!(
+            "container interface {ifname} already exists"
+        )));
+    }
+    nl.create_veth(ifname, host_name, mtu, host_fd)
+        .map_err(nl_err("create veth pair"))?;
+    let link = nl
+        .link_by_name(ifname)
+        .map_err(nl_err("look up container interface"))?
+        .ok_or_else(|| CniError::internal(format!("container interface {ifname} vanished")))?;
+    for ip in &result.ips {
+        nl.add_address(link.index, ip.address)
+            .map_err(nl_err("add container address"))?;
+    }
+    nl.set_up(link.index)
+        .map_err(nl_err("bring container interface up"))?;
+    if let Some(lo) = nl.link_by_name("lo").map_err(nl_err("look up lo"))? {
+        if !lo.up {
+            nl.set_up(lo.index).map_err(nl_err("bring lo up"))?;
+        }
+    }
+    for route in &result.routes {
+        nl.add_route(route.dst, route.gw, link.index, route.mtu)
+            .map_err(nl_err("add container route"))?;
+    }
+    Ok(ContainerSide { mac: link.mac })
 }
 
 /// Deletes the container interface if the netns and the link still exist.
@@ -698,7 +710,85 @@ impl Plugin for BridgePlugin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::fake::FakeLinks;
     use serde_json::json;
+
+    fn conf(v: Value) -> BridgeConf {
+        BridgeConf::parse(&v).unwrap()
+    }
+
+    #[test]
+    fn ensure_bridge_creates_once_and_reuses() {
+        let mut nl = FakeLinks::new();
+        let c = conf(json!({"bridge": "br9", "mtu": 1400, "promiscMode": true}));
+        let first = ensure_bridge(&mut nl, &c).unwrap();
+        let second = ensure_bridge(&mut nl, &c).unwrap();
+        assert_eq!(first.index, second.index);
+        let created = nl
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("create_bridge"))
+            .count();
+        assert_eq!(created, 1);
+        let bridge = nl.links.iter().find(|l| l.name == "br9").unwrap();
+        assert!(bridge.up && bridge.promisc);
+        assert_eq!(bridge.mtu, 1400);
+    }
+
+    #[test]
+    fn ensure_bridge_tolerates_a_concurrent_creator_and_rejects_non_bridges() {
+        let mut nl = FakeLinks::new();
+        nl.race_on_create = true;
+        ensure_bridge(&mut nl, &conf(json!({"bridge": "br9"}))).unwrap();
+        nl.push("eth9", Some("veth"));
+        let err = ensure_bridge(&mut nl, &conf(json!({"bridge": "eth9"}))).unwrap_err();
+        assert!(err.msg.contains("not a bridge"), "{}", err.msg);
+    }
+
+    #[test]
+    fn container_iface_gets_addresses_routes_and_lo() {
+        let mut nl = FakeLinks::new();
+        let result = CniResult {
+            ips: vec![IpConfig {
+                address: "10.1.0.5/24".parse().unwrap(),
+                gateway: None,
+                interface: None,
+            }],
+            routes: vec![Route::new(
+                "0.0.0.0/0".parse().unwrap(),
+                Some("10.1.0.1".parse().unwrap()),
+            )],
+            ..Default::default()
+        };
+        let side =
+            setup_container_iface(&mut nl, "eth0", "vethabc", Some(1450), None, &result).unwrap();
+        let eth0 = nl.links.iter().find(|l| l.name == "eth0").unwrap().clone();
+        assert_eq!(side.mac, eth0.mac);
+        assert!(eth0.up);
+        assert_eq!(eth0.mtu, 1450);
+        assert!(nl.links.iter().find(|l| l.name == "lo").unwrap().up);
+        assert_eq!(nl.addresses[0].address.to_string(), "10.1.0.5/24");
+        assert_eq!(nl.routes[0].gateway, Some("10.1.0.1".parse().unwrap()));
+        assert_eq!(nl.routes[0].oif, Some(eth0.index));
+        // Addresses go on before the link comes up, routes after.
+        let order: Vec<&str> = nl
+            .calls
+            .iter()
+            .map(|c| c.split(' ').next().unwrap())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "create_veth",
+                "add_address",
+                "set_up",
+                "set_up",
+                "add_route"
+            ]
+        );
+        // A second ADD for the same interface name is refused, not merged.
+        assert!(setup_container_iface(&mut nl, "eth0", "vethdef", None, None, &result).is_err());
+    }
 
     #[test]
     fn conf_defaults_and_validation() {

@@ -528,3 +528,227 @@ fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
         _ => None,
     }
 }
+
+/// The link, address and route operations the plugins use, so their logic can run
+/// against [`fake::FakeLinks`] in unit tests. [`Netlink`] is the real one.
+pub trait LinkOps {
+    fn link_by_name(&mut self, name: &str) -> Result<Option<Link>>;
+    fn link_by_index(&mut self, index: u32) -> Result<Option<Link>>;
+    fn create_bridge(&mut self, name: &str, mtu: Option<u32>) -> Result<()>;
+    fn create_veth(
+        &mut self,
+        name: &str,
+        peer_name: &str,
+        mtu: Option<u32>,
+        peer_netns_fd: Option<RawFd>,
+    ) -> Result<()>;
+    fn set_up(&mut self, index: u32) -> Result<()>;
+    fn set_promisc(&mut self, index: u32, on: bool) -> Result<()>;
+    fn set_controller(&mut self, index: u32, controller: u32) -> Result<()>;
+    fn delete_link(&mut self, index: u32) -> Result<()>;
+    fn add_address(&mut self, index: u32, address: IpNet) -> Result<()>;
+    fn add_route(
+        &mut self,
+        dst: IpNet,
+        gateway: Option<IpAddr>,
+        oif: u32,
+        mtu: Option<u32>,
+    ) -> Result<()>;
+}
+
+impl LinkOps for Netlink {
+    fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
+        Netlink::link_by_name(self, name)
+    }
+    fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
+        Netlink::link_by_index(self, index)
+    }
+    fn create_bridge(&mut self, name: &str, mtu: Option<u32>) -> Result<()> {
+        Netlink::create_bridge(self, name, mtu)
+    }
+    fn create_veth(
+        &mut self,
+        name: &str,
+        peer_name: &str,
+        mtu: Option<u32>,
+        peer_netns_fd: Option<RawFd>,
+    ) -> Result<()> {
+        Netlink::create_veth(self, name, peer_name, mtu, peer_netns_fd)
+    }
+    fn set_up(&mut self, index: u32) -> Result<()> {
+        Netlink::set_up(self, index)
+    }
+    fn set_promisc(&mut self, index: u32, on: bool) -> Result<()> {
+        Netlink::set_promisc(self, index, on)
+    }
+    fn set_controller(&mut self, index: u32, controller: u32) -> Result<()> {
+        Netlink::set_controller(self, index, controller)
+    }
+    fn delete_link(&mut self, index: u32) -> Result<()> {
+        Netlink::delete_link(self, index)
+    }
+    fn add_address(&mut self, index: u32, address: IpNet) -> Result<()> {
+        Netlink::add_address(self, index, address)
+    }
+    fn add_route(
+        &mut self,
+        dst: IpNet,
+        gateway: Option<IpAddr>,
+        oif: u32,
+        mtu: Option<u32>,
+    ) -> Result<()> {
+        Netlink::add_route(self, dst, gateway, oif, mtu)
+    }
+}
+
+/// An in-memory namespace that records every call, for unit tests.
+pub mod fake {
+    use super::*;
+
+    #[derive(Debug, Default)]
+    pub struct FakeLinks {
+        pub links: Vec<Link>,
+        pub addresses: Vec<Address>,
+        pub routes: Vec<RouteEntry>,
+        pub calls: Vec<String>,
+        /// When set, `create_bridge` fails with EEXIST after adding the link, as when
+        /// another plugin run created it first.
+        pub race_on_create: bool,
+        next_index: u32,
+    }
+
+    impl FakeLinks {
+        pub fn new() -> Self {
+            let mut f = FakeLinks {
+                next_index: 1,
+                ..Default::default()
+            };
+            f.push("lo", Some("loopback"));
+            f
+        }
+
+        pub fn push(&mut self, name: &str, kind: Option<&str>) -> u32 {
+            self.next_index += 1;
+            let index = self.next_index;
+            self.links.push(Link {
+                index,
+                name: name.into(),
+                kind: kind.map(String::from),
+                mtu: 1500,
+                mac: format!("02:00:00:00:00:{index:02x}"),
+                up: false,
+                promisc: false,
+                controller: None,
+            });
+            index
+        }
+
+        fn get(&mut self, index: u32) -> Result<&mut Link> {
+            self.links
+                .iter_mut()
+                .find(|l| l.index == index)
+                .ok_or_else(|| NetlinkError::Request {
+                    op: "fake",
+                    source: std::io::Error::from_raw_os_error(libc::ENODEV),
+                })
+        }
+    }
+
+    fn exists() -> NetlinkError {
+        NetlinkError::Request {
+            op: "fake",
+            source: std::io::Error::from_raw_os_error(libc::EEXIST),
+        }
+    }
+
+    impl LinkOps for FakeLinks {
+        fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
+            Ok(self.links.iter().find(|l| l.name == name).cloned())
+        }
+        fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
+            Ok(self.links.iter().find(|l| l.index == index).cloned())
+        }
+        fn create_bridge(&mut self, name: &str, mtu: Option<u32>) -> Result<()> {
+            self.calls.push(format!("create_bridge {name} {mtu:?}"));
+            if self.links.iter().any(|l| l.name == name) {
+                return Err(exists());
+            }
+            let index = self.push(name, Some("bridge"));
+            if let Some(mtu) = mtu {
+                self.get(index)?.mtu = mtu;
+            }
+            if self.race_on_create {
+                return Err(exists());
+            }
+            Ok(())
+        }
+        fn create_veth(
+            &mut self,
+            name: &str,
+            peer_name: &str,
+            mtu: Option<u32>,
+            _fd: Option<RawFd>,
+        ) -> Result<()> {
+            self.calls
+                .push(format!("create_veth {name} {peer_name} {mtu:?}"));
+            if self.links.iter().any(|l| l.name == name) {
+                return Err(exists());
+            }
+            let index = self.push(name, Some("veth"));
+            self.get(index)?.mtu = mtu.unwrap_or(1500);
+            Ok(())
+        }
+        fn set_up(&mut self, index: u32) -> Result<()> {
+            self.calls.push(format!("set_up {index}"));
+            self.get(index)?.up = true;
+            Ok(())
+        }
+        fn set_promisc(&mut self, index: u32, on: bool) -> Result<()> {
+            self.calls.push(format!("set_promisc {index} {on}"));
+            self.get(index)?.promisc = on;
+            Ok(())
+        }
+        fn set_controller(&mut self, index: u32, controller: u32) -> Result<()> {
+            self.calls
+                .push(format!("set_controller {index} {controller}"));
+            self.get(index)?.controller = Some(controller);
+            Ok(())
+        }
+        fn delete_link(&mut self, index: u32) -> Result<()> {
+            self.calls.push(format!("delete_link {index}"));
+            self.get(index)?;
+            self.links.retain(|l| l.index != index);
+            self.addresses.retain(|a| a.index != index);
+            Ok(())
+        }
+        fn add_address(&mut self, index: u32, address: IpNet) -> Result<()> {
+            self.calls.push(format!("add_address {index} {address}"));
+            self.get(index)?;
+            if !self
+                .addresses
+                .iter()
+                .any(|a| a.index == index && a.address == address)
+            {
+                self.addresses.push(Address { index, address });
+            }
+            Ok(())
+        }
+        fn add_route(
+            &mut self,
+            dst: IpNet,
+            gateway: Option<IpAddr>,
+            oif: u32,
+            _mtu: Option<u32>,
+        ) -> Result<()> {
+            self.calls
+                .push(format!("add_route {dst} {gateway:?} {oif}"));
+            self.get(oif)?;
+            self.routes.push(RouteEntry {
+                dst,
+                gateway,
+                oif: Some(oif),
+            });
+            Ok(())
+        }
+    }
+}
