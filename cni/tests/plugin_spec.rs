@@ -100,7 +100,9 @@ fn add_check_del_across_versions() {
             std::fs::read_to_string(net.reservation_dir().join(format!("10.244.{}.2", 10 + i)))
                 .unwrap();
         assert_eq!(reservation, "spec-ctr\r\neth0");
-        assert_eq!(net.masq_rules(), 1);
+        if TestNetwork::nft_available() {
+            assert_eq!(net.masq_rules(), 1);
+        }
 
         // CHECK with the ADD result as prevResult.
         let mut check_conf = net.conf(version, "podrun-bridge");
@@ -332,7 +334,9 @@ fn fifty_concurrent_adds_get_distinct_ips_and_dels_leave_nothing() {
     assert!(!ips.contains("10.244.30.1/24"), "gateway handed out");
     assert_eq!(net.reservations().len(), 50);
     assert_eq!(net.ports().len(), 50);
-    assert_eq!(net.masq_rules(), 50);
+    if TestNetwork::nft_available() {
+        assert_eq!(net.masq_rules(), 50);
+    }
     std::thread::scope(|s| {
         for (i, ns) in namespaces.iter().enumerate() {
             let net = &net;
@@ -403,7 +407,9 @@ fn gc_removes_attachments_not_listed_and_status_is_ok() {
     )
     .ok();
     assert_eq!(net.reservations(), vec!["10.244.50.2".to_string()]);
-    assert_eq!(net.masq_rules(), 1);
+    if TestNetwork::nft_available() {
+        assert_eq!(net.masq_rules(), 1);
+    }
     invoke(
         &plugin_path(),
         &[("CNI_COMMAND", "STATUS"), ("CNI_PATH", CNI_PATH)],

@@ -183,7 +183,8 @@ impl TestNetwork {
             "bridge": self.bridge,
             "isGateway": true,
             "isDefaultGateway": true,
-            "ipMasq": true,
+            // Masquerade needs nft or iptables; without either the rest is still tested.
+            "ipMasq": podrun_cni::masq::Backend::detect().is_some(),
             "hairpinMode": true,
             "mtu": 1400,
             "ipam": {
@@ -231,6 +232,14 @@ impl TestNetwork {
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false)
+    }
+
+    /// Rule counts are only observable with nft; iptables-only hosts skip them.
+    pub fn nft_available() -> bool {
+        matches!(
+            podrun_cni::masq::Backend::detect(),
+            Some(podrun_cni::masq::Backend::Nft(_))
+        )
     }
 
     pub fn masq_rules(&self) -> usize {
