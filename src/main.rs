@@ -65,6 +65,10 @@ enum Command {
         /// Return once the containers are running instead of streaming their logs.
         #[arg(short, long)]
         detach: bool,
+        /// When to pull images: missing (only those not in the store), always, never, or
+        /// policy (each container's imagePullPolicy, as kubelet does).
+        #[arg(long, env = "PODRUN_PULL", default_value = "missing")]
+        pull: String,
         file: PathBuf,
     },
     /// List pods.
@@ -123,6 +127,11 @@ enum Command {
     Image {
         #[command(subcommand)]
         command: ImageCommand,
+    },
+    /// Remove images (same as `image rm`).
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
     },
     /// List images.
     Images {

@@ -73,6 +73,36 @@ pub struct RuntimeConfig {
     /// The `podrun` binary that runs the monitor.
     pub monitor_exe: PathBuf,
     pub node_name: String,
+    /// When `run` pulls images.
+    pub pull: PullMode,
+    /// containerd-style registry host configuration (mirrors, CAs, plain HTTP).
+    pub hosts_dir: PathBuf,
+}
+
+/// When `podrun run` pulls a pod's images (podman's `--pull`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullMode {
+    /// Only images not in the store.
+    Missing,
+    Always,
+    Never,
+    /// Each container's imagePullPolicy, as kubelet applies it.
+    Policy,
+}
+
+impl std::str::FromStr for PullMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "missing" => Ok(PullMode::Missing),
+            "always" => Ok(PullMode::Always),
+            "never" => Ok(PullMode::Never),
+            "policy" => Ok(PullMode::Policy),
+            other => Err(format!(
+                "unknown value {other:?} (missing, always, never, policy)"
+            )),
+        }
+    }
 }
 
 impl RuntimeConfig {
@@ -83,6 +113,8 @@ impl RuntimeConfig {
             cgroup_driver: Driver::Cgroupfs,
             cgroup_root: "podrun".into(),
             monitor_exe: PathBuf::from("/proc/self/exe"),
+            pull: PullMode::Missing,
+            hosts_dir: PathBuf::from(crate::image::pull::DEFAULT_HOSTS_DIR),
             node_name: nix::unistd::gethostname()
                 .ok()
                 .and_then(|h| h.into_string().ok())
@@ -926,14 +958,27 @@ impl Planner<'_> {
         field: &str,
     ) -> Result<(crate::image::Image, ImageConfig, Vec<PathBuf>), PodError> {
         let image_ref = c.image.clone().unwrap_or_default();
-        let img = self.rt.images.get(&image_ref)?.ok_or_else(|| {
-            self.invalid(format!(
-                "{}.image: image {image_ref:?} of container {:?} is not in the local store: `podrun pull {image_ref}` or `podrun image load FILE` first (podrun run does not pull; imagePullPolicy is {})",
-                field,
-                c.name,
-                c.image_pull_policy.as_deref().unwrap_or("IfNotPresent")
-            ))
-        })?;
+        let policy = match self.rt.config.pull {
+            PullMode::Missing => "IfNotPresent",
+            PullMode::Always => "Always",
+            PullMode::Never => "Never",
+            PullMode::Policy => c.image_pull_policy.as_deref().unwrap_or(""),
+        };
+        let opts = crate::image::pull::PullOptions {
+            hosts_dir: self.rt.config.hosts_dir.clone(),
+            ..Default::default()
+        };
+        let img = self
+            .rt
+            .images
+            .ensure(&image_ref, policy, &opts)
+            .map_err(|e| match e {
+                crate::image::ImageError::NeverPull(_) => self.invalid(format!(
+                    "{field}.image: image {image_ref:?} of container {:?} is not in the local store and pulling is off: `podrun pull {image_ref}` or `podrun image load FILE` first",
+                    c.name
+                )),
+                e => self.invalid(format!("{field}.image: container {:?}: {e}", c.name)),
+            })?;
         let config = self.rt.images.config(&img)?;
         let layers = self.rt.images.layer_dirs(&img)?;
         Ok((img, config, layers))

@@ -58,7 +58,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             podrun_runtime::monitor::run(state_dir, ready)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { detach, file } => run::run(&cli, file, *detach),
+        Command::Run { detach, file, pull } => run::run(&cli, file, *detach, pull),
         Command::Oci {
             command: OciCommand::Run { bundle, id },
         } => {
@@ -141,6 +141,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Rmi { images } => remove_images(&cli, images),
         Command::Images { output } => output::images(&runtime(&cli)?, output),
         Command::Pull(args) => image::pull(&cli, args),
         Command::Image { command } => match command {
@@ -170,40 +171,43 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            ImageCommand::Rm { images } => {
-                let rt = runtime(&cli)?;
-                let in_use: Vec<String> = rt
-                    .list()?
-                    .iter()
-                    .flat_map(|p| p.plan.containers.iter().map(|c| c.image_id.clone()))
-                    .collect();
-                let mut failed = false;
-                for r in images {
-                    let res =
-                        rt.images
-                            .get(r)
-                            .map_err(anyhow::Error::from)
-                            .and_then(|img| match img {
-                                Some(img) if in_use.contains(&img.id) => {
-                                    bail!("image is in use by a pod")
-                                }
-                                Some(_) => Ok(rt.images.remove(r)?),
-                                None => bail!("image not found"),
-                            });
-                    match res {
-                        Ok(()) => println!("Deleted: {r}"),
-                        Err(e) => {
-                            eprintln!("podrun: {r}: {e:#}");
-                            failed = true;
-                        }
-                    }
-                }
-                Ok(if failed {
-                    ExitCode::from(1)
-                } else {
-                    ExitCode::SUCCESS
-                })
-            }
+            ImageCommand::Rm { images } => remove_images(&cli, images),
         },
     }
+}
+
+/// `image rm` and `rmi`: untag or remove images no pod uses.
+fn remove_images(cli: &Cli, images: &[String]) -> Result<ExitCode> {
+    let rt = runtime(cli)?;
+    let in_use: Vec<String> = rt
+        .list()?
+        .iter()
+        .flat_map(|p| p.plan.containers.iter().map(|c| c.image_id.clone()))
+        .collect();
+    let mut failed = false;
+    for r in images {
+        let res = rt
+            .images
+            .get(r)
+            .map_err(anyhow::Error::from)
+            .and_then(|img| match img {
+                Some(img) if in_use.contains(&img.id) => {
+                    bail!("image is in use by a pod")
+                }
+                Some(_) => Ok(rt.images.remove(r)?),
+                None => bail!("image not found"),
+            });
+        match res {
+            Ok(()) => println!("Deleted: {r}"),
+            Err(e) => {
+                eprintln!("podrun: {r}: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

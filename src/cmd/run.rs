@@ -15,7 +15,7 @@ use podrun_runtime::status::{ContainerState, PodPhase};
 use super::logs::Tailer;
 use crate::Cli;
 
-pub fn run(cli: &Cli, file: &Path, detach: bool) -> Result<ExitCode> {
+pub fn run(cli: &Cli, file: &Path, detach: bool, pull: &str) -> Result<ExitCode> {
     // Block the stop signals before anything starts, so a Ctrl-C during start-up is
     // handled as a stop of the pod rather than killing podrun half-way.
     let mut mask = SigSet::empty();
@@ -25,7 +25,10 @@ pub fn run(cli: &Cli, file: &Path, detach: bool) -> Result<ExitCode> {
     mask.thread_block()?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
 
-    let rt = super::runtime(cli)?;
+    let mut rt = super::runtime(cli)?;
+    rt.config.pull = pull
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--pull: {e}"))?;
     let mut m = podrun_runtime::spec::load_manifest(file)?;
     podrun_runtime::spec::apply_defaults(&mut m, cli.namespace.as_deref());
     let plan = rt.run(&m)?;

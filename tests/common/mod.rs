@@ -84,6 +84,8 @@ impl Env {
         c.arg("--log-root").arg(&self.logs);
         c.arg("--cgroup-root").arg(&self.cgroup_root);
         c.args(args);
+        // Tests only use images they load; nothing may reach for a registry outside.
+        c.env("PODRUN_PULL", "never");
         c.stdin(std::process::Stdio::null());
         c
     }
