@@ -7,3 +7,4 @@ bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --workspace -- --test-threads=4
+cargo run --locked -p podrun-bench -- --smoke

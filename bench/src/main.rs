@@ -14,6 +14,7 @@ macro_rules! progress {
     };
 }
 
+mod pull;
 mod report;
 mod sys;
 mod workloads;
@@ -48,7 +49,7 @@ struct Args {
     /// Largest density N run for podman too (podrun runs every N).
     #[arg(long, default_value_t = 50)]
     peer_max_pods: usize,
-    /// Where the JSON results go.
+    /// Where the JSON results go (default: bench/results.json; smoke: the temp dir).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Record `perf record -g` of a podrun pod start (package linux-perf).
@@ -88,11 +89,13 @@ fn main() -> ExitCode {
 }
 
 /// Debian package of each peer binary.
-const PEERS: [(&str, &str); 4] = [
+const PEERS: [(&str, &str); 6] = [
     ("runc", "runc"),
     ("crun", "crun"),
     ("podman", "podman"),
     ("containerd", "containerd"),
+    ("docker-registry", "docker-registry"),
+    ("skopeo", "skopeo"),
 ];
 
 fn install_missing(args: &Args) {
@@ -207,36 +210,46 @@ fn ctx(args: &Args, podrun: PathBuf, work: PathBuf) -> Ctx {
     }
 }
 
+/// The full run's results are kept in the repository; a smoke run's are not.
 fn out_path(args: &Args) -> PathBuf {
-    args.out
-        .clone()
-        .unwrap_or_else(|| args.repo.join("bench/results.json"))
+    args.out.clone().unwrap_or_else(|| {
+        if args.smoke {
+            std::env::temp_dir().join("podrun-bench-smoke.json")
+        } else {
+            args.repo.join("bench/results.json")
+        }
+    })
 }
 
-/// cgroup directories the run may create at the top of each v1 hierarchy; those that
-/// did not exist before are removed afterwards (deepest first, only when empty).
+/// cgroup directories the run may create at the top of each v1 hierarchy, and every
+/// cgroup below them; those that did not exist before the run are removed after it
+/// (podman leaves its pods' empty cgroups in the name=systemd hierarchy).
 fn cgroup_dirs() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path(), out);
+                }
+            }
+        }
+        out.push(dir.to_path_buf());
+    }
     let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
         return Vec::new();
     };
-    hierarchies
-        .flatten()
-        .flat_map(|h| {
-            [workloads::CGROUP_ROOT, "libpod_parent", "podrun-oci"].map(|n| h.path().join(n))
-        })
-        .filter(|p| p.is_dir())
-        .collect()
-}
-
-fn remove_cgroup_tree(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup_tree(&e.path());
+    let mut out = Vec::new();
+    for h in hierarchies.flatten() {
+        for top in [workloads::CGROUP_ROOT, "libpod_parent", "podrun-oci"] {
+            let p = h.path().join(top);
+            if p.is_dir() {
+                walk(&p, &mut out);
             }
         }
     }
-    let _ = std::fs::remove_dir(dir);
+    // Deepest first, so children go before their parents.
+    out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    out
 }
 
 fn inner(args: &Args, work: PathBuf) -> Result<()> {
@@ -257,7 +270,8 @@ fn inner(args: &Args, work: PathBuf) -> Result<()> {
     workloads::cleanup(&ctx);
     for dir in cgroup_dirs() {
         if !cgroups_before.contains(&dir) {
-            remove_cgroup_tree(&dir);
+            // rmdir: only an empty cgroup goes; one still in use stays.
+            let _ = std::fs::remove_dir(&dir);
         }
     }
     result
@@ -327,6 +341,8 @@ fn run(args: &Args, ctx: &Ctx, hybrid: bool) -> Result<()> {
     workloads::pod_start(ctx, &mut report);
     progress!("memory and density");
     workloads::pods(ctx, &mut report);
+    progress!("image pull");
+    pull::image_pull(ctx, &mut report);
     not_measured(&mut report);
     report.loadavg_end = sys::loadavg();
     report.busy |= sys::busy();
@@ -362,11 +378,6 @@ fn not_measured(report: &mut Report) {
             "cri",
             "podrun vs containerd",
             format!("not measured: needs podrun's CRI agent ({containerd})"),
-        ),
-        (
-            "image-pull",
-            "podrun vs containerd",
-            "not measured: needs registry pull in podrun (the image issue)".into(),
         ),
         (
             "memory",

@@ -33,11 +33,16 @@ pub const CGROUP_ROOT: &str = "podrun-bench";
 
 impl Ctx {
     pub fn podrun(&self) -> Command {
+        self.podrun_at(&self.work.join("p").join("root"))
+    }
+
+    /// podrun with its own state, logs and cgroup root, and images and layers in `root`.
+    pub fn podrun_at(&self, root: &Path) -> Command {
         let mut c = Command::new(&self.podrun);
         // Short names: the monitor socket path must fit in sockaddr_un.
         let d = self.work.join("p");
         c.arg("--root")
-            .arg(d.join("root"))
+            .arg(root)
             .arg("--state")
             .arg(d.join("s"))
             .arg("--log-root")
