@@ -51,6 +51,25 @@ pub struct Cli {
         default_value = "podrun"
     )]
     cgroup_root: String,
+    /// Pod networking: cni (the CNI configuration) or none (loopback only).
+    #[arg(long, global = true, env = "PODRUN_NETWORK", default_value = "cni")]
+    network: String,
+    /// CNI network configuration directory (.conf/.conflist files).
+    #[arg(
+        long,
+        global = true,
+        env = "PODRUN_CNI_CONF_DIR",
+        default_value = "/etc/cni/net.d"
+    )]
+    cni_conf_dir: PathBuf,
+    /// Directories with CNI plugin binaries, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        env = "PODRUN_CNI_BIN_DIR",
+        default_value = "/opt/cni/bin,/usr/lib/cni"
+    )]
+    cni_bin_dir: String,
     /// Namespace of the pods named on the command line.
     #[arg(short = 'n', long, global = true)]
     namespace: Option<String>,

@@ -9,6 +9,7 @@ pub mod cgroups;
 pub mod image;
 pub mod logs;
 pub mod monitor;
+pub mod network;
 pub mod oci;
 pub mod plan;
 pub mod pod;

@@ -118,6 +118,9 @@ pub struct PodPlan {
     /// The manifest the pod came from, for `podrun down FILE`.
     pub source: Option<PathBuf>,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// The pod's CNI attachment and pinned network namespace, when it has one.
+    #[serde(default)]
+    pub network: Option<crate::network::PodNetwork>,
     /// First delay of the restart back-off (kubelet: 10 s, doubling to 5 min).
     #[serde(default = "default_backoff_base")]
     pub backoff_base_ms: u64,

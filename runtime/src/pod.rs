@@ -48,6 +48,8 @@ pub enum PodError {
         step: String,
         source: std::io::Error,
     },
+    #[error("pod network: {0}")]
+    Network(String),
     #[error("start the pod monitor: {0}")]
     Monitor(String),
     #[error(transparent)]
@@ -77,6 +79,8 @@ pub struct RuntimeConfig {
     pub pull: PullMode,
     /// containerd-style registry host configuration (mirrors, CAs, plain HTTP).
     pub hosts_dir: PathBuf,
+    /// How pods get their network.
+    pub network: crate::network::NetworkMode,
 }
 
 /// When `podrun run` pulls a pod's images (podman's `--pull`).
@@ -109,12 +113,17 @@ impl RuntimeConfig {
     pub fn new(paths: Paths) -> Self {
         Self {
             seccomp_root: paths.root.join("seccomp"),
-            paths,
+            paths: paths.clone(),
             cgroup_driver: Driver::Cgroupfs,
             cgroup_root: "podrun".into(),
             monitor_exe: PathBuf::from("/proc/self/exe"),
             pull: PullMode::Missing,
             hosts_dir: PathBuf::from(crate::image::pull::DEFAULT_HOSTS_DIR),
+            network: crate::network::NetworkMode::Cni {
+                conf_dirs: vec![PathBuf::from(podrun_cni::DEFAULT_CONF_DIR)],
+                bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+                cache_dir: paths.root.join("cni/results"),
+            },
             node_name: nix::unistd::gethostname()
                 .ok()
                 .and_then(|h| h.into_string().ok())
@@ -284,6 +293,22 @@ impl PodRuntime {
                 reaped.push(format!("{}/{}", pod.plan.namespace, pod.plan.name));
             }
         }
+        // Network namespaces pinned for pods that no longer exist (a crash between
+        // pinning and writing the plan).
+        let live: Vec<String> = self.list()?.into_iter().map(|p| p.plan.id).collect();
+        for orphan in crate::network::orphaned_netns(&self.config.paths.state.join("netns"), &live)
+        {
+            let old = orphan
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .unwrap_or_default()
+                > Duration::from_secs(60);
+            if old {
+                crate::network::unpin_netns(&orphan);
+            }
+        }
         // Name reservations whose pod state is gone.
         if let Ok(entries) = std::fs::read_dir(self.config.paths.names()) {
             for e in entries.flatten() {
@@ -446,9 +471,14 @@ pub fn pid_alive(pid: i32) -> bool {
 /// Start the pod monitor in new namespaces, detached from the caller's session, and wait
 /// until it reports ready.
 fn launch_monitor(plan: &PodPlan, exe: &Path) -> Result<(), PodError> {
-    let mut flags = CloneFlags::CLONE_NEWNS;
+    // The monitor makes its own mount namespace (keeping a handle on this one to undo the
+    // pod's host mounts at teardown) and joins a pinned network namespace itself.
+    let mut flags = CloneFlags::empty();
     if !plan.host_network {
-        flags |= CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS;
+        flags |= CloneFlags::CLONE_NEWUTS;
+        if plan.network.is_none() {
+            flags |= CloneFlags::CLONE_NEWNET;
+        }
     }
     if !plan.host_ipc {
         flags |= CloneFlags::CLONE_NEWIPC;
@@ -638,6 +668,17 @@ impl Planner<'_> {
         });
 
         let host_network = spec.host_network.unwrap_or(false);
+        let network = if host_network {
+            None
+        } else {
+            self.attach_network(&id)?
+        };
+        let network_undo = Rollback::new(|| {
+            if let Some(n) = &network {
+                crate::network::teardown(&id, n);
+            }
+        });
+        let pod_ip = network.as_ref().and_then(|n| n.pod_ip.clone());
         let hostname = if host_network {
             self.rt.config.node_name.clone()
         } else {
@@ -657,7 +698,7 @@ impl Planner<'_> {
             size_bytes: Some(64 << 20),
             mode: 0o1777,
         }];
-        let files = self.pod_files(&state_dir, &hostname, host_network)?;
+        let files = self.pod_files(&state_dir, &hostname, host_network, pod_ip.as_deref())?;
         let volumes = self.volumes(&state_dir, &data_dir, &mut tmpfs)?;
         let log_dir = paths.pod_logs(&namespace, &name, &uid);
 
@@ -682,10 +723,12 @@ impl Planner<'_> {
                 &files,
                 &volumes,
                 qos,
+                pod_ip.as_deref(),
             )?);
         }
 
         cleanup.disarm();
+        network_undo.disarm();
         Ok(PodPlan {
             id,
             name,
@@ -713,8 +756,43 @@ impl Planner<'_> {
             annotations: meta.annotations.clone().unwrap_or_default(),
             source: Some(self.m.source.clone()),
             created_at: chrono::Utc::now(),
+            network,
             backoff_base_ms: 10_000,
         })
+    }
+
+    /// Pin a network namespace for the pod and attach it through CNI.
+    fn attach_network(&self, id: &str) -> Result<Option<crate::network::PodNetwork>, PodError> {
+        use crate::network::{self, NetworkMode};
+        let NetworkMode::Cni {
+            conf_dirs,
+            bin_dirs,
+            cache_dir,
+        } = &self.rt.config.network
+        else {
+            return Ok(None);
+        };
+        let (list, installed) =
+            network::load_or_install(conf_dirs).map_err(|e| PodError::Network(e.to_string()))?;
+        if installed {
+            warn!(dir = %conf_dirs[0].display(), "no CNI network configuration found: installed podrun's default network (bridge podrun0, 10.88.0.0/16)");
+        }
+        let netns = self.rt.config.paths.state.join("netns").join(id);
+        network::pin_netns(&netns).map_err(|e| PodError::Network(e.to_string()))?;
+        match network::attach(
+            &list,
+            bin_dirs,
+            cache_dir,
+            id,
+            &netns,
+            network::port_mappings(&self.m.pod),
+        ) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) => {
+                network::unpin_netns(&netns);
+                Err(PodError::Network(e.to_string()))
+            }
+        }
     }
 
     /// /etc/hosts, /etc/hostname and /etc/resolv.conf of the pod, written to its state dir.
@@ -723,13 +801,15 @@ impl Planner<'_> {
         state_dir: &Path,
         hostname: &str,
         host_network: bool,
+        pod_ip: Option<&str>,
     ) -> Result<Vec<MountPlan>, PodError> {
         let spec = self.m.pod.spec.as_ref().unwrap();
         let mut hosts = if host_network {
             std::fs::read_to_string("/etc/hosts").unwrap_or_default()
         } else {
             format!(
-                "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
+                "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n{}\t{hostname}\n",
+                pod_ip.unwrap_or("127.0.1.1")
             )
         };
         for alias in spec.host_aliases.iter().flatten() {
@@ -994,6 +1074,7 @@ impl Planner<'_> {
         pod_files: &[MountPlan],
         volumes: &BTreeMap<String, (PathBuf, bool)>,
         qos: QosClass,
+        pod_ip: Option<&str>,
     ) -> Result<ContainerPlan, PodError> {
         let pod = &self.m.pod;
         let spec = pod.spec.as_ref().unwrap();
@@ -1020,7 +1101,7 @@ impl Planner<'_> {
             pod,
             config_maps: &self.m.config_maps,
             secrets: &self.m.secrets,
-            pod_ip: None,
+            pod_ip,
             host_ip: None,
             node_name: &self.rt.config.node_name,
         };

@@ -24,6 +24,20 @@ pub fn runtime(cli: &Cli) -> Result<PodRuntime> {
     podrun_runtime::state::validate_path_component("--cgroup-root", &cli.cgroup_root)
         .map_err(anyhow::Error::msg)?;
     config.cgroup_root = cli.cgroup_root.clone();
+    config.network = match cli.network.as_str() {
+        "none" => podrun_runtime::network::NetworkMode::None,
+        "cni" => podrun_runtime::network::NetworkMode::Cni {
+            conf_dirs: vec![cli.cni_conf_dir.clone()],
+            bin_dirs: cli
+                .cni_bin_dir
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(Into::into)
+                .collect(),
+            cache_dir: cli.root.join("cni/results"),
+        },
+        other => anyhow::bail!("--network: unknown value {other:?} (cni, none)"),
+    };
     let rt = PodRuntime::new(config)?;
     // Whatever a crash left behind goes before anything else happens.
     for pod in rt.reap()? {

@@ -121,7 +121,7 @@ pub fn pods(rt: &PodRuntime, output: &str) -> Result<ExitCode> {
                 status,
                 ready,
                 restarts,
-                ip: None,
+                ip: p.plan.network.as_ref().and_then(|n| n.pod_ip.clone()),
                 created: p.plan.created_at,
                 status_detail: if p.alive { rt.status(p) } else { None },
             }

@@ -46,6 +46,8 @@ pub struct Env {
     pub state: PathBuf,
     pub logs: PathBuf,
     pub cgroup_root: String,
+    /// Global options selecting a CNI network (empty: no pod network).
+    pub cni_args: Vec<String>,
 }
 
 impl Env {
@@ -64,6 +66,7 @@ impl Env {
             state: dir.path().join("state"),
             logs: dir.path().join("logs"),
             cgroup_root: format!("podrun-it-{}-{n}", std::process::id()),
+            cni_args: Vec::new(),
             dir,
         };
         for img in images {
@@ -83,6 +86,12 @@ impl Env {
         c.arg("--state").arg(&self.state);
         c.arg("--log-root").arg(&self.logs);
         c.arg("--cgroup-root").arg(&self.cgroup_root);
+        // Pods get only loopback unless a test gives them a CNI network of its own.
+        if !self.cni_args.is_empty() {
+            c.args(&self.cni_args);
+        } else {
+            c.env("PODRUN_NETWORK", "none");
+        }
         c.args(args);
         // Tests only use images they load; nothing may reach for a registry outside.
         c.env("PODRUN_PULL", "never");

@@ -124,6 +124,8 @@ pub struct Monitor {
     start_time: chrono::DateTime<Utc>,
     status_dirty: bool,
     seccomp_cache: HashMap<String, Vec<seccompiler::BpfProgram>>,
+    host_mnt: OwnedFd,
+    host_net: OwnedFd,
 }
 
 /// Entry point of `podrun monitor`: the launcher has already put this process in the
@@ -193,9 +195,24 @@ impl Monitor {
             libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
             libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         }
+        // Handles on the host's mount and network namespaces, to undo the pod's host-side
+        // state (pinned netns, CNI attachment) from there at teardown.
+        let self_pid = nix::unistd::getpid();
+        let host_mnt = process::open_ns(self_pid, "mnt")
+            .map_err(|e| MonitorError::Plan("host mount namespace".into(), e.to_string()))?;
+        let host_net = process::open_ns(self_pid, "net")
+            .map_err(|e| MonitorError::Plan("host network namespace".into(), e.to_string()))?;
         // The monitor has its own mount namespace: what it mounts (pod tmpfs volumes,
         // /dev/shm) exists only there and in the containers it forks, and disappears
         // with them, whatever happens to podrun.
+        nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+            .map_err(sys("create the monitor's mount namespace"))?;
+        if let Some(net) = &plan.network {
+            let fd =
+                std::fs::File::open(&net.netns).map_err(io("open the pod network namespace"))?;
+            nix::sched::setns(fd, CloneFlags::CLONE_NEWNET)
+                .map_err(sys("join the pod network namespace"))?;
+        }
         nix::mount::mount(
             None::<&str>,
             "/",
@@ -312,6 +329,8 @@ impl Monitor {
             start_time: Utc::now(),
             status_dirty: true,
             seccomp_cache: HashMap::new(),
+            host_mnt,
+            host_net,
         };
         m.write_status()?;
         Ok(m)
@@ -359,7 +378,7 @@ impl Monitor {
             phase: self.phase(),
             terminating: self.stopping.is_some(),
             monitor_pid: std::process::id() as i32,
-            pod_ip: None,
+            pod_ip: self.plan.network.as_ref().and_then(|n| n.pod_ip.clone()),
             start_time: self.start_time,
             containers: self.containers.iter().map(|c| c.status.clone()).collect(),
         }
@@ -1218,6 +1237,13 @@ impl Monitor {
         for t in &self.plan.tmpfs {
             let _ = nix::mount::umount2(&t.path, nix::mount::MntFlags::MNT_DETACH);
         }
+        // The rest is host state: CNI plugins must run in the host's network namespace
+        // and the netns pin lives in the host's mount namespace.
+        if let Err(e) = nix::sched::setns(&self.host_net, CloneFlags::CLONE_NEWNET)
+            .and_then(|_| nix::sched::setns(&self.host_mnt, CloneFlags::CLONE_NEWNS))
+        {
+            warn!(pod = %self.plan.name, error = %e, "return to the host namespaces for teardown");
+        }
         teardown_pod(&self.plan, self.cgroups.as_ref());
     }
 }
@@ -1310,6 +1336,10 @@ pub fn teardown_pod(plan: &PodPlan, cgroups: &dyn CgroupManager) {
     // The QoS and root cgroups above the pod go with their last pod; one still in use by
     // another pod is left alone (rmdir of a non-empty cgroup fails).
     crate::cgroups::remove_empty_parents(cgroups, &plan.cgroup_path);
+    // Processes are gone: the network can go (CNI DEL, then the netns pin).
+    if let Some(net) = &plan.network {
+        crate::network::teardown(&plan.id, net);
+    }
     for c in &plan.containers {
         if let Some(dir) = c.rootfs.upper.parent() {
             let _ = std::fs::remove_dir_all(dir);
