@@ -418,7 +418,12 @@ pub fn with_pid_ns_for_children<T>(
     f: impl FnOnce() -> Result<T, ProcessError>,
 ) -> Result<T, ProcessError> {
     let Some(target) = target else { return f() };
-    let own = open_ns(nix::unistd::getpid(), "pid")?;
+    let own = nix::fcntl::open(
+        "/proc/self/ns/pid",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(sys("open namespace"))?;
     nix::sched::setns(target, CloneFlags::CLONE_NEWPID)
         .map_err(sys("join the container's PID namespace"))?;
     let result = f();

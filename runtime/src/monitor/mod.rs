@@ -197,11 +197,15 @@ impl Monitor {
         }
         // Handles on the host's mount and network namespaces, to undo the pod's host-side
         // state (pinned netns, CNI attachment) from there at teardown.
-        let self_pid = nix::unistd::getpid();
-        let host_mnt = process::open_ns(self_pid, "mnt")
-            .map_err(|e| MonitorError::Plan("host mount namespace".into(), e.to_string()))?;
-        let host_net = process::open_ns(self_pid, "net")
-            .map_err(|e| MonitorError::Plan("host network namespace".into(), e.to_string()))?;
+        // /proc/self, not /proc/<pid>: in a pod PID namespace our pid means another
+        // process in the host's /proc.
+        let open_own = |kind: &str| {
+            std::fs::File::open(format!("/proc/self/ns/{kind}"))
+                .map(OwnedFd::from)
+                .map_err(io("open the host namespaces"))
+        };
+        let host_mnt = open_own("mnt")?;
+        let host_net = open_own("net")?;
         // The monitor has its own mount namespace: what it mounts (pod tmpfs volumes,
         // /dev/shm) exists only there and in the containers it forks, and disappears
         // with them, whatever happens to podrun.
