@@ -406,7 +406,7 @@ impl PodRuntime {
                             nix::unistd::Pid::from_raw(pid),
                             Some(nix::sys::wait::WaitPidFlag::WNOHANG),
                         );
-                        if !pid_alive(pid) || !pod.plan.state_dir.exists() {
+                        if !pid_alive(pid) {
                             break;
                         }
                         std::thread::sleep(Duration::from_millis(10));

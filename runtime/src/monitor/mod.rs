@@ -126,6 +126,7 @@ pub struct Monitor {
     seccomp_cache: HashMap<String, Vec<seccompiler::BpfProgram>>,
     host_mnt: OwnedFd,
     host_net: OwnedFd,
+    host_pid: i32,
 }
 
 /// Entry point of `podrun monitor`: the launcher has already put this process in the
@@ -204,6 +205,11 @@ impl Monitor {
                 .map(OwnedFd::from)
                 .map_err(io("open the host namespaces"))
         };
+        // Our pid as the host sees it (getpid() is 1 when the pod has a PID namespace).
+        let host_pid = std::fs::read_link("/proc/self")
+            .ok()
+            .and_then(|p| p.to_str().and_then(|s| s.parse::<i32>().ok()))
+            .unwrap_or_else(|| std::process::id() as i32);
         let host_mnt = open_own("mnt")?;
         let host_net = open_own("net")?;
         // The monitor has its own mount namespace: what it mounts (pod tmpfs volumes,
@@ -335,6 +341,7 @@ impl Monitor {
             seccomp_cache: HashMap::new(),
             host_mnt,
             host_net,
+            host_pid,
         };
         m.write_status()?;
         Ok(m)
@@ -381,7 +388,7 @@ impl Monitor {
         PodStatus {
             phase: self.phase(),
             terminating: self.stopping.is_some(),
-            monitor_pid: std::process::id() as i32,
+            monitor_pid: self.host_pid,
             pod_ip: self.plan.network.as_ref().and_then(|n| n.pod_ip.clone()),
             start_time: self.start_time,
             containers: self.containers.iter().map(|c| c.status.clone()).collect(),
