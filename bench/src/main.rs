@@ -47,7 +47,7 @@ struct Args {
     #[arg(long, default_value_t = 50)]
     memory_pods: usize,
     /// Largest density N run for podman too (podrun runs every N).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 100)]
     peer_max_pods: usize,
     /// Where the JSON results go (default: bench/results.json; smoke: the temp dir).
     #[arg(long)]

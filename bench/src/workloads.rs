@@ -47,7 +47,11 @@ impl Ctx {
             .arg(d.join("s"))
             .arg("--log-root")
             .arg(d.join("logs"))
-            .args(["--cgroup-driver", "cgroupfs", "--cgroup-root", CGROUP_ROOT]);
+            .args(["--cgroup-driver", "cgroupfs", "--cgroup-root", CGROUP_ROOT])
+            // Loopback only, as podman's --network none; the CNI directory is a private
+            // empty one so that nothing reads or writes the host's /etc/cni/net.d.
+            .args(["--network", "none", "--cni-conf-dir"])
+            .arg(d.join("cni"));
         c
     }
 
@@ -117,7 +121,7 @@ pub fn prepare(ctx: &Ctx) -> Result<()> {
         progress!("building the example images (images/build.sh)");
         sys::timed(Command::new("bash").arg(ctx.repo.join("images/build.sh")))?;
     }
-    for d in ["p", "podman/root", "podman/run", "podman/tmp", "pods"] {
+    for d in ["p/cni", "podman/root", "podman/run", "podman/tmp", "pods"] {
         std::fs::create_dir_all(ctx.work.join(d))?;
     }
     std::fs::write(
@@ -466,8 +470,8 @@ pub fn pod_start(ctx: &Ctx, report: &mut Report) {
     for s in up.iter_mut().chain(down.iter_mut()) {
         if s.system == "podman" {
             s.note = Some(
-                "podman kube play --network none (podrun has no pod network yet: both pods \
-                 have loopback only); podman adds an infra container, podrun has none"
+                "podrun --network none and podman kube play --network none: both pods have \
+                 loopback only; podman adds an infra container, podrun has none"
                     .into(),
             );
         }
