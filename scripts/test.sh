@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked --workspace -- --test-threads=4
+# Keeps the benchmark harness working: one round against the peers, no timings asserted.
 cargo run --locked -p podrun-bench -- --smoke
+cargo test --locked --workspace -- --test-threads=4

@@ -253,6 +253,14 @@ fn prepare(bundle: &Path, id: &str) -> Result<Prepared, OciError> {
         })
         .collect();
     let caps = spec.process.capabilities.unwrap_or_default();
+    // The kernel raises an ambient capability only if it is both permitted and
+    // inheritable; runc skips the others (e.g. `runc spec`'s default), so do we.
+    let ambient: Vec<String> = caps
+        .ambient
+        .iter()
+        .filter(|c| caps.permitted.contains(c) && caps.inheritable.contains(c))
+        .cloned()
+        .collect();
     let sorted = |mut v: Vec<String>| {
         v.sort();
         v
@@ -289,7 +297,7 @@ fn prepare(bundle: &Path, id: &str) -> Result<Prepared, OciError> {
                 effective: sorted(caps.effective),
                 permitted: sorted(caps.permitted),
                 inheritable: sorted(caps.inheritable),
-                ambient: sorted(caps.ambient),
+                ambient: sorted(ambient),
             },
             no_new_privs: spec.process.no_new_privileges,
             oom_score_adj: spec.process.oom_score_adj,
@@ -403,7 +411,7 @@ mod tests {
     fn a_runc_spec_config_is_understood() {
         let b = bundle(
             r#"{"ociVersion":"1.0.2","process":{"user":{"uid":1,"gid":2},"args":["/bin/true"],"env":["PATH=/bin"],"cwd":"/",
-            "capabilities":{"bounding":["CAP_KILL","CAP_CHOWN"],"effective":["CAP_KILL"]},"noNewPrivileges":true},
+            "capabilities":{"bounding":["CAP_KILL","CAP_CHOWN"],"effective":["CAP_KILL"],"permitted":["CAP_KILL"],"inheritable":[],"ambient":["CAP_KILL"]},"noNewPrivileges":true},
             "root":{"path":"rootfs","readonly":true},"hostname":"runc",
             "mounts":[{"destination":"/proc","type":"proc","source":"proc"},{"destination":"/data","type":"bind","source":"/tmp","options":["rbind","ro"]}],
             "linux":{"namespaces":[{"type":"pid"},{"type":"mount"},{"type":"uts"},{"type":"network"},{"type":"ipc"}],
