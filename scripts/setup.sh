@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs what podrun needs on a fresh Debian 12 machine, builds podrun and the example
+# Installs what podrun and its tests need on a fresh Debian 12 machine (the test registry,
+# the reference CNI plugins for the interoperability tests), and builds the example
 # images (offline, from Debian's packages). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in busybox-static nginx-light curl iproute2 nftables ca-certificates; do
+for pkg in busybox-static nginx-light curl iproute2 nftables iptables containernetworking-plugins docker-registry apache2-utils ca-certificates; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
