@@ -14,6 +14,7 @@ macro_rules! progress {
     };
 }
 
+mod cni;
 mod pull;
 mod report;
 mod sys;
@@ -55,6 +56,9 @@ struct Args {
     /// Record `perf record -g` of a podrun pod start (package linux-perf).
     #[arg(long)]
     perf: bool,
+    /// Run only this workload: lifecycle, pod-start, pods, image-pull or cni.
+    #[arg(long, value_parser = ["lifecycle", "pod-start", "pods", "image-pull", "cni"])]
+    only: Option<String>,
     /// Do not install missing peers; measure only what is installed.
     #[arg(long)]
     no_install: bool,
@@ -174,7 +178,9 @@ fn outer(args: &Args) -> Result<()> {
     let status = cmd.status().context("run the workloads under unshare")?;
     // The inner process cleans up after itself; this catches it being killed.
     if work.exists() {
-        workloads::cleanup(&ctx(args, podrun, work));
+        let ctx = ctx(args, podrun, work);
+        cni::cleanup(&ctx);
+        workloads::cleanup(&ctx);
     }
     if !status.success() {
         bail!("workloads failed ({status})");
@@ -210,10 +216,10 @@ fn ctx(args: &Args, podrun: PathBuf, work: PathBuf) -> Ctx {
     }
 }
 
-/// The full run's results are kept in the repository; a smoke run's are not.
+/// The full run's results are kept in the repository; a smoke or partial run's are not.
 fn out_path(args: &Args) -> PathBuf {
     args.out.clone().unwrap_or_else(|| {
-        if args.smoke {
+        if args.smoke || args.only.is_some() {
             std::env::temp_dir().join("podrun-bench-smoke.json")
         } else {
             args.repo.join("bench/results.json")
@@ -333,21 +339,40 @@ fn run(args: &Args, ctx: &Ctx, hybrid: bool) -> Result<()> {
                 .join("; ")
         ),
     ];
-    progress!("preparing images and bundle in {}", ctx.work.display());
-    workloads::prepare(ctx)?;
-    progress!("container lifecycle");
-    workloads::lifecycle(ctx, &mut report);
-    progress!("pod start");
-    workloads::pod_start(ctx, &mut report);
-    progress!("memory and density");
-    workloads::pods(ctx, &mut report);
-    progress!("image pull");
-    pull::image_pull(ctx, &mut report);
-    not_measured(&mut report);
+    let want = |w: &str| args.only.as_deref().is_none_or(|o| o == w);
+    if args.only.as_deref() != Some("cni") {
+        progress!("preparing images and bundle in {}", ctx.work.display());
+        workloads::prepare(ctx)?;
+    }
+    if want("lifecycle") {
+        progress!("container lifecycle");
+        workloads::lifecycle(ctx, &mut report);
+    }
+    if want("pod-start") {
+        progress!("pod start");
+        workloads::pod_start(ctx, &mut report);
+    }
+    if want("pods") {
+        progress!("memory and density");
+        workloads::pods(ctx, &mut report);
+    }
+    if want("image-pull") {
+        progress!("image pull");
+        pull::image_pull(ctx, &mut report);
+    }
+    if want("cni") {
+        progress!("pod network setup and teardown (CNI)");
+        cni::cni(ctx, &mut report);
+    }
+    if args.only.is_none() {
+        not_measured(&mut report);
+    }
     report.loadavg_end = sys::loadavg();
     report.busy |= sys::busy();
     report.compute_ratios();
-    report.goals = goals(&report, ctx);
+    if args.only.is_none() {
+        report.goals = goals(&report, ctx);
+    }
     let table = report.table();
     println!("{table}");
     let out = out_path(args);
