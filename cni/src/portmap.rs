@@ -192,36 +192,61 @@ fn run_nft(nft: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Result<
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Deletes every rule whose comment matches `pred`; rules already gone are fine.
-fn delete_rules(nft: &std::path::Path, pred: impl Fn(&str) -> bool) {
+/// The `delete rule` lines for every rule of podrun's tables whose comment matches
+/// `pred`: one listing per address family instead of one per chain, so a DEL costs
+/// three nft processes at most rather than one per chain and rule.
+fn matching_rule_deletes(nft: &std::path::Path, pred: impl Fn(&str) -> bool) -> String {
+    let mut script = String::new();
     for family in ["ip", "ip6"] {
-        for chain in CHAINS {
-            let Ok(listing) = run_nft(nft, &["-a", "list", "chain", family, TABLE, chain], None)
-            else {
-                continue;
-            };
-            for line in listing.lines() {
-                let Some(comment) = line
-                    .split("comment \"")
-                    .nth(1)
-                    .and_then(|c| c.split('"').next())
-                else {
-                    continue;
-                };
-                if !pred(comment) {
-                    continue;
-                }
-                if let Some(handle) = line.rsplit("# handle ").next().map(str::trim) {
-                    if !handle.is_empty() && handle.chars().all(|c| c.is_ascii_digit()) {
-                        let _ = run_nft(
-                            nft,
-                            &["delete", "rule", family, TABLE, chain, "handle", handle],
-                            None,
-                        );
-                    }
-                }
+        let Ok(listing) = run_nft(nft, &["-a", "list", "table", family, TABLE], None) else {
+            continue; // no such table: nothing of ours in this family
+        };
+        script.push_str(&deletes_from_listing(family, &listing, &pred));
+    }
+    script
+}
+
+/// Parse `nft -a list table` output into `delete rule` lines for matching rules.
+fn deletes_from_listing(family: &str, listing: &str, pred: &impl Fn(&str) -> bool) -> String {
+    let mut script = String::new();
+    let mut chain: Option<&str> = None;
+    for line in listing.lines() {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix("chain ") {
+            chain = rest
+                .split_whitespace()
+                .next()
+                .filter(|c| CHAINS.contains(c));
+            continue;
+        }
+        let Some(chain) = chain else { continue };
+        let Some(comment) = t
+            .split("comment \"")
+            .nth(1)
+            .and_then(|c| c.split('"').next())
+        else {
+            continue;
+        };
+        if !pred(comment) {
+            continue;
+        }
+        if let Some(handle) = t.rsplit("# handle ").next().map(str::trim) {
+            if !handle.is_empty() && handle.chars().all(|c| c.is_ascii_digit()) {
+                script.push_str(&format!(
+                    "delete rule {family} {TABLE} {chain} handle {handle}\n"
+                ));
             }
         }
+    }
+    script
+}
+
+/// Deletes every rule whose comment matches `pred`, in one nft transaction; rules
+/// already gone are fine.
+fn delete_rules(nft: &std::path::Path, pred: impl Fn(&str) -> bool) {
+    let script = matching_rule_deletes(nft, pred);
+    if !script.is_empty() {
+        let _ = run_nft(nft, &["-f", "-"], Some(&script));
     }
 }
 
@@ -251,9 +276,11 @@ impl Plugin for PortmapPlugin {
         let nft = nft()?;
         let tag = attachment_tag(&args.conf.name, &args.container_id, &args.ifname);
         let addrs = container_addresses(&prev);
-        // Replace, so a repeated ADD does not duplicate rules.
-        delete_rules(&nft, |c| c == format!("{TABLE}:{tag}"));
-        let script = rules_script(&tag, &addrs, &maps);
+        // Replace, so a repeated ADD does not duplicate rules: the old rules go and the
+        // new ones come in one nft transaction.
+        let own = format!("{TABLE}:{tag}");
+        let mut script = matching_rule_deletes(&nft, |c| c == own);
+        script.push_str(&rules_script(&tag, &addrs, &maps));
         if !script.is_empty() {
             run_nft(&nft, &["-f", "-"], Some(&script))?;
         }
@@ -333,6 +360,27 @@ pub fn parse_mappings(value: &Value) -> Result<Vec<PortMapping>, serde_json::Err
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn deletes_only_matching_rules_of_our_chains() {
+        let listing = r#"table ip podrun-portmap { # handle 7
+	chain prerouting { # handle 1
+		type nat hook prerouting priority dstnat; policy accept;
+		fib daddr type local tcp dport 8080 dnat to 10.0.0.2:80 comment "podrun-portmap:a" # handle 4
+		fib daddr type local tcp dport 8081 dnat to 10.0.0.3:80 comment "podrun-portmap:b" # handle 5
+	}
+	chain postrouting { # handle 3
+		ip saddr 127.0.0.0/8 ip daddr 10.0.0.2 tcp dport 80 ct status dnat masquerade comment "podrun-portmap:a" # handle 9
+	}
+}
+"#;
+        let script = deletes_from_listing("ip", listing, &|c: &str| c == "podrun-portmap:a");
+        assert_eq!(
+            script,
+            "delete rule ip podrun-portmap prerouting handle 4\ndelete rule ip podrun-portmap postrouting handle 9\n"
+        );
+        assert!(deletes_from_listing("ip", listing, &|_: &str| false).is_empty());
+    }
 
     #[test]
     fn script_covers_remote_local_and_hairpin_paths() {
