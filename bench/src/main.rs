@@ -319,8 +319,8 @@ fn run(args: &Args, ctx: &Ctx, hybrid: bool) -> Result<()> {
         ),
         "stdin and stdout of every timed command go to /dev/null, stderr to a pipe".into(),
         "lifecycle: one config.json for all, runc spec's default with args /bin/true, no \
-         terminal and no ambient capabilities (podrun fails on ambient caps that are not \
-         inheritable, runc ignores that)"
+         terminal and no ambient capabilities (runc spec lists ambient caps that are not \
+         inheritable; runc and podrun skip them)"
             .into(),
         "podman: --runtime runc, storage driver overlay, its own root in the work dir, \
          containers.conf with default_ulimits nofile=20000:20000, nproc=32768:32768"
