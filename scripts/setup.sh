@@ -19,7 +19,7 @@ if [ ${#need[@]} -gt 0 ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_added=1
   fi
   apt-get install -y -qq --no-install-recommends "${need[@]}"
-  [ "$policy_added" = 1 ] && rm -f /usr/sbin/policy-rc.d
+  if [ "$policy_added" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 bash images/build.sh
