@@ -1,0 +1,4 @@
+//! podrun's node agent: the Kubernetes CRI v1 gRPC server (RuntimeService and
+//! ImageService) on a unix socket, and the streaming server for exec, attach and
+//! port-forward. It does no raw syscalls of its own: pods and containers are run by
+//! `podrun-runtime` and their monitors.
