@@ -15,6 +15,7 @@ pub mod plan;
 pub mod pod;
 pub mod process;
 pub mod rootfs;
+pub mod sandbox;
 pub mod security;
 pub mod spec;
 pub mod state;

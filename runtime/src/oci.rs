@@ -321,6 +321,7 @@ fn prepare(bundle: &Path, id: &str) -> Result<Prepared, OciError> {
             cpuset_cpus: cpu.cpus,
             cpuset_mems: cpu.mems,
             restrict_devices: true,
+            device_rules: Vec::new(),
         },
     })
 }

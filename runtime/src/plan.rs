@@ -80,6 +80,16 @@ pub struct ContainerPlan {
     pub post_start: Option<Vec<String>>,
     /// Host path of the file bind-mounted at terminationMessagePath.
     pub termination_message: Option<PathBuf>,
+    /// Absolute path of the CRI log file (CRI `log_directory` joined with `log_path`).
+    /// When set it is used instead of `<log_dir>/<name>/<restart>.log`.
+    #[serde(default)]
+    pub log_path: Option<PathBuf>,
+    /// Keep a stdin open for the container (the monitor holds its write end, for attach).
+    #[serde(default)]
+    pub stdin: bool,
+    /// Close the container's stdin once the first attached client closes its stdin.
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 /// A tmpfs the monitor mounts in its own mount namespace (emptyDir with medium Memory,
@@ -124,6 +134,20 @@ pub struct PodPlan {
     /// First delay of the restart back-off (kubelet: 10 s, doubling to 5 min).
     #[serde(default = "default_backoff_base")]
     pub backoff_base_ms: u64,
+    /// Containers are driven one by one by the CRI agent: none at start, each added by
+    /// CreateContainer and started by StartContainer, never restarted or auto-stopped by
+    /// the monitor (kubelet does restarts itself). The monitor stays until
+    /// `Stop { remove: true }`.
+    #[serde(default)]
+    pub managed: bool,
+    /// Namespaced sysctls (`net.*`, `kernel.shm*`, ...), written by the monitor to
+    /// `/proc/sys/<key with '.' as '/'>` once it is in the pod's namespaces.
+    #[serde(default)]
+    pub sysctls: std::collections::BTreeMap<String, String>,
+    /// The pod cgroup is the caller's (kubelet's cgroup_parent): teardown removes only the
+    /// container cgroups below it, never the pod cgroup or its parents.
+    #[serde(default)]
+    pub external_cgroup: bool,
 }
 
 fn default_backoff_base() -> u64 {
@@ -134,4 +158,31 @@ impl PodPlan {
     pub fn container(&self, name: &str) -> Option<&ContainerPlan> {
         self.containers.iter().find(|c| c.name == name)
     }
+
+    /// Where a container's output goes for its `restart`-th run: the CRI log path when
+    /// the caller chose one, else `<log_dir>/<name>/<restart>.log`.
+    pub fn log_path(&self, c: &ContainerPlan, restart: u32) -> PathBuf {
+        match &c.log_path {
+            Some(p) => p.clone(),
+            None => self.log_dir.join(&c.name).join(format!("{restart}.log")),
+        }
+    }
+}
+
+/// The file under /proc/sys that sets sysctl `key`: dots separate the components unless
+/// the key already uses slashes (Kubernetes accepts both, e.g. for interface names with
+/// dots). Keys that could leave /proc/sys are refused.
+pub fn sysctl_path(key: &str) -> Option<PathBuf> {
+    if key.is_empty() {
+        return None;
+    }
+    let rel = if key.contains('/') {
+        key.to_owned()
+    } else {
+        key.replace('.', "/")
+    };
+    let ok = rel
+        .split('/')
+        .all(|c| !c.is_empty() && c != "." && c != "..");
+    ok.then(|| PathBuf::from("/proc/sys").join(rel))
 }

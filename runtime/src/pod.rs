@@ -58,7 +58,7 @@ pub enum PodError {
     State(#[from] state::StateError),
 }
 
-fn io(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> PodError {
+pub(crate) fn io(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> PodError {
     let step = step.into();
     move |source| PodError::Io { step, source }
 }
@@ -162,17 +162,17 @@ fn convert_qos(q: spec::QosClass) -> QosClass {
 }
 
 /// Runs the undo when dropped unless disarmed: every creation step registers one first.
-struct Rollback<'a> {
+pub(crate) struct Rollback<'a> {
     undo: Option<Box<dyn FnOnce() + 'a>>,
 }
 
 impl<'a> Rollback<'a> {
-    fn new(f: impl FnOnce() + 'a) -> Self {
+    pub(crate) fn new(f: impl FnOnce() + 'a) -> Self {
         Self {
             undo: Some(Box::new(f)),
         }
     }
-    fn disarm(mut self) {
+    pub(crate) fn disarm(mut self) {
         self.undo = None;
     }
 }
@@ -470,7 +470,7 @@ pub fn pid_alive(pid: i32) -> bool {
 
 /// Start the pod monitor in new namespaces, detached from the caller's session, and wait
 /// until it reports ready.
-fn launch_monitor(plan: &PodPlan, exe: &Path) -> Result<(), PodError> {
+pub(crate) fn launch_monitor(plan: &PodPlan, exe: &Path) -> Result<(), PodError> {
     // The monitor makes its own mount namespace (keeping a handle on this one to undo the
     // pod's host mounts at teardown) and joins a pinned network namespace itself.
     let mut flags = CloneFlags::empty();
@@ -569,7 +569,7 @@ struct Planner<'a> {
     m: &'a PodManifest,
 }
 
-fn user_in_passwd(layers: &[PathBuf], name: &str) -> Option<(u32, u32)> {
+pub(crate) fn user_in_passwd(layers: &[PathBuf], name: &str) -> Option<(u32, u32)> {
     let text = read_image_file(layers, "etc/passwd")?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
@@ -577,7 +577,7 @@ fn user_in_passwd(layers: &[PathBuf], name: &str) -> Option<(u32, u32)> {
     })
 }
 
-fn group_in_file(layers: &[PathBuf], name: &str) -> Option<u32> {
+pub(crate) fn group_in_file(layers: &[PathBuf], name: &str) -> Option<u32> {
     let text = read_image_file(layers, "etc/group")?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
@@ -586,7 +586,7 @@ fn group_in_file(layers: &[PathBuf], name: &str) -> Option<u32> {
 }
 
 /// Groups of /etc/group that list `user` as a member (supplementary groups from the image).
-fn member_groups(layers: &[PathBuf], user: &str, uid: u32) -> Vec<u32> {
+pub(crate) fn member_groups(layers: &[PathBuf], user: &str, uid: u32) -> Vec<u32> {
     let name = if user.is_empty() {
         read_image_file(layers, "etc/passwd").and_then(|t| {
             t.lines().find_map(|l| {
@@ -616,7 +616,7 @@ fn read_image_file(layers: &[PathBuf], rel: &str) -> Option<String> {
     })
 }
 
-fn parse_signal(s: &str) -> Option<i32> {
+pub(crate) fn parse_signal(s: &str) -> Option<i32> {
     if let Ok(n) = s.parse::<i32>() {
         return Some(n);
     }
@@ -758,6 +758,9 @@ impl Planner<'_> {
             created_at: chrono::Utc::now(),
             network,
             backoff_base_ms: 10_000,
+            managed: false,
+            sysctls: Default::default(),
+            external_cgroup: false,
         })
     }
 
@@ -1363,11 +1366,14 @@ impl Planner<'_> {
             pre_stop: exec_hook(lifecycle.and_then(|l| l.pre_stop.as_ref())),
             post_start: exec_hook(lifecycle.and_then(|l| l.post_start.as_ref())),
             termination_message: Some(term_file),
+            log_path: None,
+            stdin: false,
+            stdin_once: false,
         })
     }
 }
 
-fn user_in_passwd_by_uid(layers: &[PathBuf], uid: u32) -> Option<u32> {
+pub(crate) fn user_in_passwd_by_uid(layers: &[PathBuf], uid: u32) -> Option<u32> {
     let text = read_image_file(layers, "etc/passwd")?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();

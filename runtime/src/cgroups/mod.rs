@@ -53,6 +53,10 @@ pub struct Resources {
     /// containers get this; the v1 devices controller enforces it.
     #[serde(default)]
     pub restrict_devices: bool,
+    /// Devices allowed on top of the defaults when restricted (v1 `devices.allow`
+    /// syntax, e.g. "c 10:200 rwm"): the container's CRI devices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_rules: Vec<String>,
 }
 
 /// Device rules allowed in unprivileged containers (v1 `devices.allow` syntax): mknod of
@@ -158,22 +162,31 @@ impl fmt::Display for QosClass {
     }
 }
 
-/// Usage of one cgroup, in the units CRI's ContainerStats uses.
+/// Usage of one cgroup, in the units CRI's ContainerStats and PodSandboxStats use.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Stats {
+pub struct CgroupStats {
     /// Cumulative CPU time in nanoseconds.
     pub cpu_usage_ns: u64,
     /// Memory charged to the cgroup, page cache included.
-    pub memory_usage: u64,
-    /// Usage minus inactive file pages (what the kubelet evicts on).
-    pub memory_working_set: u64,
+    pub memory_usage_bytes: u64,
+    /// Usage minus inactive file pages, floored at 0 (cAdvisor's working set, which the
+    /// kubelet evicts on).
+    pub memory_working_set_bytes: u64,
     /// Anonymous memory (v1 total_rss; v2 anon).
-    pub memory_rss: u64,
+    pub memory_rss_bytes: u64,
     pub page_faults: u64,
     pub major_page_faults: u64,
+    /// The memory limit; None when unlimited.
+    pub memory_limit_bytes: Option<u64>,
+    /// Tasks in the cgroup (pids.current).
+    pub pids: u64,
+    /// OOM kills inside the cgroup.
     pub oom_kills: u64,
-    pub pids_current: u64,
 }
+
+/// v1 reports "no limit" as the largest page-aligned i64 (9223372036854771712 on 4 KiB
+/// pages); anything that high means unlimited.
+pub(crate) const V1_UNLIMITED_THRESHOLD: u64 = 1 << 62;
 
 /// Errors of the cgroup module; each variant names the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -277,7 +290,8 @@ pub trait CgroupManager: Send + Sync {
     fn add_process(&self, path: &str, pid: i32) -> Result<(), CgroupError>;
     /// Apply `resources` to an existing cgroup (None fields lift limits).
     fn update(&self, path: &str, resources: &Resources) -> Result<(), CgroupError>;
-    fn stats(&self, path: &str) -> Result<Stats, CgroupError>;
+    /// Usage counters and the memory limit of an existing cgroup (`NotFound` otherwise).
+    fn stats(&self, path: &str) -> Result<CgroupStats, CgroupError>;
     /// OOM kill counter of this cgroup; 0 if unknown.
     fn oom_kills(&self, path: &str) -> Result<u64, CgroupError>;
     /// PIDs in the cgroup and its descendants, all hierarchies, deduped and sorted.

@@ -13,8 +13,8 @@ use super::fs::{
 };
 use super::mountinfo::{relative_to, MountTable};
 use super::{
-    cgroupfs_pod_path, CgroupError, CgroupManager, Driver, Hierarchy, QosClass, Resources, Stats,
-    DEFAULT_CPU_PERIOD, MAX_CPU_SHARES, MIN_CPU_SHARES,
+    cgroupfs_pod_path, CgroupError, CgroupManager, CgroupStats, Driver, Hierarchy, QosClass,
+    Resources, DEFAULT_CPU_PERIOD, MAX_CPU_SHARES, MIN_CPU_SHARES, V1_UNLIMITED_THRESHOLD,
 };
 
 /// How long freeze waits for the kernel to settle FREEZING into FROZEN.
@@ -327,12 +327,15 @@ impl CgroupManager for V1Manager {
                 for rule in crate::cgroups::DEFAULT_DEVICE_RULES {
                     write_optional(fs, &dir.join("devices.allow"), rule)?;
                 }
+                for rule in &resources.device_rules {
+                    write_optional(fs, &dir.join("devices.allow"), rule)?;
+                }
             }
         }
         Ok(())
     }
 
-    fn stats(&self, path: &str) -> Result<Stats, CgroupError> {
+    fn stats(&self, path: &str) -> Result<CgroupStats, CgroupError> {
         let rel = clean_path(path)?;
         if !self.exists_anywhere(&rel) {
             return Err(CgroupError::NotFound {
@@ -340,13 +343,13 @@ impl CgroupManager for V1Manager {
             });
         }
         let fs = &*self.fs;
-        let mut stats = Stats::default();
+        let mut stats = CgroupStats::default();
         if let Some(dir) = self.dir_of("cpuacct", &rel) {
             stats.cpu_usage_ns = read_counter(fs, &dir.join("cpuacct.usage"))?;
         }
         if let Some(dir) = self.dir_of("memory", &rel) {
-            stats.memory_usage = read_counter(fs, &dir.join("memory.usage_in_bytes"))?;
-            stats.memory_working_set = self.memory_working_set(&dir)?;
+            stats.memory_usage_bytes = read_counter(fs, &dir.join("memory.usage_in_bytes"))?;
+            stats.memory_working_set_bytes = self.memory_working_set(&dir)?;
             let stat = read_optional(fs, &dir.join("memory.stat"))?.unwrap_or_default();
             // total_* include descendants; the plain keys only this cgroup.
             let get = |k: &str| {
@@ -354,13 +357,16 @@ impl CgroupManager for V1Manager {
                     .or_else(|| keyed_value(&stat, k))
                     .unwrap_or(0)
             };
-            stats.memory_rss = get("rss");
+            stats.memory_rss_bytes = get("rss");
             stats.page_faults = get("pgfault");
             stats.major_page_faults = get("pgmajfault");
+            stats.memory_limit_bytes = read_optional(fs, &dir.join("memory.limit_in_bytes"))?
+                .and_then(|s| parse_u64(&s))
+                .filter(|l| *l < V1_UNLIMITED_THRESHOLD);
         }
         stats.oom_kills = self.oom_kills(path)?;
         if let Some(dir) = self.dir_of("pids", &rel) {
-            stats.pids_current = read_counter(fs, &dir.join("pids.current"))?;
+            stats.pids = read_counter(fs, &dir.join("pids.current"))?;
         }
         Ok(stats)
     }
@@ -863,20 +869,34 @@ mod tests {
             "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
         );
         fs.set(format!("pids/{d}/pids.current"), "6\n");
+        fs.set(
+            format!("memory/{d}/memory.limit_in_bytes"),
+            "9223372036854771712\n",
+        );
         let s = mgr.stats(d).unwrap();
         assert_eq!(
             s,
-            Stats {
+            CgroupStats {
                 cpu_usage_ns: 123_456_789,
-                memory_usage: 10_000,
-                memory_working_set: 7_000,
-                memory_rss: 4_000,
+                memory_usage_bytes: 10_000,
+                memory_working_set_bytes: 7_000,
+                memory_rss_bytes: 4_000,
                 page_faults: 77,
                 major_page_faults: 5,
+                memory_limit_bytes: None,
+                pids: 6,
                 oom_kills: 3,
-                pids_current: 6,
             }
         );
+        // A limit shows; inactive file pages above usage floor the working set at 0.
+        fs.set(format!("memory/{d}/memory.limit_in_bytes"), "67108864\n");
+        fs.set(
+            format!("memory/{d}/memory.stat"),
+            "total_inactive_file 20000\n",
+        );
+        let s = mgr.stats(d).unwrap();
+        assert_eq!(s.memory_limit_bytes, Some(64 << 20));
+        assert_eq!(s.memory_working_set_bytes, 0);
         assert_eq!(mgr.oom_kills(d).unwrap(), 3);
         assert!(matches!(
             mgr.stats("podrun/none"),
@@ -980,7 +1000,7 @@ mod tests {
         added.unwrap();
         assert_eq!(pod_pids.unwrap(), vec![pid]);
         assert_eq!(ctr_pids.unwrap(), vec![pid]);
-        assert_eq!(stats.unwrap().pids_current, 1);
+        assert_eq!(stats.unwrap().pids, 1);
         assert_eq!(frozen.unwrap().trim(), "FROZEN");
         thawed.unwrap();
         let cpus =
