@@ -14,6 +14,17 @@
 //!    Failed ◀──────────── all done, none restarting ── Running ──▶ Succeeded
 //!  Stop: preStop hooks, stop signal, SIGKILL after the grace period, then (remove) teardown.
 //! ```
+//!
+//! A `managed` plan (CRI) starts with no containers and the monitor never decides
+//! anything about them: the agent adds each (`CreateContainer`), starts, stops and
+//! removes it, and kubelet restarts containers itself:
+//! ```text
+//!  CreateContainer ─▶ Waiting(ContainerCreated) ─StartContainer─▶ Running ─exit─▶ Terminated
+//!                                │                                  │ StopContainer  │
+//!                                └──────────── RemoveContainer ◀────┴────────────────┘
+//! ```
+//! The monitor also copies a running container's stdio to and from attached clients
+//! (`Attach`), besides writing its output to the log.
 
 pub mod backoff;
 pub mod protocol;
@@ -45,6 +56,8 @@ use protocol::{Request, Response};
 pub const PLAN_FILE: &str = "plan.json";
 pub const STATUS_FILE: &str = "status.json";
 pub const SOCKET_FILE: &str = "monitor.sock";
+/// Waiting reason of a managed container between CreateContainer and StartContainer.
+pub const CONTAINER_CREATED: &str = "ContainerCreated";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
@@ -62,6 +75,8 @@ pub enum MonitorError {
     },
     #[error("cgroup {path}: {message}")]
     Cgroup { path: String, message: String },
+    #[error("sysctl {name}: {message}")]
+    Sysctl { name: String, message: String },
     #[error(transparent)]
     State(#[from] crate::state::StateError),
 }
@@ -80,6 +95,99 @@ struct Running {
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
     log: Option<CriLogWriter>,
+    /// Write end of the container's stdin (a pipe, or a dup of the pty master), kept for
+    /// attached clients when the plan asks for stdin.
+    stdin: Option<OwnedFd>,
+    /// Input from attached clients not yet written to `stdin`.
+    stdin_buf: Vec<u8>,
+    /// Close `stdin` once `stdin_buf` is written (stdin_once and the client closed).
+    stdin_close: bool,
+}
+
+/// Attached input is read only while less than this waits for the container.
+const STDIN_BUF_MAX: usize = 64 * 1024;
+/// Output kept for an attached client that does not read fast enough; beyond it the
+/// client loses output rather than stalling the pod.
+const ATTACH_PENDING_MAX: usize = 1 << 20;
+/// How long an attached client still gets output once the container exited.
+const ATTACH_LINGER: Duration = Duration::from_secs(2);
+
+/// One of an attached client's output descriptors (non-blocking).
+struct AttachedOutput {
+    fd: OwnedFd,
+    pending: Vec<u8>,
+}
+
+impl AttachedOutput {
+    fn new(fd: OwnedFd) -> Self {
+        set_nonblocking(&fd);
+        Self {
+            fd,
+            pending: Vec::new(),
+        }
+    }
+
+    fn queue(&mut self, data: &[u8]) {
+        let room = ATTACH_PENDING_MAX.saturating_sub(self.pending.len());
+        self.pending
+            .extend_from_slice(&data[..data.len().min(room)]);
+    }
+
+    /// Write `data` (after what is pending); false once the client's side is broken.
+    fn push(&mut self, data: &[u8]) -> bool {
+        if !self.pending.is_empty() {
+            self.queue(data);
+            return self.flush();
+        }
+        let mut rest = data;
+        while !rest.is_empty() {
+            match nix::unistd::write(&self.fd, rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(nix::Error::EINTR) => continue,
+                Err(nix::Error::EAGAIN) => break,
+                Err(_) => return false,
+            }
+        }
+        self.queue(rest);
+        true
+    }
+
+    /// Write what is pending, as far as the descriptor takes it; false once broken.
+    fn flush(&mut self) -> bool {
+        while !self.pending.is_empty() {
+            match nix::unistd::write(&self.fd, &self.pending) {
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(nix::Error::EINTR) => continue,
+                Err(nix::Error::EAGAIN) => return true,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+}
+
+/// A client attached to a container's stdio.
+struct Attachment {
+    stream: UnixStream,
+    stdin: Option<OwnedFd>,
+    stdout: Option<AttachedOutput>,
+    stderr: Option<AttachedOutput>,
+    /// The container exited: `Exited` is sent once the output is flushed, or at
+    /// `finish_by` at the latest.
+    exit_code: Option<i32>,
+    finish_by: Option<Instant>,
+    /// The client hung up: drop it.
+    gone: bool,
+}
+
+impl Attachment {
+    fn flushed(&self) -> bool {
+        [&self.stdout, &self.stderr]
+            .iter()
+            .all(|o| o.as_ref().is_none_or(|o| o.pending.is_empty()))
+    }
 }
 
 struct Container {
@@ -97,6 +205,49 @@ struct Container {
     /// Output pipes of a finished run still being drained.
     draining: Vec<(Stream, OwnedFd)>,
     draining_log: Option<CriLogWriter>,
+    attaches: Vec<Attachment>,
+    /// StopContainer: SIGKILL once this passes.
+    kill_at: Option<Instant>,
+    /// StopContainer callers, answered once the container exited.
+    stop_waiters: Vec<UnixStream>,
+    /// RemoveContainer: forget the container once it is no longer running.
+    removing: bool,
+    remove_waiters: Vec<UnixStream>,
+}
+
+impl Container {
+    fn new(plan: &ContainerPlan, backoff_base_ms: u64, waiting_reason: &str) -> Self {
+        Container {
+            status: ContainerStatus {
+                id: plan.id.clone(),
+                name: plan.name.clone(),
+                image: plan.image.clone(),
+                image_id: plan.image_id.clone(),
+                state: ContainerState::Waiting {
+                    reason: waiting_reason.into(),
+                    message: String::new(),
+                },
+                last_state: None,
+                restart_count: 0,
+                ready: false,
+                init: plan.kind != ContainerKind::App,
+            },
+            plan: plan.clone(),
+            running: None,
+            backoff: Backoff::new(Duration::from_millis(backoff_base_ms)),
+            next_start: None,
+            done: false,
+            started_before: false,
+            stop_sent: false,
+            draining: Vec::new(),
+            draining_log: None,
+            attaches: Vec::new(),
+            kill_at: None,
+            stop_waiters: Vec::new(),
+            removing: false,
+            remove_waiters: Vec::new(),
+        }
+    }
 }
 
 struct ExecSession {
@@ -262,6 +413,7 @@ impl Monitor {
             nix::unistd::sethostname(&plan.hostname).map_err(sys("set the pod hostname"))?;
             loopback_up()?;
         }
+        apply_sysctls(&plan.sysctls)?;
 
         let mut mask = SigSet::empty();
         for s in [
@@ -298,34 +450,17 @@ impl Monitor {
             .set_nonblocking(true)
             .map_err(io("monitor socket"))?;
 
+        // Containers of a managed plan wait for StartContainer; the others for their
+        // turn in the pod's start order.
+        let reason = if plan.managed {
+            CONTAINER_CREATED
+        } else {
+            "PodInitializing"
+        };
         let containers = plan
             .containers
             .iter()
-            .map(|c| Container {
-                status: ContainerStatus {
-                    id: c.id.clone(),
-                    name: c.name.clone(),
-                    image: c.image.clone(),
-                    image_id: c.image_id.clone(),
-                    state: ContainerState::Waiting {
-                        reason: "PodInitializing".into(),
-                        message: String::new(),
-                    },
-                    last_state: None,
-                    restart_count: 0,
-                    ready: false,
-                    init: c.kind != ContainerKind::App,
-                },
-                plan: c.clone(),
-                running: None,
-                backoff: Backoff::new(Duration::from_millis(plan.backoff_base_ms)),
-                next_start: None,
-                done: false,
-                started_before: false,
-                stop_sent: false,
-                draining: Vec::new(),
-                draining_log: None,
-            })
+            .map(|c| Container::new(c, plan.backoff_base_ms, reason))
             .collect();
         let m = Monitor {
             plan,
@@ -401,6 +536,11 @@ impl Monitor {
     }
 
     fn phase(&self) -> PodPhase {
+        if self.plan.managed {
+            // The sandbox is up as long as its monitor is; what its containers do is
+            // for kubelet to judge.
+            return PodPhase::Running;
+        }
         let views: Vec<ContainerView> = self
             .containers
             .iter()
@@ -428,9 +568,13 @@ impl Monitor {
     }
 
     fn progress(&mut self) {
+        self.progress_requests();
         if self.stopping.is_some() {
             self.progress_stop();
             return;
+        }
+        if self.plan.managed {
+            return; // the agent starts and stops containers
         }
         if self.apps_done() {
             // The pod completed: its sidecars get their stop signal, latest first.
@@ -450,7 +594,7 @@ impl Monitor {
                 let ready_to_start =
                     c.running.is_none() && !c.done && c.next_start.is_none_or(|t| t <= now);
                 if ready_to_start {
-                    self.start(idx);
+                    let _ = self.start(idx);
                 }
                 let c = &self.containers[idx];
                 match kind {
@@ -463,7 +607,7 @@ impl Monitor {
                     _ => {}
                 }
             } else if c.running.is_none() && !c.done && c.next_start.is_none_or(|t| t <= now) {
-                self.start(idx);
+                let _ = self.start(idx);
             }
             idx += 1;
         }
@@ -488,7 +632,8 @@ impl Monitor {
         flags
     }
 
-    fn start(&mut self, idx: usize) {
+    /// Start container `idx`; a failure is recorded as its exit (StartError) and returned.
+    fn start(&mut self, idx: usize) -> Result<(), String> {
         let now = Utc::now();
         // kubelet counts restarts when they happen, not when they are scheduled.
         let c = &mut self.containers[idx];
@@ -508,10 +653,13 @@ impl Monitor {
                 c.running = Some(running);
                 c.next_start = None;
                 c.stop_sent = false;
-                let hook = c.plan.post_start.clone();
+                // kubelet runs the hooks of managed containers itself.
+                let hook = c.plan.post_start.clone().filter(|_| !self.plan.managed);
                 if let Some(cmd) = hook {
                     self.spawn_exec(idx, cmd, None, None);
                 }
+                self.status_dirty = true;
+                Ok(())
             }
             Err(message) => {
                 let c = &mut self.containers[idx];
@@ -526,13 +674,14 @@ impl Monitor {
                     exit_code,
                     None,
                     "StartError",
-                    message,
+                    message.clone(),
                     None,
                     Duration::ZERO,
                 );
+                self.status_dirty = true;
+                Err(message)
             }
         }
-        self.status_dirty = true;
     }
 
     fn try_start(&mut self, idx: usize) -> Result<Running, String> {
@@ -557,26 +706,36 @@ impl Monitor {
         if let Some(tm) = &cp.termination_message {
             let _ = std::fs::write(tm, b"");
         }
-        let log_path = plan
-            .log_dir
-            .join(&cp.name)
-            .join(format!("{}.log", c.status.restart_count));
+        let log_path = plan.log_path(cp, c.status.restart_count);
         let log = CriLogWriter::open(&log_path)
             .map_err(|e| format!("open log {}: {e}", log_path.display()))?;
+        let mut stdin_w = None;
         let (stdin, stdout_r, stdout_w, stderr_r, stderr_w, tty) = if cp.process.tty {
             let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
             set_cloexec(&pty.master);
             set_cloexec(&pty.slave);
             let s1 = pty.slave.try_clone().map_err(|e| e.to_string())?;
             let s2 = pty.slave.try_clone().map_err(|e| e.to_string())?;
+            if cp.stdin {
+                // Input to a terminal goes through its master.
+                stdin_w = Some(pty.master.try_clone().map_err(|e| e.to_string())?);
+            }
             (pty.slave, pty.master, s1, None, s2, true)
         } else {
             let (or, ow) =
                 nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
             let (er, ew) =
                 nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-            let null = process::dev_null().map_err(|e| e.to_string())?;
-            (null, or, ow, Some(er), ew, false)
+            let stdin = if cp.stdin {
+                let (ir, iw) =
+                    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+                set_nonblocking(&iw);
+                stdin_w = Some(iw);
+                ir
+            } else {
+                process::dev_null().map_err(|e| e.to_string())?
+            };
+            (stdin, or, ow, Some(er), ew, false)
         };
         set_nonblocking(&stdout_r);
         if let Some(er) = &stderr_r {
@@ -611,6 +770,9 @@ impl Monitor {
             stdout: Some(stdout_r),
             stderr: stderr_r,
             log: Some(log),
+            stdin: stdin_w,
+            stdin_buf: Vec::new(),
+            stdin_close: false,
         })
     }
 
@@ -688,6 +850,17 @@ impl Monitor {
             _ => None,
         };
         self.record_exit(idx, exit_code, signal, reason, message, started, ran);
+        let c = &mut self.containers[idx];
+        c.kill_at = None;
+        for w in c.stop_waiters.drain(..) {
+            let _ = protocol::write_response(&w, &Response::Ok);
+        }
+        let linger = Instant::now() + ATTACH_LINGER;
+        for a in c.attaches.iter_mut().filter(|a| a.exit_code.is_none()) {
+            a.exit_code = Some(exit_code);
+            a.finish_by = Some(linger);
+            a.stdin = None;
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -714,7 +887,9 @@ impl Monitor {
             finished_at: Utc::now(),
         };
         c.status.ready = false;
-        let restart = !stopping && should_restart(c.plan.kind, policy, exit_code, apps_done);
+        let restart = !stopping
+            && !self.plan.managed
+            && should_restart(c.plan.kind, policy, exit_code, apps_done);
         if restart {
             let delay = c.backoff.next_delay(ran);
             c.status.last_state = Some(terminated);
@@ -746,6 +921,8 @@ impl Monitor {
 
     fn drain(&mut self, idx: usize, eof_expected: bool) {
         let c = &mut self.containers[idx];
+        let tty = c.plan.process.tty;
+        let attaches = &mut c.attaches;
         let (fds, log): (Vec<(Stream, &OwnedFd)>, &mut Option<CriLogWriter>) = match &c.running {
             Some(_) => {
                 let r = c.running.as_mut().unwrap();
@@ -781,6 +958,7 @@ impl Monitor {
                                 warn!(error = %e, "write container log");
                             }
                         }
+                        copy_to_attaches(attaches, tty, stream, &buf[..n]);
                     }
                     Err(nix::Error::EINTR) => continue,
                     Err(_) => break, // EAGAIN: nothing more now
@@ -820,6 +998,18 @@ impl Monitor {
             .filter(|c| c.running.is_none() && !c.done)
             .filter_map(|c| c.next_start)
             .min();
+        // StopContainer kill deadlines and attached clients waiting for their Exited.
+        for c in &self.containers {
+            let deadlines = c
+                .running
+                .as_ref()
+                .and(c.kill_at)
+                .into_iter()
+                .chain(c.attaches.iter().filter_map(|a| a.finish_by));
+            for t in deadlines {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
         if let Some(s) = self.stopping.as_ref().filter(|_| !self.finished_stopping()) {
             next = Some(next.map_or(s.deadline, |n| n.min(s.deadline)));
             // While stopping, look again often: processes in shared PID namespaces are
@@ -841,6 +1031,14 @@ impl Monitor {
             Listener,
             Holder(usize),
             Pipe(usize),
+            /// Container's stdin can take more of its buffered input.
+            StdinOut(usize),
+            /// An attached client's stdin has input (container, attachment).
+            AttachIn(usize, usize),
+            /// An attached client's output can take more.
+            AttachOut(usize, usize),
+            /// An attached client's connection hung up (or spoke).
+            AttachConn(usize, usize),
         }
         let timeout = self.next_timeout();
         let mut srcs = Vec::new();
@@ -862,6 +1060,29 @@ impl Monitor {
                 pfds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
                 srcs.push(Src::Pipe(i));
             }
+            let stdin = c.running.as_ref().filter(|r| r.stdin.is_some());
+            if let Some(r) = stdin.filter(|r| !r.stdin_buf.is_empty()) {
+                pfds.push(PollFd::new(
+                    r.stdin.as_ref().unwrap().as_fd(),
+                    PollFlags::POLLOUT,
+                ));
+                srcs.push(Src::StdinOut(i));
+            }
+            let take_input = stdin.is_some_and(|r| r.stdin_buf.len() < STDIN_BUF_MAX);
+            for (j, a) in c.attaches.iter().enumerate() {
+                pfds.push(PollFd::new(a.stream.as_fd(), PollFlags::POLLIN));
+                srcs.push(Src::AttachConn(i, j));
+                if let Some(fd) = a.stdin.as_ref().filter(|_| take_input) {
+                    pfds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                    srcs.push(Src::AttachIn(i, j));
+                }
+                for o in [&a.stdout, &a.stderr].into_iter().flatten() {
+                    if !o.pending.is_empty() {
+                        pfds.push(PollFd::new(o.fd.as_fd(), PollFlags::POLLOUT));
+                        srcs.push(Src::AttachOut(i, j));
+                    }
+                }
+            }
         }
         match nix::poll::poll(&mut pfds, timeout) {
             Ok(_) | Err(nix::Error::EINTR) => {}
@@ -880,6 +1101,7 @@ impl Monitor {
         let mut hung_holders = Vec::new();
         let mut pipes = Vec::new();
         let mut accept = false;
+        let mut stdins = Vec::new();
         for (src, r) in srcs.into_iter().zip(ready) {
             if !r {
                 continue;
@@ -889,11 +1111,49 @@ impl Monitor {
                 Src::Listener => accept = true,
                 Src::Holder(i) => hung_holders.push(i),
                 Src::Pipe(i) => pipes.push(i),
+                Src::StdinOut(i) => stdins.push(i),
+                Src::AttachIn(i, j) => {
+                    self.read_attached_stdin(i, j);
+                    stdins.push(i);
+                }
+                Src::AttachOut(i, j) => {
+                    let a = &mut self.containers[i].attaches[j];
+                    for o in [&mut a.stdout, &mut a.stderr] {
+                        if o.as_mut().is_some_and(|o| !o.flush()) {
+                            *o = None;
+                        }
+                    }
+                }
+                Src::AttachConn(i, j) => {
+                    let a = &mut self.containers[i].attaches[j];
+                    let mut b = [0u8; 512];
+                    match nix::sys::socket::recv(
+                        a.stream.as_raw_fd(),
+                        &mut b,
+                        nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+                    ) {
+                        Err(nix::Error::EAGAIN) | Err(nix::Error::EINTR) => {}
+                        Ok(n) if n > 0 => {}
+                        _ => a.gone = true,
+                    }
+                }
             }
         }
         pipes.dedup();
         for i in pipes {
             self.drain(i, false);
+        }
+        stdins.dedup();
+        for i in stdins {
+            self.flush_stdin(i);
+        }
+        for i in 0..self.containers.len() {
+            let c = &mut self.containers[i];
+            let closed_stdin = c.attaches.iter().any(|a| a.gone && a.stdin.is_some());
+            c.attaches.retain(|a| !a.gone);
+            if closed_stdin {
+                self.attached_stdin_closed(i);
+            }
         }
         for i in hung_holders.into_iter().rev() {
             self.on_holder_readable(i);
@@ -972,10 +1232,19 @@ impl Monitor {
                 args,
                 tty,
             } => {
+                // CRI names containers by id; pods by name (a running one first: in a
+                // managed pod an exited attempt may share its name).
+                let by_name = |running: bool| {
+                    self.containers
+                        .iter()
+                        .position(|c| c.plan.name == container && (!running || c.running.is_some()))
+                };
                 let Some(idx) = self
                     .containers
                     .iter()
-                    .position(|c| c.plan.name == container)
+                    .position(|c| c.plan.id == container)
+                    .or_else(|| by_name(true))
+                    .or_else(|| by_name(false))
                 else {
                     let _ = protocol::write_response(
                         &stream,
@@ -1022,6 +1291,43 @@ impl Monitor {
                     tty,
                 };
                 self.spawn_exec(idx, args, Some(stdio), Some(stream));
+            }
+            Request::CreateContainer { plan } => {
+                let r = self.create_container(*plan);
+                reply(&stream, r);
+            }
+            Request::StartContainer { id } => {
+                let r = self.start_container(&id);
+                reply(&stream, r);
+            }
+            Request::StopContainer { id, timeout_secs } => {
+                self.stop_container_request(&id, timeout_secs, stream)
+            }
+            Request::RemoveContainer { id } => self.remove_container(&id, stream),
+            Request::ReopenLog { id } => {
+                let r = self.reopen_log(&id);
+                reply(&stream, r);
+            }
+            Request::UpdateResources { id, resources } => {
+                let r = self.update_resources(&id, resources);
+                reply(&stream, r);
+            }
+            Request::Attach {
+                id,
+                stdin,
+                stdout,
+                stderr,
+            } => self.attach(stream, &id, [stdin, stdout, stderr], fds),
+            Request::Resize { id, width, height } => {
+                let r = self.resize(&id, width, height);
+                reply(&stream, r);
+            }
+            Request::KillExec { pid } => {
+                let pid = Pid::from_raw(pid);
+                if self.execs.contains_key(&pid) {
+                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                }
+                reply(&stream, Ok(()));
             }
         }
     }
@@ -1122,6 +1428,340 @@ impl Monitor {
         }
     }
 
+    // ---- CRI-managed containers ----------------------------------------------------
+
+    fn index_of(&self, id: &str) -> Option<usize> {
+        self.containers.iter().position(|c| c.plan.id == id)
+    }
+
+    fn write_plan(&self) -> Result<(), String> {
+        crate::state::write_json(&self.plan.state_dir.join(PLAN_FILE), &self.plan)
+            .map_err(|e| e.to_string())
+    }
+
+    fn create_container(&mut self, plan: ContainerPlan) -> Result<(), String> {
+        if !self.plan.managed {
+            return Err(format!("pod {} is not managed by CRI", self.plan.name));
+        }
+        if self.stopping.is_some() {
+            return Err(format!("pod {} is stopping", self.plan.name));
+        }
+        if self.index_of(&plan.id).is_some() {
+            return Err(format!("container {} already exists", plan.id));
+        }
+        // Recorded in plan.json first, so teardown (ours, or the reaper's after a crash)
+        // finds everything the container may come to own.
+        self.plan.containers.push(plan.clone());
+        if let Err(e) = self.write_plan() {
+            self.plan.containers.pop();
+            return Err(format!("record container {}: {e}", plan.id));
+        }
+        info!(pod = %self.plan.name, container = %plan.name, id = %plan.id, "container created");
+        self.containers.push(Container::new(
+            &plan,
+            self.plan.backoff_base_ms,
+            CONTAINER_CREATED,
+        ));
+        self.status_dirty = true;
+        Ok(())
+    }
+
+    fn start_container(&mut self, id: &str) -> Result<(), String> {
+        let idx = self
+            .index_of(id)
+            .ok_or_else(|| format!("container {id} not found"))?;
+        let c = &self.containers[idx];
+        if c.started_before || c.done || c.running.is_some() || c.removing {
+            return Err(format!("container {id} is not in created state"));
+        }
+        if self.stopping.is_some() {
+            return Err(format!("pod {} is stopping", self.plan.name));
+        }
+        self.start(idx)
+    }
+
+    fn stop_container_request(&mut self, id: &str, timeout_secs: i64, stream: UnixStream) {
+        let Some(idx) = self
+            .index_of(id)
+            .filter(|i| self.containers[*i].running.is_some())
+        else {
+            reply(&stream, Ok(()));
+            return;
+        };
+        let _ = stream.set_read_timeout(None);
+        self.containers[idx].stop_waiters.push(stream);
+        if timeout_secs <= 0 {
+            self.kill_container(idx);
+            return;
+        }
+        if !self.containers[idx].stop_sent {
+            self.signal_container(idx);
+        }
+        let at = Instant::now() + Duration::from_secs(timeout_secs as u64);
+        let c = &mut self.containers[idx];
+        c.kill_at = Some(c.kill_at.map_or(at, |t| t.min(at)));
+    }
+
+    /// SIGKILL the container's init and whatever else is in its cgroup (processes of a
+    /// shared PID namespace do not die with the init).
+    fn kill_container(&mut self, idx: usize) {
+        let c = &mut self.containers[idx];
+        c.kill_at = None;
+        if let Some(r) = &c.running {
+            c.stop_sent = true;
+            let _ = nix::sys::signal::kill(r.pid, Signal::SIGKILL);
+            for pid in self.cgroups.pids(&c.plan.cgroup_path).unwrap_or_default() {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+
+    fn remove_container(&mut self, id: &str, stream: UnixStream) {
+        let Some(idx) = self.index_of(id) else {
+            reply(&stream, Ok(()));
+            return;
+        };
+        let _ = stream.set_read_timeout(None);
+        let c = &mut self.containers[idx];
+        c.removing = true;
+        c.remove_waiters.push(stream);
+        // Finished in progress_requests once it no longer runs.
+        self.kill_container(idx);
+    }
+
+    /// Kill deadlines of StopContainer, removals waiting for an exit, and attached
+    /// clients of exited containers.
+    fn progress_requests(&mut self) {
+        let now = Instant::now();
+        for idx in 0..self.containers.len() {
+            let c = &self.containers[idx];
+            if c.running.is_some() && c.kill_at.is_some_and(|t| now >= t) {
+                debug!(pod = %self.plan.name, container = %c.plan.name, "stop timeout passed; killing container");
+                self.kill_container(idx);
+            }
+        }
+        while let Some(idx) = self
+            .containers
+            .iter()
+            .position(|c| c.removing && c.running.is_none())
+        {
+            self.finish_remove(idx);
+        }
+        for c in &mut self.containers {
+            let drained = c.draining.is_empty();
+            c.attaches.retain_mut(|a| {
+                let Some(exit_code) = a.exit_code else {
+                    return true;
+                };
+                for o in [&mut a.stdout, &mut a.stderr] {
+                    if o.as_mut().is_some_and(|o| !o.flush()) {
+                        *o = None;
+                    }
+                }
+                if (drained && a.flushed()) || a.finish_by.is_some_and(|t| now >= t) {
+                    let _ = protocol::write_response(&a.stream, &Response::Exited { exit_code });
+                    return false;
+                }
+                true
+            });
+        }
+    }
+
+    fn finish_remove(&mut self, idx: usize) {
+        self.drain(idx, true);
+        let mut c = self.containers.remove(idx);
+        let path = c.plan.cgroup_path.clone();
+        kill_cgroup(self.cgroups.as_ref(), &path);
+        if let Err(e) = self.cgroups.remove(&path) {
+            warn!(pod = %self.plan.name, cgroup = %path, error = %e, "remove container cgroup");
+        }
+        if let Some(dir) = c.plan.rootfs.upper.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        self.seccomp_cache.remove(&c.plan.id);
+        self.plan.containers.retain(|p| p.id != c.plan.id);
+        if let Err(e) = self.write_plan() {
+            warn!(pod = %self.plan.name, error = %e, "record container removal");
+        }
+        info!(pod = %self.plan.name, container = %c.plan.name, id = %c.plan.id, "container removed");
+        let exit_code = c.status.state.exit_code().unwrap_or(137);
+        for a in c.attaches.drain(..) {
+            let code = a.exit_code.unwrap_or(exit_code);
+            let _ = protocol::write_response(&a.stream, &Response::Exited { exit_code: code });
+        }
+        for w in c.stop_waiters.drain(..).chain(c.remove_waiters.drain(..)) {
+            let _ = protocol::write_response(&w, &Response::Ok);
+        }
+        self.status_dirty = true;
+    }
+
+    fn reopen_log(&mut self, id: &str) -> Result<(), String> {
+        let log = self
+            .index_of(id)
+            .and_then(|i| self.containers[i].running.as_mut())
+            .and_then(|r| r.log.as_mut())
+            .ok_or_else(|| format!("container {id} is not running"))?;
+        log.reopen().map_err(|e| e.to_string())
+    }
+
+    fn update_resources(
+        &mut self,
+        id: &str,
+        resources: crate::cgroups::Resources,
+    ) -> Result<(), String> {
+        let idx = self
+            .index_of(id)
+            .ok_or_else(|| format!("container {id} not found"))?;
+        let c = &mut self.containers[idx];
+        // A container not started yet gets its cgroup (with these limits) at start.
+        if c.running.is_some() {
+            self.cgroups
+                .update(&c.plan.cgroup_path, &resources)
+                .map_err(|e| format!("cgroup {}: {e}", c.plan.cgroup_path))?;
+        }
+        c.plan.resources = resources.clone();
+        if let Some(p) = self.plan.containers.iter_mut().find(|p| p.id == id) {
+            p.resources = resources;
+        }
+        self.write_plan()
+    }
+
+    /// `want` is (stdin, stdout, stderr); `fds` holds one descriptor per true entry.
+    fn attach(&mut self, stream: UnixStream, id: &str, want: [bool; 3], fds: Vec<OwnedFd>) {
+        let result = (|| {
+            let idx = self
+                .index_of(id)
+                .ok_or_else(|| format!("container {id} not found"))?;
+            let r = self.containers[idx]
+                .running
+                .as_ref()
+                .ok_or_else(|| format!("container {id} is not running"))?;
+            if fds.len() != want.iter().filter(|w| **w).count() {
+                return Err("attach needs one descriptor per requested stream".to_owned());
+            }
+            if want[0] && (r.stdin.is_none() || r.stdin_close) {
+                return Err(format!("container {id} has no stdin"));
+            }
+            Ok(idx)
+        })();
+        let idx = match result {
+            Ok(idx) => idx,
+            Err(message) => {
+                let _ = protocol::write_response(&stream, &Response::Error { message });
+                return;
+            }
+        };
+        let mut fds = fds.into_iter();
+        let mut next = |wanted: bool| if wanted { fds.next() } else { None };
+        let stdin = next(want[0]);
+        if let Some(fd) = &stdin {
+            set_nonblocking(fd);
+        }
+        let stdout = next(want[1]).map(AttachedOutput::new);
+        let stderr = next(want[2]).map(AttachedOutput::new);
+        let _ = stream.set_read_timeout(None);
+        if protocol::write_response(&stream, &Response::Ok).is_err() {
+            return;
+        }
+        debug!(pod = %self.plan.name, container = %self.containers[idx].plan.name, "client attached");
+        self.containers[idx].attaches.push(Attachment {
+            stream,
+            stdin,
+            stdout,
+            stderr,
+            exit_code: None,
+            finish_by: None,
+            gone: false,
+        });
+    }
+
+    fn read_attached_stdin(&mut self, i: usize, j: usize) {
+        let c = &mut self.containers[i];
+        let (Some(r), Some(a)) = (c.running.as_mut(), c.attaches.get_mut(j)) else {
+            return;
+        };
+        let Some(fd) = &a.stdin else { return };
+        let mut buf = [0u8; 16 * 1024];
+        let room = STDIN_BUF_MAX
+            .saturating_sub(r.stdin_buf.len())
+            .min(buf.len());
+        match nix::unistd::read(fd, &mut buf[..room.max(1)]) {
+            Ok(n) if n > 0 => r.stdin_buf.extend_from_slice(&buf[..n]),
+            Err(nix::Error::EAGAIN) | Err(nix::Error::EINTR) => {}
+            _ => {
+                a.stdin = None;
+                self.attached_stdin_closed(i);
+            }
+        }
+    }
+
+    /// An attached client closed its stdin: with stdin_once the container's stdin is
+    /// closed too (once what it sent is written), so the container sees EOF.
+    fn attached_stdin_closed(&mut self, i: usize) {
+        let c = &mut self.containers[i];
+        if !c.plan.stdin_once {
+            return;
+        }
+        if let Some(r) = c.running.as_mut() {
+            r.stdin_close = true;
+        }
+        self.flush_stdin(i);
+    }
+
+    fn flush_stdin(&mut self, i: usize) {
+        let Some(r) = self.containers[i].running.as_mut() else {
+            return;
+        };
+        let Some(fd) = &r.stdin else {
+            r.stdin_buf.clear();
+            return;
+        };
+        while !r.stdin_buf.is_empty() {
+            match nix::unistd::write(fd, &r.stdin_buf) {
+                Ok(n) => {
+                    r.stdin_buf.drain(..n);
+                }
+                Err(nix::Error::EINTR) => continue,
+                Err(nix::Error::EAGAIN) => return,
+                Err(_) => {
+                    // The container closed its stdin: nothing more can reach it.
+                    r.stdin_buf.clear();
+                    r.stdin = None;
+                    return;
+                }
+            }
+        }
+        if r.stdin_close {
+            r.stdin = None;
+        }
+    }
+
+    fn resize(&mut self, id: &str, width: u16, height: u16) -> Result<(), String> {
+        let idx = self
+            .index_of(id)
+            .ok_or_else(|| format!("container {id} not found"))?;
+        let c = &self.containers[idx];
+        if !c.plan.process.tty {
+            return Err(format!("container {id} has no terminal"));
+        }
+        let master = c
+            .running
+            .as_ref()
+            .and_then(|r| r.stdout.as_ref())
+            .ok_or_else(|| format!("container {id} is not running"))?;
+        let ws = libc::winsize {
+            ws_row: height,
+            ws_col: width,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which outlives the call.
+        if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
+            return Err(format!("resize terminal: {}", nix::Error::last()));
+        }
+        Ok(())
+    }
+
     // ---- stopping ------------------------------------------------------------------
 
     fn begin_stop(&mut self, grace_secs: Option<u64>, remove: bool, waiter: Option<UnixStream>) {
@@ -1140,11 +1780,13 @@ impl Monitor {
             sidecars_signalled: false,
             waiters: waiter.into_iter().collect(),
         });
+        let managed = self.plan.managed;
         for c in &mut self.containers {
             if c.running.is_none() && !c.done {
                 c.done = true;
                 c.next_start = None;
-                if !matches!(c.status.state, ContainerState::Terminated { .. }) {
+                // A created managed container stays Created: kubelet removes it.
+                if !managed && !matches!(c.status.state, ContainerState::Terminated { .. }) {
                     c.status.state = ContainerState::Waiting {
                         reason: "PodTerminating".into(),
                         message: String::new(),
@@ -1171,7 +1813,8 @@ impl Monitor {
         if c.running.is_none() || c.stop_sent {
             return;
         }
-        match c.plan.pre_stop.clone() {
+        // kubelet runs the hooks of managed containers itself.
+        match c.plan.pre_stop.clone().filter(|_| !self.plan.managed) {
             Some(cmd) => {
                 self.containers[idx].stop_sent = true;
                 self.spawn_exec(idx, cmd, None, None)
@@ -1310,6 +1953,65 @@ fn should_restart(
     }
 }
 
+/// Answer a request that succeeds or fails with a message.
+fn reply(stream: &UnixStream, result: Result<(), String>) {
+    let resp = match result {
+        Ok(()) => Response::Ok,
+        Err(message) => Response::Error { message },
+    };
+    let _ = protocol::write_response(stream, &resp);
+}
+
+/// Copy container output to the attached clients: a tty container has one stream, which
+/// goes to their stdout. A client whose side broke loses that output descriptor.
+fn copy_to_attaches(attaches: &mut [Attachment], tty: bool, stream: Stream, data: &[u8]) {
+    for a in attaches {
+        let out = if tty || stream == Stream::Stdout {
+            &mut a.stdout
+        } else {
+            &mut a.stderr
+        };
+        if out.as_mut().is_some_and(|o| !o.push(data)) {
+            *out = None;
+        }
+    }
+}
+
+/// Write the pod's sysctls; the monitor is in the pod's network and IPC namespaces, so
+/// namespaced keys apply to the pod only.
+fn apply_sysctls(sysctls: &std::collections::BTreeMap<String, String>) -> Result<(), MonitorError> {
+    for (name, value) in sysctls {
+        let err = |message: String| MonitorError::Sysctl {
+            name: name.clone(),
+            message,
+        };
+        let path = crate::plan::sysctl_path(name).ok_or_else(|| err("invalid name".into()))?;
+        std::fs::write(&path, value.as_bytes())
+            .map_err(|e| err(format!("write {}: {e}", path.display())))?;
+        debug!(sysctl = %name, value = %value, "sysctl set");
+    }
+    Ok(())
+}
+
+/// SIGKILL everything in cgroup `path` (frozen first, so nothing forks meanwhile) and
+/// wait, briefly, for it to be empty.
+fn kill_cgroup(cgroups: &dyn CgroupManager, path: &str) {
+    for attempt in 0..50 {
+        let pids = cgroups.pids(path).unwrap_or_default();
+        if pids.is_empty() {
+            break;
+        }
+        if attempt == 0 {
+            let _ = cgroups.freeze(path, true);
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let _ = cgroups.freeze(path, false);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn set_cloexec(fd: &OwnedFd) {
     // SAFETY: fcntl on a descriptor we own.
     unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -1324,29 +2026,21 @@ pub fn teardown_pod(plan: &PodPlan, cgroups: &dyn CgroupManager) {
         .iter()
         .map(|c| c.cgroup_path.as_str())
         .collect();
-    paths.push(&plan.cgroup_path);
+    // A pod cgroup the caller made (kubelet's cgroup_parent) is the caller's to remove.
+    if !plan.external_cgroup {
+        paths.push(&plan.cgroup_path);
+    }
     for path in &paths {
-        for attempt in 0..50 {
-            let pids = cgroups.pids(path).unwrap_or_default();
-            if pids.is_empty() {
-                break;
-            }
-            if attempt == 0 {
-                let _ = cgroups.freeze(path, true);
-            }
-            for pid in pids {
-                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            let _ = cgroups.freeze(path, false);
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        kill_cgroup(cgroups, path);
         if let Err(e) = cgroups.remove(path) {
             warn!(pod = %plan.name, cgroup = %path, error = %e, "remove cgroup");
         }
     }
     // The QoS and root cgroups above the pod go with their last pod; one still in use by
     // another pod is left alone (rmdir of a non-empty cgroup fails).
-    crate::cgroups::remove_empty_parents(cgroups, &plan.cgroup_path);
+    if !plan.external_cgroup {
+        crate::cgroups::remove_empty_parents(cgroups, &plan.cgroup_path);
+    }
     // Processes are gone: the network can go (CNI DEL, then the netns pin).
     if let Some(net) = &plan.network {
         crate::network::teardown(&plan.id, net);

@@ -2,6 +2,12 @@
 //! (`<state>/pods/<id>/monitor.sock`), answered by JSON lines. `Exec` carries the exec
 //! process's stdin, stdout and stderr as SCM_RIGHTS descriptors in the same message, so
 //! the process talks to the caller's terminal or pipes directly, with no copying.
+//!
+//! Pods whose plan is `managed` (CRI) start with no containers: the agent adds them with
+//! `CreateContainer`, then drives each through `StartContainer`, `StopContainer` and
+//! `RemoveContainer`, as kubelet asks. `Attach` connects descriptors to a running
+//! container's stdio; the monitor copies between them and answers `Exited` on the same
+//! connection when the container exits.
 
 use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -13,6 +19,8 @@ use std::time::Duration;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use serde::{Deserialize, Serialize};
 
+use crate::cgroups::Resources;
+use crate::plan::ContainerPlan;
 use crate::status::PodStatus;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -34,6 +42,52 @@ pub enum Request {
     /// stopped and removed (the foreground `podrun run` died).
     Hold,
     Release,
+    /// Managed pods: add a container in state Created (`Waiting{ContainerCreated}`).
+    CreateContainer {
+        plan: Box<ContainerPlan>,
+    },
+    /// Start a created container; answered once its process runs.
+    StartContainer {
+        id: String,
+    },
+    /// Send the stop signal, SIGKILL after `timeout_secs` (at once when <= 0); answered
+    /// once the container exited and its output is in the log.
+    StopContainer {
+        id: String,
+        timeout_secs: i64,
+    },
+    /// Kill (if running) and forget a container: its cgroup and data dir go too.
+    RemoveContainer {
+        id: String,
+    },
+    /// Reopen the container's log file at its path (after rotation renamed it).
+    ReopenLog {
+        id: String,
+    },
+    /// Apply new cgroup limits to a container and keep them in the plan.
+    UpdateResources {
+        id: String,
+        resources: Resources,
+    },
+    /// Connect to a running container's stdio. One descriptor accompanies the request
+    /// for each of `stdin`, `stdout`, `stderr` that is true, in that order. Answered `Ok`,
+    /// then `Exited` on the same connection once the container exits.
+    Attach {
+        id: String,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    },
+    /// Set the terminal size of a tty container.
+    Resize {
+        id: String,
+        width: u16,
+        height: u16,
+    },
+    /// SIGKILL an exec process of this pod (ExecSync timeout).
+    KillExec {
+        pid: i32,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -154,6 +208,33 @@ impl Client {
     pub fn call(&mut self, req: &Request) -> Result<Response, ProtocolError> {
         self.send(req)?;
         self.recv()
+    }
+
+    /// Send a request with descriptors and read the first answer.
+    pub fn call_with_fds(
+        &mut self,
+        req: &Request,
+        fds: &[RawFd],
+    ) -> Result<Response, ProtocolError> {
+        self.send_with_fds(req, fds)?;
+        self.recv()
+    }
+
+    /// One request on a fresh connection, with a read timeout; for calls that answer
+    /// once (everything but `Exec`, `Attach` and `Hold`).
+    pub fn request(
+        socket: &Path,
+        req: &Request,
+        timeout: Option<Duration>,
+    ) -> Result<Response, ProtocolError> {
+        let mut c = Self::connect(socket)?;
+        c.set_timeout(timeout)?;
+        c.call(req)
+    }
+
+    /// The connection itself, e.g. to poll it or hand it to an async runtime.
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
     }
 }
 
