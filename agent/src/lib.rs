@@ -2,3 +2,5 @@
 //! ImageService) on a unix socket, and the streaming server for exec, attach and
 //! port-forward. It does no raw syscalls of its own: pods and containers are run by
 //! `podrun-runtime` and their monitors.
+
+pub mod streaming;
