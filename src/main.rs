@@ -162,6 +162,16 @@ enum Command {
         #[command(subcommand)]
         command: OciCommand,
     },
+    /// Serve the Kubernetes CRI v1 (runtime and image services) on a unix socket, for
+    /// crictl and kubelet.
+    Agent {
+        /// The CRI socket.
+        #[arg(long, env = "PODRUN_SOCKET", default_value = "/run/podrun/podrun.sock")]
+        socket: PathBuf,
+        /// Address of the streaming server (exec, attach, port-forward); port 0 picks one.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        stream_addr: std::net::SocketAddr,
+    },
     /// The per-pod monitor (started by podrun itself).
     #[command(hide = true)]
     Monitor {
@@ -219,7 +229,7 @@ fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 tracing_subscriber::EnvFilter::new(
-                    if matches!(cli.command, Command::Monitor { .. }) {
+                    if matches!(cli.command, Command::Monitor { .. } | Command::Agent { .. }) {
                         "info"
                     } else {
                         "warn"

@@ -3,4 +3,10 @@
 //! port-forward. It does no raw syscalls of its own: pods and containers are run by
 //! `podrun-runtime` and their monitors.
 
+pub mod agent;
+pub mod image_service;
+pub mod server;
+pub mod store;
 pub mod streaming;
+
+pub use agent::{run, AgentConfig};

@@ -260,6 +260,11 @@ impl PodRuntime {
     pub fn reap(&self) -> Result<Vec<String>, PodError> {
         let mut reaped = Vec::new();
         for pod in self.list()? {
+            // CRI sandboxes belong to the agent: a dead monitor makes them NOTREADY, and
+            // kubelet removes them through the agent.
+            if pod.plan.managed {
+                continue;
+            }
             if !pod.alive {
                 // A pod being created has a plan but no socket yet: give its monitor time.
                 let young =

@@ -1,5 +1,6 @@
 //! One function per subcommand: build what the library needs and call it.
 
+mod agent;
 mod exec;
 pub mod image;
 mod logs;
@@ -15,7 +16,7 @@ use podrun_runtime::state::Paths;
 
 use crate::{Cli, Command, ImageCommand, OciCommand};
 
-pub fn runtime(cli: &Cli) -> Result<PodRuntime> {
+pub fn runtime_config(cli: &Cli) -> Result<RuntimeConfig> {
     let mut config = RuntimeConfig::new(Paths::new(&cli.root, &cli.state, &cli.log_root));
     config.cgroup_driver = cli
         .cgroup_driver
@@ -38,7 +39,11 @@ pub fn runtime(cli: &Cli) -> Result<PodRuntime> {
         },
         other => anyhow::bail!("--network: unknown value {other:?} (cni, none)"),
     };
-    let rt = PodRuntime::new(config)?;
+    Ok(config)
+}
+
+pub fn runtime(cli: &Cli) -> Result<PodRuntime> {
+    let rt = PodRuntime::new(runtime_config(cli)?)?;
     // Whatever a crash left behind goes before anything else happens.
     for pod in rt.reap()? {
         eprintln!("podrun: removed leftovers of pod {pod} (its monitor was gone)");
@@ -52,6 +57,7 @@ fn namespace(cli: &Cli) -> String {
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
+        Command::Agent { socket, stream_addr } => agent::agent(&cli, socket, stream_addr),
         Command::Monitor {
             ready_fd,
             state_dir,
