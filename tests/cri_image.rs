@@ -1,0 +1,332 @@
+//! The CRI ImageService of `podrun agent`, after critest's "Image Manager" specs:
+//! list, status by every name form, filters, remove (idempotent), pull from a local
+//! registry on 127.0.0.1 (Debian's docker-registry, started by the test) by tag and by
+//! digest, and image filesystem info.
+
+mod common;
+mod cri_common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cri_common::{Agent, BUSYBOX, NGINX};
+use podrun_cri_proto::v1;
+
+fn spec(image: &str) -> Option<v1::ImageSpec> {
+    Some(v1::ImageSpec {
+        image: image.to_string(),
+        ..Default::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_status_filter_and_remove_loaded_images() {
+    require_root!();
+    let mut a = Agent::start(&["busybox", "nginx"]).await;
+
+    let images = a.list_images().await;
+    assert_eq!(images.len(), 2, "{images:?}");
+    let bb = images
+        .iter()
+        .find(|i| i.repo_tags.iter().any(|t| t == BUSYBOX))
+        .unwrap_or_else(|| panic!("busybox not listed: {images:?}"))
+        .clone();
+    assert!(bb.id.starts_with("sha256:") && bb.id.len() == 71, "{bb:?}");
+    assert!(bb.size > 0);
+    assert!(images
+        .iter()
+        .any(|i| i.repo_tags.iter().any(|t| t == NGINX)));
+
+    // Status by full reference, short name, name:tag and image ID: the same image.
+    for name in [
+        BUSYBOX,
+        "busybox",
+        "busybox:latest",
+        "library/busybox",
+        bb.id.as_str(),
+    ] {
+        let st = a
+            .image_status(name)
+            .await
+            .unwrap_or_else(|| panic!("ImageStatus {name} found nothing"));
+        assert_eq!(st.id, bb.id, "{name}");
+        assert!(st.repo_tags.iter().any(|t| t == BUSYBOX), "{name}: {st:?}");
+    }
+    // An unknown image is no error, just no image.
+    assert!(a
+        .image_status("docker.io/library/no-such-image:1")
+        .await
+        .is_none());
+    assert!(a.image_status("busybox:no-such-tag").await.is_none());
+
+    // The list filter narrows to one image.
+    let only = a
+        .img
+        .list_images(v1::ListImagesRequest {
+            filter: Some(v1::ImageFilter {
+                image: spec("busybox"),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(only.iter().map(|i| &i.id).collect::<Vec<_>>(), [&bb.id]);
+
+    // A container of a missing image cannot be created.
+    let (sb, cfg) = a.sandbox("img").await;
+    let mut c = a.container_config("c", &["true"]);
+    c.image = spec("docker.io/library/not-here:1");
+    assert!(a.try_create_container(&sb, &cfg, c).await.is_err());
+    a.remove_sandbox(&sb).await;
+
+    // Remove by tag, then again; remove the other by ID.
+    a.img
+        .remove_image(v1::RemoveImageRequest {
+            image: spec(BUSYBOX),
+        })
+        .await
+        .unwrap();
+    a.img
+        .remove_image(v1::RemoveImageRequest {
+            image: spec(BUSYBOX),
+        })
+        .await
+        .expect("RemoveImage of an absent image succeeds");
+    assert!(a.image_status(BUSYBOX).await.is_none());
+    let nginx_id = a.image_status(NGINX).await.unwrap().id;
+    a.img
+        .remove_image(v1::RemoveImageRequest {
+            image: spec(&nginx_id),
+        })
+        .await
+        .unwrap();
+    assert!(a.list_images().await.is_empty());
+
+    let fs = a
+        .img
+        .image_fs_info(v1::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!fs.image_filesystems.is_empty());
+    a.finish().await;
+}
+
+const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+/// A docker-registry on a free loopback port, killed by PID when dropped.
+struct Registry {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Option<Registry> {
+        if !Path::new(REGISTRY_BIN).exists() {
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("prcri-reg-")
+            .tempdir()
+            .unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: podrun-cri-test\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let reg = Registry {
+            child,
+            port,
+            _dir: dir,
+        };
+        let end = Instant::now() + Duration::from_secs(30);
+        while ureq::get(&format!("{}/v2/", reg.url()))
+            .timeout(Duration::from_secs(2))
+            .call()
+            .is_err()
+        {
+            assert!(Instant::now() < end, "registry did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(reg)
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.host())
+    }
+
+    /// Push the OCI layout inside `archive` as repo:tag; returns the manifest digest.
+    fn push(&self, archive: &Path, repo: &str, tag: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Command::new("tar")
+            .arg("-xf")
+            .arg(archive)
+            .arg("-C")
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
+        let desc = &index["manifests"][0];
+        let blob = |d: &str| dir.path().join("blobs/sha256").join(&d["sha256:".len()..]);
+        let digest = desc["digest"].as_str().unwrap().to_string();
+        let manifest = std::fs::read(blob(&digest)).unwrap();
+        let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+        let mut blobs = vec![m["config"]["digest"].as_str().unwrap().to_string()];
+        blobs.extend(
+            m["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["digest"].as_str().unwrap().to_string()),
+        );
+        for d in blobs {
+            let resp = ureq::post(&format!("{}/v2/{repo}/blobs/uploads/", self.url()))
+                .call()
+                .unwrap();
+            let loc = resp.header("Location").unwrap().to_string();
+            let loc = if loc.starts_with('/') {
+                format!("{}{loc}", self.url())
+            } else {
+                loc
+            };
+            let sep = if loc.contains('?') { '&' } else { '?' };
+            ureq::put(&format!("{loc}{sep}digest={d}"))
+                .set("Content-Type", "application/octet-stream")
+                .send_bytes(&std::fs::read(blob(&d)).unwrap())
+                .unwrap();
+        }
+        ureq::put(&format!("{}/v2/{repo}/manifests/{tag}", self.url()))
+            .set("Content-Type", desc["mediaType"].as_str().unwrap())
+            .send_bytes(&manifest)
+            .unwrap();
+        digest
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_from_a_local_registry_by_tag_and_digest() {
+    require_root!();
+    let Some(reg) = Registry::start() else {
+        eprintln!("skipped: {REGISTRY_BIN} is not installed (tests/registry.rs installs it)");
+        return;
+    };
+    let digest = reg.push(
+        &common::image_archive("busybox"),
+        "library/busybox",
+        "latest",
+    );
+    let reference = format!("{}/library/busybox:latest", reg.host());
+    let mut a = Agent::start(&[]).await;
+    assert!(a.list_images().await.is_empty());
+
+    let pulled = a
+        .img
+        .pull_image(v1::PullImageRequest {
+            image: spec(&reference),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PullImage {reference}: {e}\nagent log:\n{}", a.log()))
+        .into_inner()
+        .image_ref;
+    assert!(!pulled.is_empty());
+    let st = a
+        .image_status(&reference)
+        .await
+        .expect("pulled image has a status");
+    assert!(st.repo_tags.contains(&reference), "{st:?}");
+    assert!(
+        st.repo_digests
+            .contains(&format!("{}/library/busybox@{digest}", reg.host())),
+        "{st:?}"
+    );
+    // kubelet uses the returned ref as the image of its containers: it must resolve.
+    assert_eq!(
+        a.image_status(&pulled).await.map(|i| i.id),
+        Some(st.id.clone())
+    );
+
+    // Again: same ref. By digest: the same image.
+    let again = a
+        .img
+        .pull_image(v1::PullImageRequest {
+            image: spec(&reference),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image_ref;
+    assert_eq!(again, pulled);
+    let by_digest = format!("{}/library/busybox@{digest}", reg.host());
+    a.img
+        .pull_image(v1::PullImageRequest {
+            image: spec(&by_digest),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        a.image_status(&by_digest).await.map(|i| i.id),
+        Some(st.id.clone())
+    );
+    assert_eq!(a.list_images().await.len(), 1);
+
+    // A missing tag fails and stores nothing.
+    let missing = format!("{}/library/busybox:nope", reg.host());
+    let e = a
+        .img
+        .pull_image(v1::PullImageRequest {
+            image: spec(&missing),
+            ..Default::default()
+        })
+        .await
+        .expect_err("pull of a missing tag fails");
+    assert!(
+        e.message().contains("nope") || !e.message().is_empty(),
+        "{e}"
+    );
+    assert_eq!(a.list_images().await.len(), 1);
+
+    // The pulled image runs.
+    let (sb, cfg) = a.sandbox("pulled").await;
+    let mut c = a.container_config("c", &["sleep", "3600"]);
+    c.image = spec(&pulled);
+    let c = a.run_container(&sb, &cfg, c).await;
+    assert_eq!(a.exec(&c, &["echo", "pulled"]).await, "pulled\n");
+    a.finish().await;
+}
