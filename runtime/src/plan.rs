@@ -186,3 +186,124 @@ pub fn sysctl_path(key: &str) -> Option<PathBuf> {
         .all(|c| !c.is_empty() && c != "." && c != "..");
     ok.then(|| PathBuf::from("/proc/sys").join(rel))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctl_keys_map_under_proc_sys() {
+        assert_eq!(
+            sysctl_path("net.ipv4.ip_forward").unwrap(),
+            PathBuf::from("/proc/sys/net/ipv4/ip_forward")
+        );
+        // Slashes keep dots inside a component (an interface named eth0.100).
+        assert_eq!(
+            sysctl_path("net/ipv4/conf/eth0.100/forwarding").unwrap(),
+            PathBuf::from("/proc/sys/net/ipv4/conf/eth0.100/forwarding")
+        );
+        for bad in [
+            "",
+            "net..ipv4",
+            "net/../../etc/passwd",
+            "/net/ipv4",
+            "net.ipv4.",
+        ] {
+            assert_eq!(sysctl_path(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn new_fields_default_when_absent() {
+        let c = ContainerPlan {
+            id: "c".into(),
+            name: "web".into(),
+            kind: ContainerKind::App,
+            image: "busybox".into(),
+            image_id: "sha256:1".into(),
+            rootfs: RootfsSpec {
+                rootfs: "/r".into(),
+                layers: Vec::new(),
+                upper: "/c/upper".into(),
+                work: "/c/work".into(),
+                readonly: false,
+                privileged: false,
+                mounts: Vec::new(),
+                dev_shm: None,
+                masked_paths: Vec::new(),
+                readonly_paths: Vec::new(),
+            },
+            process: ProcessSpec::default(),
+            seccomp: SeccompProfile::Unconfined,
+            cgroup_path: "/p/c".into(),
+            resources: Resources::default(),
+            stop_signal: 15,
+            pre_stop: None,
+            post_start: None,
+            termination_message: None,
+            log_path: Some("/x.log".into()),
+            stdin: true,
+            stdin_once: true,
+        };
+        let mut json = serde_json::to_value(&c).unwrap();
+        for k in ["log_path", "stdin", "stdin_once"] {
+            json.as_object_mut().unwrap().remove(k);
+        }
+        let old: ContainerPlan = serde_json::from_value(json).unwrap();
+        assert_eq!(
+            (old.log_path, old.stdin, old.stdin_once),
+            (None, false, false)
+        );
+        let c = ContainerPlan {
+            log_path: None,
+            ..c
+        };
+        let mut pod = PodPlan {
+            id: "p".into(),
+            name: "pod".into(),
+            namespace: "default".into(),
+            uid: "u".into(),
+            hostname: "pod".into(),
+            host_network: false,
+            host_ipc: false,
+            host_pid: false,
+            share_process_namespace: false,
+            restart_policy: RestartPolicy::Always,
+            termination_grace_period_secs: 30,
+            cgroup_driver: crate::cgroups::Driver::Cgroupfs,
+            cgroup_path: "/p".into(),
+            pod_resources: Resources::default(),
+            log_dir: "/logs/pod".into(),
+            state_dir: "/state/p".into(),
+            data_dir: "/data/p".into(),
+            tmpfs: Vec::new(),
+            containers: vec![c.clone()],
+            labels: Default::default(),
+            annotations: Default::default(),
+            source: None,
+            created_at: chrono::Utc::now(),
+            network: None,
+            backoff_base_ms: 10,
+            managed: true,
+            sysctls: [("kernel.shm_rmid_forced".to_owned(), "1".to_owned())].into(),
+            external_cgroup: false,
+        };
+        let mut json = serde_json::to_value(&pod).unwrap();
+        let obj = json.as_object_mut().unwrap();
+        for k in ["managed", "sysctls", "external_cgroup"] {
+            obj.remove(k);
+        }
+        let old: PodPlan = serde_json::from_value(json).unwrap();
+        assert!(!old.managed && old.sysctls.is_empty());
+        assert_eq!(
+            pod.log_path(&c, 2),
+            PathBuf::from("/logs/pod/web/2.log"),
+            "kubelet-style path without a CRI log path"
+        );
+        pod.containers[0].log_path = Some("/var/log/pods/x/web/0.log".into());
+        assert_eq!(
+            pod.log_path(&pod.containers[0], 2),
+            PathBuf::from("/var/log/pods/x/web/0.log")
+        );
+    }
+}

@@ -8,6 +8,9 @@
 //!         ▲                                                    │
 //!         └──── Waiting(CrashLoopBackOff) ◀── restart policy ──┘
 //! ```
+//! Containers of a CRI-managed pod start in Waiting(ContainerCreated) instead, go to
+//! Running only on StartContainer, and stay Terminated (kubelet restarts them as new
+//! containers).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -287,6 +287,62 @@ mod tests {
     use super::*;
 
     #[test]
+    fn managed_requests_are_snake_case_json() {
+        let cases = [
+            (
+                Request::StartContainer { id: "c1".into() },
+                r#"{"start_container":{"id":"c1"}}"#,
+            ),
+            (
+                Request::StopContainer {
+                    id: "c1".into(),
+                    timeout_secs: -1,
+                },
+                r#"{"stop_container":{"id":"c1","timeout_secs":-1}}"#,
+            ),
+            (
+                Request::RemoveContainer { id: "c1".into() },
+                r#"{"remove_container":{"id":"c1"}}"#,
+            ),
+            (
+                Request::ReopenLog { id: "c1".into() },
+                r#"{"reopen_log":{"id":"c1"}}"#,
+            ),
+            (
+                Request::Attach {
+                    id: "c1".into(),
+                    stdin: true,
+                    stdout: true,
+                    stderr: false,
+                },
+                r#"{"attach":{"id":"c1","stdin":true,"stdout":true,"stderr":false}}"#,
+            ),
+            (
+                Request::Resize {
+                    id: "c1".into(),
+                    width: 80,
+                    height: 24,
+                },
+                r#"{"resize":{"id":"c1","width":80,"height":24}}"#,
+            ),
+            (Request::KillExec { pid: 42 }, r#"{"kill_exec":{"pid":42}}"#),
+        ];
+        for (req, json) in cases {
+            assert_eq!(serde_json::to_string(&req).unwrap(), json);
+            assert_eq!(serde_json::from_str::<Request>(json).unwrap(), req);
+        }
+        let update: Request = serde_json::from_str(
+            r#"{"update_resources":{"id":"c1","resources":{"cpu_shares":512,"cpu_quota":null,"cpu_period":null,"memory_limit":1048576,"pids_limit":null,"cpuset_cpus":null,"cpuset_mems":null}}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            update,
+            Request::UpdateResources { ref id, ref resources }
+                if id == "c1" && resources.memory_limit == Some(1 << 20)
+        ));
+    }
+
+    #[test]
     fn request_round_trip_with_fds() {
         let (a, b) = UnixStream::pair().unwrap();
         let mut client = Client {
