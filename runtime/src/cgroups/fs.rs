@@ -490,6 +490,19 @@ pub(crate) fn parse_u64(text: &str) -> Option<u64> {
     text.trim().parse().ok()
 }
 
+/// rmdir `dirs` without recursing; true when none of them is left.
+pub(crate) fn remove_dirs_if_empty(fs: &dyn CgroupFs, dirs: &[PathBuf]) -> bool {
+    let mut gone = true;
+    for dir in dirs {
+        match fs.rmdir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(_) => gone = false,
+        }
+    }
+    gone
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -545,17 +558,4 @@ mod tests {
         assert_eq!(keyed_value(text, "total_rss"), Some(30));
         assert_eq!(keyed_value(text, "nope"), None);
     }
-}
-
-/// rmdir `dirs` without recursing; true when none of them is left.
-pub(crate) fn remove_dirs_if_empty(fs: &dyn CgroupFs, dirs: &[PathBuf]) -> bool {
-    let mut gone = true;
-    for dir in dirs {
-        match fs.rmdir(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(_) => gone = false,
-        }
-    }
-    gone
 }

@@ -447,6 +447,18 @@ pub fn shares_to_weight(shares: u64) -> u64 {
     1 + ((shares - 2) * 9999) / 262_142
 }
 
+/// Remove the cgroups above `path` (QoS and root cgroups) that nothing uses any more,
+/// stopping at the first one still in use.
+pub fn remove_empty_parents(cgroups: &dyn CgroupManager, path: &str) {
+    let mut current = path;
+    while let Some((up, _)) = current.rsplit_once('/') {
+        if up.is_empty() || !cgroups.remove_if_empty(up).unwrap_or(false) {
+            break;
+        }
+        current = up;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -579,17 +591,5 @@ mod tests {
             "{err}"
         );
         eprintln!("{err}");
-    }
-}
-
-/// Remove the cgroups above `path` (QoS and root cgroups) that nothing uses any more,
-/// stopping at the first one still in use.
-pub fn remove_empty_parents(cgroups: &dyn CgroupManager, path: &str) {
-    let mut current = path;
-    while let Some((up, _)) = current.rsplit_once('/') {
-        if up.is_empty() || !cgroups.remove_if_empty(up).unwrap_or(false) {
-            break;
-        }
-        current = up;
     }
 }

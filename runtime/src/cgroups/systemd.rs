@@ -14,8 +14,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::{
-    qos_class_name, CgroupError, CgroupManager, CgroupfsBackend, Driver, Hierarchy, QosClass,
-    Resources, Stats, DEFAULT_CPU_PERIOD, MAX_CPU_SHARES, MIN_CPU_SHARES,
+    qos_class_name, CgroupError, CgroupManager, CgroupStats, CgroupfsBackend, Driver, Hierarchy,
+    QosClass, Resources, DEFAULT_CPU_PERIOD, MAX_CPU_SHARES, MIN_CPU_SHARES,
 };
 
 /// Prefix of container scopes: "podrun-<id>.scope".
@@ -442,7 +442,7 @@ impl CgroupManager for SystemdManager {
         self.backend.apply_cpuset(&unit_path.fs_path(), resources)
     }
 
-    fn stats(&self, path: &str) -> Result<Stats, CgroupError> {
+    fn stats(&self, path: &str) -> Result<CgroupStats, CgroupError> {
         self.fs().stats(&UnitPath::parse(path)?.fs_path())
     }
 
@@ -855,6 +855,45 @@ mod tests {
             "podrun.slice/podrun-burstable.slice/podrun-burstable-pod12_34_ab.slice/podrun-c0ffee.scope"
         );
         assert_eq!(mgr.driver(), Driver::Systemd);
+    }
+
+    #[test]
+    fn stats_read_the_units_cgroup_through_the_fs_backend() {
+        let (_, fs, mgr) = v1_manager();
+        let pod = mgr.pod_path("podrun", QosClass::Burstable, "p1");
+        mgr.ensure(&pod, &Resources::default()).unwrap();
+        let ctr = mgr.container_path(&pod, "c1");
+        mgr.ensure(&ctr, &Resources::default()).unwrap();
+        let dir = format!("memory/{}", UnitPath::parse(&ctr).unwrap().fs_path());
+        // systemd creates the unit's cgroups; the fake bus does not, so stand in for it.
+        let mut at = std::path::PathBuf::new();
+        for part in std::path::Path::new(&dir).components() {
+            at.push(part);
+            let _ = fs.mkdir(&at);
+        }
+        fs.set(format!("{dir}/memory.usage_in_bytes"), "5000\n");
+        fs.set(
+            format!("{dir}/memory.stat"),
+            "total_rss 3000\ntotal_inactive_file 1000\ntotal_pgfault 9\ntotal_pgmajfault 2\n",
+        );
+        fs.set(format!("{dir}/memory.limit_in_bytes"), "268435456\n");
+        let s = mgr.stats(&ctr).unwrap();
+        assert_eq!(
+            s,
+            CgroupStats {
+                memory_usage_bytes: 5000,
+                memory_working_set_bytes: 4000,
+                memory_rss_bytes: 3000,
+                page_faults: 9,
+                major_page_faults: 2,
+                memory_limit_bytes: Some(256 << 20),
+                ..Default::default()
+            }
+        );
+        assert!(matches!(
+            mgr.stats(&mgr.container_path(&pod, "gone")),
+            Err(CgroupError::NotFound { .. })
+        ));
     }
 
     #[test]

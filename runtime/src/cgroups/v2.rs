@@ -14,8 +14,8 @@ use super::fs::{
 use super::mountinfo::{relative_to, MountTable};
 use super::v1::pids_max;
 use super::{
-    cgroupfs_pod_path, shares_to_weight, CgroupError, CgroupManager, Driver, Hierarchy, QosClass,
-    Resources, Stats, DEFAULT_CPU_PERIOD,
+    cgroupfs_pod_path, shares_to_weight, CgroupError, CgroupManager, CgroupStats, Driver,
+    Hierarchy, QosClass, Resources, DEFAULT_CPU_PERIOD,
 };
 
 /// Controllers podrun enables for its subtree, when the kernel offers them.
@@ -207,26 +207,29 @@ impl CgroupManager for V2Manager {
         Ok(())
     }
 
-    fn stats(&self, path: &str) -> Result<Stats, CgroupError> {
+    fn stats(&self, path: &str) -> Result<CgroupStats, CgroupError> {
         let dir = self.existing_dir(path)?;
         let fs = &*self.fs;
         let cpu = read_optional(fs, &dir.join("cpu.stat"))?.unwrap_or_default();
         let (usage, working_set) = self.memory_working_set(&dir)?;
         let mem = read_optional(fs, &dir.join("memory.stat"))?.unwrap_or_default();
         let key = |k: &str| keyed_value(&mem, k).unwrap_or(0);
-        Ok(Stats {
+        Ok(CgroupStats {
             cpu_usage_ns: keyed_value(&cpu, "usage_usec")
                 .unwrap_or(0)
                 .saturating_mul(1000),
-            memory_usage: usage,
-            memory_working_set: working_set,
-            memory_rss: key("anon"),
+            memory_usage_bytes: usage,
+            memory_working_set_bytes: working_set,
+            memory_rss_bytes: key("anon"),
             page_faults: key("pgfault"),
             major_page_faults: key("pgmajfault"),
-            oom_kills: self.oom_kills(path)?,
-            pids_current: read_optional(fs, &dir.join("pids.current"))?
+            // "max" does not parse as a number: unlimited.
+            memory_limit_bytes: read_optional(fs, &dir.join("memory.max"))?
+                .and_then(|s| parse_u64(&s)),
+            pids: read_optional(fs, &dir.join("pids.current"))?
                 .and_then(|s| parse_u64(&s))
                 .unwrap_or(0),
+            oom_kills: self.oom_kills(path)?,
         })
     }
 
@@ -484,17 +487,28 @@ mod tests {
         let s = mgr.stats(ctr).unwrap();
         assert_eq!(
             s,
-            Stats {
+            CgroupStats {
                 cpu_usage_ns: 1_500_000,
-                memory_usage: 9000,
-                memory_working_set: 7000,
-                memory_rss: 6000,
+                memory_usage_bytes: 9000,
+                memory_working_set_bytes: 7000,
+                memory_rss_bytes: 6000,
                 page_faults: 11,
                 major_page_faults: 1,
+                memory_limit_bytes: None,
+                pids: 3,
                 oom_kills: 1,
-                pids_current: 3,
             }
         );
+        fs.set(format!("{ctr}/memory.max"), "1048576\n");
+        fs.set(format!("{ctr}/memory.stat"), "inactive_file 20000\n");
+        let s = mgr.stats(ctr).unwrap();
+        assert_eq!(s.memory_limit_bytes, Some(1 << 20));
+        // Working set is floored at 0 when inactive file pages exceed usage.
+        assert_eq!(s.memory_working_set_bytes, 0);
+        assert!(matches!(
+            mgr.stats("podrun/gone"),
+            Err(CgroupError::NotFound { .. })
+        ));
         assert_eq!(mgr.oom_kills("podrun/gone").unwrap(), 0);
 
         fs.set(format!("{ctr}/cgroup.events"), "populated 1\nfrozen 1\n");
