@@ -131,20 +131,13 @@ async fn readonly_rootfs_and_privileged() {
 
     // Not privileged: no mount, no SYS_ADMIN.
     let (code, _, _) = a
-        .exec_any(&rw, &["mount", "-t", "tmpfs", "x", "/mnt"])
+        .exec_any(
+            &rw,
+            &["sh", "-c", "mkdir -p /tmp/m && mount -t tmpfs x /tmp/m"],
+        )
         .await;
     assert_ne!(code, 0);
     assert!(!has(cap_eff(&mut a, &rw).await, CAP_SYS_ADMIN));
-
-    // A privileged container needs a privileged sandbox.
-    let p = secured(&a, "priv", |s| s.privileged = true);
-    match a.try_create_container(&sb, &cfg, p).await {
-        Err(_) => {}
-        Ok(id) => assert!(
-            a.try_start_container(&id).await.is_err(),
-            "a privileged container ran in an unprivileged sandbox"
-        ),
-    }
 
     let mut pcfg = a.sandbox_config("privileged");
     pcfg.linux
@@ -157,11 +150,33 @@ async fn readonly_rootfs_and_privileged() {
     let p = secured(&a, "priv", |s| s.privileged = true);
     let p = a.run_container(&psb, &pcfg, p).await;
     assert!(has(cap_eff(&mut a, &p).await, CAP_SYS_ADMIN));
-    a.exec(&p, &["mount", "-t", "tmpfs", "x", "/mnt"]).await;
+    a.exec(
+        &p,
+        &["sh", "-c", "mkdir -p /tmp/m && mount -t tmpfs x /tmp/m"],
+    )
+    .await;
     // No seccomp filter, the host's devices, writable /sys.
     assert_eq!(status_field(&mut a, &p, "Seccomp").await, "0");
     let devs = a.exec(&p, &["ls", "/dev"]).await;
     assert!(devs.lines().count() > 10, "{devs}");
+    a.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_container_needs_a_privileged_sandbox() {
+    require_root!();
+    let mut a = Agent::start(&["busybox"]).await;
+    let (sb, cfg) = a.sandbox("unpriv").await;
+    // A privileged container needs a privileged sandbox.
+    let p = secured(&a, "priv", |s| s.privileged = true);
+    match a.try_create_container(&sb, &cfg, p).await {
+        Err(_) => {}
+        Ok(id) => assert!(
+            a.try_start_container(&id).await.is_err(),
+            "a privileged container ran in an unprivileged sandbox"
+        ),
+    }
+
     a.finish().await;
 }
 

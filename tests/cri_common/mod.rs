@@ -694,6 +694,16 @@ impl Net {
     }
 }
 
+impl Drop for Net {
+    fn drop(&mut self) {
+        // Also after a failed test: the bridge is the test's own.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 fn walk_files(p: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
@@ -722,9 +732,9 @@ pub fn http_get(port: u16) -> Option<String> {
     Some(out)
 }
 
-/// Inode identity of a namespace link, e.g. "net:[4026531992]".
+/// Identity of one of the test process's (the host's) namespaces, e.g. "net:[4026531992]".
 pub fn host_ns(kind: &str) -> String {
-    std::fs::read_link(format!("/proc/1/ns/{kind}"))
+    std::fs::read_link(format!("/proc/self/ns/{kind}"))
         .unwrap()
         .to_string_lossy()
         .into_owned()
