@@ -133,7 +133,8 @@ fn managed_pod_drives_containers_one_by_one() {
         &env,
         "c-echo",
         "echo",
-        "echo hello; cat; echo bye >&2",
+        // Attached output starts at the attach: wait for input before writing.
+        "read first; echo hello-$first; cat; echo bye >&2",
         |s| {
             s.stdin = true;
             s.stdin_once = true;
@@ -209,14 +210,11 @@ fn managed_pod_drives_containers_one_by_one() {
         .unwrap();
     assert_eq!(resp, Response::Ok);
     drop((in_r, out_w, err_w));
-    in_w.write_all(b"from-stdin\n").unwrap();
+    in_w.write_all(b"one\nfrom-stdin\n").unwrap();
     drop(in_w); // stdin_once: the container's cat sees EOF
     assert_eq!(attach.recv().unwrap(), Response::Exited { exit_code: 0 });
     let out = read_all(out_r);
-    assert!(
-        out.contains("hello\nfrom-stdin\n"),
-        "attached stdout: {out:?}"
-    );
+    assert!(out == "hello-one\nfrom-stdin\n", "attached stdout: {out:?}");
     assert_eq!(read_all(err_r), "bye\n");
     let log = log_text(&env, "echo");
     assert!(log.contains(" stdout F from-stdin"), "log: {log}");
@@ -499,6 +497,81 @@ fn managed_pod_drives_containers_one_by_one() {
         !podrun_runtime::pod::pid_alive(pid)
     });
     // kubelet removes container logs itself; the sandbox's log directory goes with it.
+    let _ = std::fs::remove_dir_all(env.logs.join("sandbox"));
+    env.assert_no_leaks();
+}
+
+#[test]
+fn stop_container_kills_after_its_timeout() {
+    require_root!();
+    let env = Env::new(&["busybox"]);
+    let rt = runtime(&env);
+    let sandbox = rt
+        .run_sandbox(
+            "sb2",
+            &SandboxSpec {
+                name: "own-pid".into(),
+                namespace: "default".into(),
+                uid: "uid-own-pid".into(),
+                hostname: "own-pid".into(),
+                log_directory: Some(env.logs.join("sandbox")),
+                pid: podrun_runtime::sandbox::NamespaceMode::Container,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let sock = sandbox.state_dir.join("monitor.sock");
+    // PID 1 of its own namespace without a handler: SIGTERM does nothing.
+    let c = container(
+        &rt,
+        &sandbox,
+        &env,
+        "c-stubborn",
+        "stubborn",
+        "sleep 1000",
+        |_| {},
+    );
+    ok(&sock, Request::CreateContainer { plan: Box::new(c) });
+    ok(
+        &sock,
+        Request::StartContainer {
+            id: "c-stubborn".into(),
+        },
+    );
+    let started = Instant::now();
+    ok(
+        &sock,
+        Request::StopContainer {
+            id: "c-stubborn".into(),
+            timeout_secs: 1,
+        },
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(matches!(
+        state_of(&sock, "c-stubborn"),
+        Some(ContainerState::Terminated { exit_code: 137, .. })
+    ));
+    // A container that is only created goes with the sandbox.
+    let c = container(&rt, &sandbox, &env, "c-idle", "idle", "true", |_| {});
+    let idle_dir = c.rootfs.upper.parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&idle_dir).unwrap();
+    ok(&sock, Request::CreateContainer { plan: Box::new(c) });
+    let pid = status(&sock).monitor_pid;
+    ok(
+        &sock,
+        Request::Stop {
+            grace_secs: Some(0),
+            remove: true,
+        },
+    );
+    wait_until("monitor exit", || {
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+        !podrun_runtime::pod::pid_alive(pid)
+    });
+    assert!(!idle_dir.exists());
     let _ = std::fs::remove_dir_all(env.logs.join("sandbox"));
     env.assert_no_leaks();
 }
