@@ -64,10 +64,8 @@ pub fn recover(cri: &Cri) -> Result<(), AgentError> {
         for c in containers {
             if status.is_some() && !known.contains(&c.id) {
                 warn!(container = %c.id, sandbox = %sandbox_id, "reaping a container whose creation did not finish");
-                let _ = std::fs::remove_file(store::container_record_path(
-                    &pod.plan.state_dir,
-                    &c.id,
-                ));
+                let _ =
+                    std::fs::remove_file(store::container_record_path(&pod.plan.state_dir, &c.id));
                 let _ = std::fs::remove_dir_all(cri.rt.config.paths.container_data(&c.id));
                 continue;
             }
@@ -105,7 +103,11 @@ async fn watch_exits(cri: Arc<Cri>) {
         let ids: std::collections::HashSet<String> = now.iter().map(|(c, _)| c.clone()).collect();
         for gone in running.difference(&ids) {
             if let Some(c) = cri.store.find_container(gone) {
-                cri.emit(&c.id, &c.sandbox_id, cri::ContainerEventType::ContainerStoppedEvent);
+                cri.emit(
+                    &c.id,
+                    &c.sandbox_id,
+                    cri::ContainerEventType::ContainerStoppedEvent,
+                );
             }
         }
         running = ids;
@@ -131,7 +133,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         Arc::new(crate::server::exec_streams(cri.clone())),
     )
     .await
-    .map_err(io(format!("start the streaming server on {}", config.stream_addr)))?;
+    .map_err(io(format!(
+        "start the streaming server on {}",
+        config.stream_addr
+    )))?;
     let stream_addr = stream.local_addr();
     let _ = cri.stream.set(stream);
 
@@ -153,7 +158,13 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let network = match &config.runtime.network {
         podrun_runtime::network::NetworkMode::None => "none".to_owned(),
         podrun_runtime::network::NetworkMode::Cni { conf_dirs, .. } => {
-            format!("cni ({})", conf_dirs.first().map(|d| d.display().to_string()).unwrap_or_default())
+            format!(
+                "cni ({})",
+                conf_dirs
+                    .first()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default()
+            )
         }
     };
     info!(
@@ -182,8 +193,15 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         info!("stopping the agent; pods keep running");
     };
     tonic::transport::Server::builder()
-        .add_service(cri::runtime_service_server::RuntimeServiceServer::new(CriService(cri.clone())).max_decoding_message_size(16 << 20).max_encoding_message_size(32 << 20))
-        .add_service(cri::image_service_server::ImageServiceServer::new(images).max_decoding_message_size(16 << 20))
+        .add_service(
+            cri::runtime_service_server::RuntimeServiceServer::new(CriService(cri.clone()))
+                .max_decoding_message_size(16 << 20)
+                .max_encoding_message_size(32 << 20),
+        )
+        .add_service(
+            cri::image_service_server::ImageServiceServer::new(images)
+                .max_decoding_message_size(16 << 20),
+        )
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await?;
     let _ = std::fs::remove_file(&config.socket);

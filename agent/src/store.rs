@@ -102,9 +102,7 @@ pub fn write_sandbox(s: &Sandbox) -> Result<(), podrun_runtime::state::StateErro
 }
 
 pub fn container_record_path(state_dir: &Path, id: &str) -> PathBuf {
-    state_dir
-        .join(CONTAINER_RECORDS)
-        .join(format!("{id}.json"))
+    state_dir.join(CONTAINER_RECORDS).join(format!("{id}.json"))
 }
 
 pub fn write_container(
@@ -257,7 +255,13 @@ impl Store {
     }
 
     pub fn sandboxes(&self) -> Vec<Sandbox> {
-        self.inner.lock().unwrap().sandboxes.values().cloned().collect()
+        self.inner
+            .lock()
+            .unwrap()
+            .sandboxes
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn add_container(&self, c: Container, name_key: String) {

@@ -54,6 +54,13 @@ pub enum ChildSetup<'a> {
     /// A container's init: new mount namespace (and PID namespace, per the clone flags),
     /// build the rootfs and pivot into it.
     Container(&'a RootfsSpec),
+    /// A container's init built from a fresh copy of the host's current mount namespace
+    /// (the one behind `host_mnt`) rather than of the monitor's: CRI containers see host
+    /// mounts made after their sandbox started (kubelet's volumes), as with runc.
+    ContainerFromHost {
+        rootfs: &'a RootfsSpec,
+        host_mnt: &'a OwnedFd,
+    },
     /// An exec process: join the mount namespace of the container's init. With a
     /// console socket, the process gets a new terminal from the container's own devpts
     /// (so `tty` names it inside the container) and the master end is sent back over it.
@@ -189,6 +196,13 @@ fn child(
     }
     match setup {
         ChildSetup::Container(rootfs) => {
+            crate::rootfs::setup_rootfs(&LinuxSyscall, rootfs).map_err(|e| e.to_string())?;
+        }
+        ChildSetup::ContainerFromHost { rootfs, host_mnt } => {
+            nix::sched::setns(host_mnt, CloneFlags::CLONE_NEWNS)
+                .map_err(|e| format!("enter the host mount namespace: {e}"))?;
+            nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+                .map_err(|e| format!("copy the host mount namespace: {e}"))?;
             crate::rootfs::setup_rootfs(&LinuxSyscall, rootfs).map_err(|e| e.to_string())?;
         }
         ChildSetup::Join { mnt_ns, console } => {

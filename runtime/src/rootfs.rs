@@ -8,6 +8,7 @@
 //! host path.
 
 use std::collections::VecDeque;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::MsFlags;
@@ -180,19 +181,76 @@ const DEVICES: &[(&str, u64, u64)] = &[
     ("tty", 5, 0),
 ];
 
+/// Mount points of this mount namespace, from /proc/self/mountinfo (octal escapes
+/// decoded).
+fn mount_points() -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| {
+            let mut out = Vec::new();
+            let b = p.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                if b[i] == b'\\' && i + 3 < b.len() {
+                    if let Ok(v) = u8::from_str_radix(&p[i + 1..i + 4], 8) {
+                        out.push(v);
+                        i += 4;
+                        continue;
+                    }
+                }
+                out.push(b[i]);
+                i += 1;
+            }
+            PathBuf::from(std::ffi::OsString::from_vec(out))
+        })
+        .collect()
+}
+
+/// The host mounts that Bidirectional (rshared) volumes come from: the deepest mount
+/// point containing each source. `/` and mounts holding the rootfs are never kept
+/// shared, so the container's own mounts cannot reach the host through them.
+fn shared_sources(spec: &RootfsSpec, points: &[PathBuf]) -> Vec<PathBuf> {
+    spec.mounts
+        .iter()
+        .filter(|m| m.propagation == Propagation::Rshared)
+        .filter_map(|m| {
+            points
+                .iter()
+                .filter(|p| m.source.starts_with(p))
+                .max_by_key(|p| p.as_os_str().len())
+                .cloned()
+        })
+        .filter(|p| p != Path::new("/") && !spec.rootfs.starts_with(p))
+        .collect()
+}
+
 /// Build the container's filesystem and pivot into it. The caller is already in a new
 /// mount namespace.
 pub fn setup_rootfs(sys: &dyn Syscall, spec: &RootfsSpec) -> Result<(), RootfsError> {
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    // Nothing mounted below may propagate back to the host.
-    sys.mount(
-        None,
-        Path::new("/"),
-        None,
-        MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        None,
-    )
-    .map_err(merr("make / rslave", Path::new("/")))?;
+    // Nothing mounted below may propagate back to the host, except through the shared
+    // mounts that Bidirectional volumes come from.
+    let keep = shared_sources(spec, &mount_points());
+    if keep.is_empty() {
+        sys.mount(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None,
+        )
+        .map_err(merr("make / rslave", Path::new("/")))?;
+    } else {
+        for p in mount_points() {
+            if keep.iter().any(|k| p.starts_with(k)) {
+                continue;
+            }
+            // One at a time (not recursive), so the kept mounts stay in their host
+            // peer group; mounts that vanished meanwhile do not matter.
+            let _ = sys.mount(None, &p, None, MsFlags::MS_SLAVE, None);
+        }
+    }
 
     let root = &spec.rootfs;
     if spec.layers.is_empty() {

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::cgroups::{Driver, QosClass, Resources};
 use crate::monitor::{self, PLAN_FILE};
-use crate::plan::{ContainerKind, ContainerPlan, PodPlan, ProcessSpec, RestartPolicy, TmpfsPlan};
+use crate::plan::{ContainerKind, ContainerPlan, PodPlan, ProcessSpec, RestartPolicy};
 use crate::pod::{
     group_in_file, io, launch_monitor, member_groups, parse_signal, user_in_passwd,
     user_in_passwd_by_uid, PodError, PodRuntime, Rollback,
@@ -311,6 +311,28 @@ impl PodRuntime {
         ] {
             state::write_atomic(&state_dir.join(file), content.as_bytes(), 0o644)?;
         }
+        // The pod's /dev/shm is a tmpfs on the host (containers are built from the host's
+        // mount namespace); teardown unmounts it.
+        let shm = state_dir.join("shm");
+        let shm_undo = Rollback::new(|| {
+            let _ = nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH);
+        });
+        if spec.ipc != NamespaceMode::Node {
+            std::fs::create_dir_all(&shm).map_err(io(format!("create {}", shm.display())))?;
+            nix::mount::mount(
+                Some("shm"),
+                &shm,
+                Some("tmpfs"),
+                nix::mount::MsFlags::MS_NOSUID
+                    | nix::mount::MsFlags::MS_NODEV
+                    | nix::mount::MsFlags::MS_NOEXEC,
+                Some("mode=1777,size=65536k"),
+            )
+            .map_err(|e| PodError::Io {
+                step: format!("mount the pod's shm at {}", shm.display()),
+                source: e.into(),
+            })?;
+        }
         let log_dir = spec
             .log_directory
             .clone()
@@ -337,11 +359,7 @@ impl PodRuntime {
             log_dir,
             state_dir: state_dir.clone(),
             data_dir: data_dir.clone(),
-            tmpfs: vec![TmpfsPlan {
-                path: state_dir.join("shm"),
-                size_bytes: Some(64 << 20),
-                mode: 0o1777,
-            }],
+            tmpfs: Vec::new(),
             containers: Vec::new(),
             labels: spec.labels.clone(),
             annotations: spec.annotations.clone(),
@@ -357,6 +375,7 @@ impl PodRuntime {
         state::write_json(&state_dir.join(PLAN_FILE), &plan)?;
         launch_monitor(&plan, &self.config.monitor_exe)?;
         undo.disarm();
+        shm_undo.disarm();
         network_undo.disarm();
         cleanup.disarm();
         info!(sandbox = %id, pod = %plan.name, namespace = %plan.namespace, "sandbox ready");

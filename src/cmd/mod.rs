@@ -57,7 +57,10 @@ fn namespace(cli: &Cli) -> String {
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
-        Command::Agent { socket, stream_addr } => agent::agent(&cli, socket, stream_addr),
+        Command::Agent {
+            socket,
+            stream_addr,
+        } => agent::agent(&cli, socket, stream_addr),
         Command::Monitor {
             ready_fd,
             state_dir,

@@ -62,7 +62,9 @@ pub async fn create(
     let sb2 = sb.clone();
     let config2 = config.clone();
     let result = blocking(move || {
-        let plan = rt.plan_container(&sb2.plan, &id2, &spec).map_err(status_of)?;
+        let plan = rt
+            .plan_container(&sb2.plan, &id2, &spec)
+            .map_err(status_of)?;
         let record = Container {
             id: id2.clone(),
             sandbox_id: sb2.id.clone(),
@@ -130,7 +132,11 @@ pub async fn start(
     })
     .await?;
     info!(container = %c.id, "container started");
-    cri.emit(&c.id, &sb.id, cri::ContainerEventType::ContainerStartedEvent);
+    cri.emit(
+        &c.id,
+        &sb.id,
+        cri::ContainerEventType::ContainerStartedEvent,
+    );
     Ok(cri::StartContainerResponse {})
 }
 
@@ -170,7 +176,11 @@ pub async fn stop(
     })
     .await?;
     if was_running {
-        cri.emit(&c.id, &sb.id, cri::ContainerEventType::ContainerStoppedEvent);
+        cri.emit(
+            &c.id,
+            &sb.id,
+            cri::ContainerEventType::ContainerStoppedEvent,
+        );
     }
     Ok(cri::StopContainerResponse {})
 }
@@ -203,7 +213,11 @@ pub async fn remove(
     })
     .await?;
     cri.store.remove_container(&c.id);
-    cri.emit(&c.id, &sb.id, cri::ContainerEventType::ContainerDeletedEvent);
+    cri.emit(
+        &c.id,
+        &sb.id,
+        cri::ContainerEventType::ContainerDeletedEvent,
+    );
     info!(container = %c.id, "container removed");
     Ok(cri::RemoveContainerResponse {})
 }
@@ -297,7 +311,9 @@ pub async fn list(
         .containers()
         .into_iter()
         .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
-        .filter(|c| filter.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&filter.pod_sandbox_id))
+        .filter(|c| {
+            filter.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&filter.pod_sandbox_id)
+        })
         .filter(|c| labels_match(&filter.label_selector, &c.config.labels))
         .collect();
     let mut dirs: Vec<(String, std::path::PathBuf)> = Vec::new();

@@ -100,7 +100,10 @@ pub fn sandbox_spec(c: &cri::PodSandboxConfig) -> Result<SandboxSpec, Status> {
             return Err(invalid(&format!("config.linux.sysctls[{k:?}]"), "bad name"));
         }
         if v.contains('\n') {
-            return Err(invalid(&format!("config.linux.sysctls[{k:?}]"), "bad value"));
+            return Err(invalid(
+                &format!("config.linux.sysctls[{k:?}]"),
+                "bad value",
+            ));
         }
     }
     let log_directory = if c.log_directory.is_empty() {
@@ -162,10 +165,16 @@ pub fn seccomp(p: Option<&cri::SecurityProfile>, legacy: &str) -> Result<Seccomp
             }
             Ok(cri::security_profile::ProfileType::Unconfined) => Ok(SeccompProfile::Unconfined),
             Ok(cri::security_profile::ProfileType::Localhost) => {
-                let r = p.localhost_ref.strip_prefix("localhost/").unwrap_or(&p.localhost_ref);
+                let r = p
+                    .localhost_ref
+                    .strip_prefix("localhost/")
+                    .unwrap_or(&p.localhost_ref);
                 localhost(r, field)
             }
-            Err(_) => Err(invalid(field, format!("unknown profile type {}", p.profile_type))),
+            Err(_) => Err(invalid(
+                field,
+                format!("unknown profile type {}", p.profile_type),
+            )),
         };
     }
     match legacy {
@@ -224,6 +233,12 @@ pub fn container_spec(
         .as_ref()
         .and_then(|l| l.security_context.clone())
         .unwrap_or_default();
+    if sc.privileged && !pod_sc.privileged {
+        return Err(invalid(
+            "config.linux.security_context.privileged",
+            "no privileged container allowed in a sandbox that is not privileged",
+        ));
+    }
     if let Some(ns) = &sc.namespace_options {
         if ns.pid == cri::NamespaceMode::Target as i32 {
             return Err(Status::unimplemented(
@@ -244,7 +259,10 @@ pub fn container_spec(
             )));
         }
         if mt.host_path.is_empty() {
-            return Err(invalid(&format!("config.mounts[{i}].host_path"), "required"));
+            return Err(invalid(
+                &format!("config.mounts[{i}].host_path"),
+                "required",
+            ));
         }
         mounts.push(MountSpec {
             container_path: mt.container_path.clone(),
@@ -424,9 +442,16 @@ mod tests {
         c.metadata.as_mut().unwrap().name = "../x".into();
         let e = sandbox_spec(&c).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
-        assert!(e.message().contains("config.metadata.name"), "{}", e.message());
+        assert!(
+            e.message().contains("config.metadata.name"),
+            "{}",
+            e.message()
+        );
         c.metadata = None;
-        assert!(sandbox_spec(&c).unwrap_err().message().contains("config.metadata"));
+        assert!(sandbox_spec(&c)
+            .unwrap_err()
+            .message()
+            .contains("config.metadata"));
     }
 
     #[test]

@@ -114,7 +114,10 @@ fn monitor_name(cri: &Cri, id: &str) -> String {
         .unwrap_or_default()
 }
 
-pub async fn exec_sync(cri: &Arc<Cri>, req: cri::ExecSyncRequest) -> Result<cri::ExecSyncResponse, Status> {
+pub async fn exec_sync(
+    cri: &Arc<Cri>,
+    req: cri::ExecSyncRequest,
+) -> Result<cri::ExecSyncResponse, Status> {
     if req.cmd.is_empty() {
         return Err(Status::invalid_argument("cmd: must not be empty"));
     }
@@ -127,7 +130,8 @@ pub async fn exec_sync(cri: &Arc<Cri>, req: cri::ExecSyncRequest) -> Result<cri:
             .map_err(|e| Status::internal(format!("open /dev/null: {e}")))?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
-        let (mut client, pid) = start_exec(&dir, &name, req.cmd.clone(), false, [&null, &out_w, &err_w])?;
+        let (mut client, pid) =
+            start_exec(&dir, &name, req.cmd.clone(), false, [&null, &out_w, &err_w])?;
         drop((out_w, err_w, null));
         let out = read_capped(out_r);
         let err = read_capped(err_r);
@@ -138,11 +142,11 @@ pub async fn exec_sync(cri: &Arc<Cri>, req: cri::ExecSyncRequest) -> Result<cri:
                 exit_code,
             }),
             Err(e) if e.code() == tonic::Code::DeadlineExceeded => {
-                let _ = super::monitor_call(&dir, &Request::KillExec { pid }, Duration::from_secs(10));
+                let _ =
+                    super::monitor_call(&dir, &Request::KillExec { pid }, Duration::from_secs(10));
                 Err(Status::deadline_exceeded(format!(
                     "command {:?} timed out after {}s: deadline exceeded",
-                    req.cmd,
-                    req.timeout
+                    req.cmd, req.timeout
                 )))
             }
             Err(e) => Err(e),
@@ -162,7 +166,10 @@ pub async fn exec(cri: &Arc<Cri>, req: cri::ExecRequest) -> Result<cri::ExecResp
     stream_server(cri)?.get_exec(&req)
 }
 
-pub async fn attach(cri: &Arc<Cri>, req: cri::AttachRequest) -> Result<cri::AttachResponse, Status> {
+pub async fn attach(
+    cri: &Arc<Cri>,
+    req: cri::AttachRequest,
+) -> Result<cri::AttachResponse, Status> {
     running_container(cri, &req.container_id)?;
     stream_server(cri)?.get_attach(&req)
 }
@@ -171,9 +178,9 @@ pub async fn port_forward(
     cri: &Arc<Cri>,
     req: cri::PortForwardRequest,
 ) -> Result<cri::PortForwardResponse, Status> {
-    cri.store.find_sandbox(&req.pod_sandbox_id).ok_or_else(|| {
-        Status::not_found(format!("sandbox {:?} not found", req.pod_sandbox_id))
-    })?;
+    cri.store
+        .find_sandbox(&req.pod_sandbox_id)
+        .ok_or_else(|| Status::not_found(format!("sandbox {:?} not found", req.pod_sandbox_id)))?;
     stream_server(cri)?.get_port_forward(&req)
 }
 
@@ -235,7 +242,8 @@ impl CriStreams {
         tty: bool,
         mut streams: Streams,
     ) -> Result<i32, String> {
-        let (_, dir) = running_container(&self.0, &container_id).map_err(|e| e.message().to_owned())?;
+        let (_, dir) =
+            running_container(&self.0, &container_id).map_err(|e| e.message().to_owned())?;
         let name = monitor_name(&self.0, &container_id);
         let mut tasks = Vec::new();
         let (client, _pid) = if tty {
@@ -346,7 +354,8 @@ impl CriStreams {
         tty: bool,
         mut streams: Streams,
     ) -> Result<(), String> {
-        let (id, dir) = running_container(&self.0, &container_id).map_err(|e| e.message().to_owned())?;
+        let (id, dir) =
+            running_container(&self.0, &container_id).map_err(|e| e.message().to_owned())?;
         let want_in = streams.stdin.is_some();
         let want_out = streams.stdout.is_some();
         let want_err = streams.stderr.is_some() && !tty;
@@ -371,8 +380,7 @@ impl CriStreams {
         let dir2 = dir.clone();
         let id2 = id.clone();
         let mut client = tokio::task::spawn_blocking(move || -> Result<Client, String> {
-            let mut client =
-                Client::connect(&monitor_socket(&dir2)).map_err(|e| e.to_string())?;
+            let mut client = Client::connect(&monitor_socket(&dir2)).map_err(|e| e.to_string())?;
             let fds: Vec<i32> = [&in_r, &out_w, &err_w]
                 .iter()
                 .filter_map(|f| f.as_ref().map(|f| f.as_raw_fd()))
@@ -471,8 +479,8 @@ impl CriStreams {
             // A thread of its own enters the pod's network namespace: the socket stays
             // bound to that namespace, and no other thread ever runs in it.
             std::thread::spawn(move || -> Result<std::net::TcpStream, String> {
-                let ns = std::fs::File::open(&ns_path)
-                    .map_err(|e| format!("open {ns_path}: {e}"))?;
+                let ns =
+                    std::fs::File::open(&ns_path).map_err(|e| format!("open {ns_path}: {e}"))?;
                 nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
                     .map_err(|e| format!("enter the pod network namespace: {e}"))?;
                 std::net::TcpStream::connect(("127.0.0.1", port))

@@ -64,7 +64,10 @@ fn network_condition(cri: &Cri) -> cri::RuntimeCondition {
     }
 }
 
-pub async fn status(cri: &Arc<Cri>, req: cri::StatusRequest) -> Result<cri::StatusResponse, Status> {
+pub async fn status(
+    cri: &Arc<Cri>,
+    req: cri::StatusRequest,
+) -> Result<cri::StatusResponse, Status> {
     let c = cri.clone();
     let (net, runtime_ready) = blocking(move || {
         let root_ok = std::fs::create_dir_all(&c.rt.config.paths.state).is_ok();
@@ -95,7 +98,12 @@ pub async fn status(cri: &Arc<Cri>, req: cri::StatusRequest) -> Result<cri::Stat
                 cri::RuntimeCondition {
                     r#type: "RuntimeReady".into(),
                     status: runtime_ready,
-                    reason: if runtime_ready { "" } else { "StateDirUnavailable" }.into(),
+                    reason: if runtime_ready {
+                        ""
+                    } else {
+                        "StateDirUnavailable"
+                    }
+                    .into(),
                     message: String::new(),
                 },
                 net,

@@ -13,7 +13,10 @@ use super::convert::{self, btree, labels_match};
 use super::{blocking, monitor_call, monitor_status, now_ns, status_of, Cri};
 use crate::store::{self, Sandbox};
 
-pub async fn run(cri: &Arc<Cri>, req: cri::RunPodSandboxRequest) -> Result<cri::RunPodSandboxResponse, Status> {
+pub async fn run(
+    cri: &Arc<Cri>,
+    req: cri::RunPodSandboxRequest,
+) -> Result<cri::RunPodSandboxResponse, Status> {
     let config = req
         .config
         .ok_or_else(|| Status::invalid_argument("config: required"))?;
@@ -76,7 +79,10 @@ pub async fn run(cri: &Arc<Cri>, req: cri::RunPodSandboxRequest) -> Result<cri::
 
 /// Stop every container (at once, as containerd does) and tear the network down; the
 /// sandbox stays, NOTREADY, until it is removed.
-pub async fn stop(cri: &Arc<Cri>, req: cri::StopPodSandboxRequest) -> Result<cri::StopPodSandboxResponse, Status> {
+pub async fn stop(
+    cri: &Arc<Cri>,
+    req: cri::StopPodSandboxRequest,
+) -> Result<cri::StopPodSandboxResponse, Status> {
     let Some(sb) = cri.store.find_sandbox(&req.pod_sandbox_id) else {
         return Ok(cri::StopPodSandboxResponse {});
     };
@@ -135,7 +141,10 @@ pub async fn stop(cri: &Arc<Cri>, req: cri::StopPodSandboxRequest) -> Result<cri
     Ok(cri::StopPodSandboxResponse {})
 }
 
-pub async fn remove(cri: &Arc<Cri>, req: cri::RemovePodSandboxRequest) -> Result<cri::RemovePodSandboxResponse, Status> {
+pub async fn remove(
+    cri: &Arc<Cri>,
+    req: cri::RemovePodSandboxRequest,
+) -> Result<cri::RemovePodSandboxResponse, Status> {
     let Some(sb) = cri.store.find_sandbox(&req.pod_sandbox_id) else {
         return Ok(cri::RemovePodSandboxResponse {});
     };
@@ -159,10 +168,9 @@ pub async fn remove(cri: &Arc<Cri>, req: cri::RemovePodSandboxRequest) -> Result
         .ok()
         .flatten()
         .unwrap_or(sb2.plan.clone());
-        let alive = podrun_runtime::monitor::protocol::connect(&super::monitor_socket(
-            &sb2.plan.state_dir,
-        ))
-        .is_ok();
+        let alive =
+            podrun_runtime::monitor::protocol::connect(&super::monitor_socket(&sb2.plan.state_dir))
+                .is_ok();
         let status = monitor_status(&sb2.plan.state_dir);
         let info = podrun_runtime::pod::PodInfo {
             plan,
@@ -199,10 +207,14 @@ fn namespace_options(sb: &Sandbox) -> cri::NamespaceOption {
         .unwrap_or_default()
 }
 
-pub async fn status(cri: &Arc<Cri>, req: cri::PodSandboxStatusRequest) -> Result<cri::PodSandboxStatusResponse, Status> {
-    let sb = cri.store.find_sandbox(&req.pod_sandbox_id).ok_or_else(|| {
-        Status::not_found(format!("sandbox {:?} not found", req.pod_sandbox_id))
-    })?;
+pub async fn status(
+    cri: &Arc<Cri>,
+    req: cri::PodSandboxStatusRequest,
+) -> Result<cri::PodSandboxStatusResponse, Status> {
+    let sb = cri
+        .store
+        .find_sandbox(&req.pod_sandbox_id)
+        .ok_or_else(|| Status::not_found(format!("sandbox {:?} not found", req.pod_sandbox_id)))?;
     let sb2 = sb.clone();
     let st = blocking(move || Ok(monitor_status(&sb2.plan.state_dir))).await?;
     let state = sandbox_state(&sb, st.is_some());
@@ -258,7 +270,10 @@ pub async fn status(cri: &Arc<Cri>, req: cri::PodSandboxStatusRequest) -> Result
     })
 }
 
-pub async fn list(cri: &Arc<Cri>, req: cri::ListPodSandboxRequest) -> Result<cri::ListPodSandboxResponse, Status> {
+pub async fn list(
+    cri: &Arc<Cri>,
+    req: cri::ListPodSandboxRequest,
+) -> Result<cri::ListPodSandboxResponse, Status> {
     let filter = req.filter.unwrap_or_default();
     let sandboxes: Vec<Sandbox> = cri
         .store
@@ -302,9 +317,10 @@ pub async fn update_resources(
     cri: &Arc<Cri>,
     req: cri::UpdatePodSandboxResourcesRequest,
 ) -> Result<cri::UpdatePodSandboxResourcesResponse, Status> {
-    let sb = cri.store.find_sandbox(&req.pod_sandbox_id).ok_or_else(|| {
-        Status::not_found(format!("sandbox {:?} not found", req.pod_sandbox_id))
-    })?;
+    let sb = cri
+        .store
+        .find_sandbox(&req.pod_sandbox_id)
+        .ok_or_else(|| Status::not_found(format!("sandbox {:?} not found", req.pod_sandbox_id)))?;
     if sb.plan.external_cgroup {
         // kubelet owns the pod cgroup and sizes it itself; nothing of ours to change.
         return Ok(cri::UpdatePodSandboxResourcesResponse {});

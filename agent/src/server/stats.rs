@@ -74,11 +74,9 @@ fn memory(ts: i64, s: &CgroupStats) -> cri::MemoryUsage {
     cri::MemoryUsage {
         timestamp: ts,
         working_set_bytes: u64v(s.memory_working_set_bytes),
-        available_bytes: s
-            .memory_limit_bytes
-            .map(|l| cri::UInt64Value {
-                value: l.saturating_sub(s.memory_working_set_bytes),
-            }),
+        available_bytes: s.memory_limit_bytes.map(|l| cri::UInt64Value {
+            value: l.saturating_sub(s.memory_working_set_bytes),
+        }),
         usage_bytes: u64v(s.memory_usage_bytes),
         rss_bytes: u64v(s.memory_rss_bytes),
         page_faults: u64v(s.page_faults),
@@ -90,10 +88,13 @@ fn memory(ts: i64, s: &CgroupStats) -> cri::MemoryUsage {
 /// Stats of one container; its cgroup may be gone (exited and removed): zeros then.
 fn stats_of_container(cri: &Cri, c: &Container) -> cri::ContainerStats {
     let ts = now_ns();
-    let cg = cri
-        .rt
-        .cgroups()
-        .container_path(&cri.store.sandbox(&c.sandbox_id).map(|s| s.plan.cgroup_path).unwrap_or_default(), &c.id);
+    let cg = cri.rt.cgroups().container_path(
+        &cri.store
+            .sandbox(&c.sandbox_id)
+            .map(|s| s.plan.cgroup_path)
+            .unwrap_or_default(),
+        &c.id,
+    );
     let s = cri.rt.cgroups().stats(&cg).unwrap_or_default();
     let upper = cri.rt.config.paths.container_data(&c.id).join("upper");
     let (bytes, inodes) = disk_usage(&upper);
@@ -109,7 +110,14 @@ fn stats_of_container(cri: &Cri, c: &Container) -> cri::ContainerStats {
         writable_layer: Some(cri::FilesystemUsage {
             timestamp: ts,
             fs_id: Some(cri::FilesystemIdentifier {
-                mountpoint: cri.rt.config.paths.root.join("containers").display().to_string(),
+                mountpoint: cri
+                    .rt
+                    .config
+                    .paths
+                    .root
+                    .join("containers")
+                    .display()
+                    .to_string(),
             }),
             used_bytes: u64v(bytes),
             inodes_used: u64v(inodes),
@@ -127,9 +135,15 @@ fn sandbox_stats(cri: &Cri, sb: &Sandbox) -> cri::PodSandboxStats {
         .into_iter()
         .filter(|c| c.sandbox_id == sb.id)
         .collect();
-    let cstats: Vec<cri::ContainerStats> =
-        containers.iter().map(|c| stats_of_container(cri, c)).collect();
-    let s = cri.rt.cgroups().stats(&sb.plan.cgroup_path).unwrap_or_default();
+    let cstats: Vec<cri::ContainerStats> = containers
+        .iter()
+        .map(|c| stats_of_container(cri, c))
+        .collect();
+    let s = cri
+        .rt
+        .cgroups()
+        .stats(&sb.plan.cgroup_path)
+        .unwrap_or_default();
     cri::PodSandboxStats {
         attributes: Some(cri::PodSandboxAttributes {
             id: sb.id.clone(),
@@ -201,9 +215,10 @@ pub async fn pod_sandbox_stats(
     cri: &Arc<Cri>,
     req: cri::PodSandboxStatsRequest,
 ) -> Result<cri::PodSandboxStatsResponse, Status> {
-    let sb = cri.store.find_sandbox(&req.pod_sandbox_id).ok_or_else(|| {
-        Status::not_found(format!("sandbox {:?} not found", req.pod_sandbox_id))
-    })?;
+    let sb = cri
+        .store
+        .find_sandbox(&req.pod_sandbox_id)
+        .ok_or_else(|| Status::not_found(format!("sandbox {:?} not found", req.pod_sandbox_id)))?;
     let cri = cri.clone();
     let stats = blocking(move || Ok(sandbox_stats(&cri, &sb))).await?;
     Ok(cri::PodSandboxStatsResponse { stats: Some(stats) })

@@ -756,7 +756,14 @@ impl Monitor {
         };
         let pid = process::spawn(
             flags,
-            ChildSetup::Container(&cp.rootfs),
+            if self.plan.managed {
+                ChildSetup::ContainerFromHost {
+                    rootfs: &cp.rootfs,
+                    host_mnt: &self.host_mnt,
+                }
+            } else {
+                ChildSetup::Container(&cp.rootfs)
+            },
             &cp.process,
             &seccomp,
             stdio,
@@ -2051,6 +2058,13 @@ pub fn teardown_pod(plan: &PodPlan, cgroups: &dyn CgroupManager) {
         }
     }
     let _ = std::fs::remove_dir_all(&plan.data_dir);
+    // A CRI sandbox's shm is mounted on the host.
+    if plan.managed {
+        let _ = nix::mount::umount2(
+            &plan.state_dir.join("shm"),
+            nix::mount::MntFlags::MNT_DETACH,
+        );
+    }
     // CRI log directories are kubelet's: it removes them with the pod.
     if !plan.managed {
         let _ = std::fs::remove_dir_all(&plan.log_dir);
