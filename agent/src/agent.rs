@@ -45,6 +45,9 @@ pub fn recover(cri: &Cri) -> Result<(), AgentError> {
     for pod in cri.rt.reap()? {
         warn!(pod = %pod, "removed leftovers of a pod whose monitor was gone");
     }
+    for id in cri.rt.reap_half_created() {
+        warn!(sandbox = %id, "removed a sandbox whose creation was interrupted");
+    }
     for pod in cri.rt.list()? {
         if !pod.plan.managed {
             continue;

@@ -6,6 +6,7 @@
 //! The crate does not use tokio: callers that are async run it on blocking threads.
 
 pub mod cgroups;
+pub mod fault;
 pub mod image;
 pub mod logs;
 pub mod monitor;

@@ -172,6 +172,40 @@ pub fn teardown(pod_id: &str, net: &PodNetwork) {
     unpin_netns(&net.netns);
 }
 
+/// Undo the network of a pod that crashed before its plan recorded it: CNI DEL with
+/// the attachment's cached configuration if ADD finished, else with the current one (a
+/// plugin that allocated before the crash releases by container id), then unpin.
+pub fn teardown_orphan(mode: &NetworkMode, pod_id: &str, netns: &Path) {
+    if let NetworkMode::Cni {
+        conf_dirs,
+        bin_dirs,
+        cache_dir,
+    } = mode
+    {
+        let current = CniConfig::load(conf_dirs, None).ok();
+        let probe = current
+            .clone()
+            .map(|l| Cni::new(l, bin_dirs.clone(), cache_dir.clone()));
+        let cached = probe.as_ref().and_then(|c| c.cached(pod_id, "eth0"));
+        let (list, args) = match cached {
+            Some(c) => (Some(c.config), c.capability_args),
+            None => (current, serde_json::json!({})),
+        };
+        if let Some(list) = list {
+            let cni = Cni::new(list, bin_dirs.clone(), cache_dir.clone());
+            let ns = if netns.exists() {
+                netns.to_string_lossy().into_owned()
+            } else {
+                String::new()
+            };
+            if let Err(e) = cni.del(pod_id, &ns, "eth0", args) {
+                warn!(pod = %pod_id, error = %e, "CNI DEL of an interrupted sandbox failed");
+            }
+        }
+    }
+    unpin_netns(netns);
+}
+
 /// The `portMappings` runtime capability from the pod's container ports with a hostPort.
 pub fn port_mappings(pod: &k8s_openapi::api::core::v1::Pod) -> serde_json::Value {
     let mut out = Vec::new();

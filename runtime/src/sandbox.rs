@@ -159,6 +159,19 @@ pub struct ContainerSpec {
     pub security: SecuritySpec,
 }
 
+/// Present in a sandbox's state dir while RunPodSandbox creates it, flock-ed by the
+/// creator.
+pub const CREATING_MARKER: &str = "cri-creating";
+
+fn hold_creation_marker(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, PodError> {
+    let path = state_dir.join(CREATING_MARKER);
+    let f = std::fs::File::create(&path).map_err(io(format!("create {}", path.display())))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| PodError::Io {
+        step: format!("lock {}", path.display()),
+        source: e.into(),
+    })
+}
+
 fn invalid(field: &str, message: impl Into<String>) -> PodError {
     PodError::Invalid {
         file: field.to_owned(),
@@ -260,6 +273,10 @@ impl PodRuntime {
             let _ = std::fs::remove_dir_all(&state_dir);
             let _ = std::fs::remove_dir_all(&data_dir);
         });
+        // Held while the sandbox is being created: a sandbox dir whose marker nobody
+        // holds was left by a crash (`reap_half_created`).
+        let _creating = hold_creation_marker(&state_dir)?;
+        crate::fault::point("sandbox:state");
         let driver = self.cgroups().driver();
         let (cgroup_path, external_cgroup) = match spec.cgroup_parent.as_deref() {
             Some(p) if !p.is_empty() => (
@@ -279,6 +296,7 @@ impl PodRuntime {
         } else {
             self.attach_sandbox_network(id, &spec.port_mappings)?
         };
+        crate::fault::point("sandbox:network");
         let network_undo = Rollback::new(|| {
             if let Some(n) = &network {
                 crate::network::teardown(id, n);
@@ -371,9 +389,13 @@ impl PodRuntime {
             external_cgroup,
             sysctls: spec.sysctls.clone(),
         };
+        crate::fault::point("sandbox:files");
         let undo = Rollback::new(|| monitor::teardown_pod(&plan, self.cgroups()));
         state::write_json(&state_dir.join(PLAN_FILE), &plan)?;
+        crate::fault::point("sandbox:plan");
         launch_monitor(&plan, &self.config.monitor_exe)?;
+        crate::fault::point("sandbox:monitor");
+        let _ = std::fs::remove_file(state_dir.join(CREATING_MARKER));
         undo.disarm();
         shm_undo.disarm();
         network_undo.disarm();
@@ -429,6 +451,41 @@ impl PodRuntime {
                 Err(PodError::Network(e.to_string()))
             }
         }
+    }
+
+    /// Remove sandboxes whose creation a crash interrupted before their plan was
+    /// written: their CNI attachment (DEL with the cached or current configuration),
+    /// pinned netns, shm and directories. Returns their ids.
+    pub fn reap_half_created(&self) -> Vec<String> {
+        let mut reaped = Vec::new();
+        let Ok(entries) = std::fs::read_dir(self.config.paths.pods_state()) else {
+            return reaped;
+        };
+        for e in entries.flatten() {
+            let dir = e.path();
+            let marker = dir.join(CREATING_MARKER);
+            if !marker.exists() || dir.join(PLAN_FILE).exists() {
+                continue;
+            }
+            let Ok(f) = std::fs::File::open(&marker) else {
+                continue;
+            };
+            // Still held: its creator is alive and at work.
+            if nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err() {
+                continue;
+            }
+            let Some(id) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            warn!(sandbox = %id, "reaping a sandbox whose creation was interrupted");
+            let netns = self.config.paths.state.join("netns").join(&id);
+            crate::network::teardown_orphan(&self.config.network, &id, &netns);
+            let _ = nix::mount::umount2(&dir.join("shm"), nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_dir_all(self.config.paths.pod_data(&id));
+            reaped.push(id);
+        }
+        reaped
     }
 
     /// Plan a container of `sandbox`: everything its monitor needs to create and start

@@ -60,7 +60,7 @@ impl Agent {
     pub async fn start_in(env: Env) -> Agent {
         let socket = env.dir.path().join("cri.sock");
         let log = env.dir.path().join("agent.log");
-        let (child, rt, img) = spawn(&env, &socket, &log).await;
+        let (child, rt, img) = spawn(&env, &socket, &log, None).await;
         Agent {
             env,
             socket,
@@ -94,12 +94,34 @@ impl Agent {
 
     /// Start the agent again on the same roots and socket and reconnect the clients.
     pub async fn restart(&mut self) {
+        self.restart_with_fault(None).await
+    }
+
+    /// Restart with `PODRUN_FAULT` set: the agent kills itself with SIGKILL when it
+    /// reaches that point (see podrun_runtime::fault).
+    pub async fn restart_with_fault(&mut self, fault: Option<&str>) {
         self.kill_hard();
         let _ = std::fs::remove_file(&self.socket);
-        let (child, rt, img) = spawn(&self.env, &self.socket, &self.log).await;
+        let (child, rt, img) = spawn(&self.env, &self.socket, &self.log, fault).await;
         self.child = Some(child);
         self.rt = rt;
         self.img = img;
+    }
+
+    /// Wait until the agent process has exited by itself (after a fault point).
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("agent running");
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st;
+            }
+            assert!(
+                Instant::now() < end,
+                "the agent did not die at its fault point"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGTERM by PID and wait for the agent to exit.
@@ -484,6 +506,7 @@ async fn spawn(
     env: &Env,
     socket: &Path,
     log: &Path,
+    fault: Option<&str>,
 ) -> (
     Child,
     RuntimeServiceClient<Channel>,
@@ -504,6 +527,9 @@ async fn spawn(
     cmd.stdout(Stdio::from(logfile.try_clone().unwrap()))
         .stderr(Stdio::from(logfile))
         .env("RUST_LOG", "info");
+    if let Some(f) = fault {
+        cmd.env("PODRUN_FAULT", f);
+    }
     let mut child = cmd.spawn().expect("spawn podrun agent");
     let end = Instant::now() + Duration::from_secs(30);
     loop {

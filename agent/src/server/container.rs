@@ -65,6 +65,7 @@ pub async fn create(
         let plan = rt
             .plan_container(&sb2.plan, &id2, &spec)
             .map_err(status_of)?;
+        podrun_runtime::fault::point("agent:container-plan");
         let record = Container {
             id: id2.clone(),
             sandbox_id: sb2.id.clone(),
@@ -80,6 +81,7 @@ pub async fn create(
         let record_path = store::container_record_path(&sb2.plan.state_dir, &id2);
         store::write_container(&sb2.plan.state_dir, &record)
             .map_err(|e| Status::internal(format!("write container record: {e}")))?;
+        podrun_runtime::fault::point("agent:container-record");
         let data_dir = plan.rootfs.upper.parent().map(|p| p.to_owned());
         match monitor_call(
             &sb2.plan.state_dir,
@@ -88,7 +90,10 @@ pub async fn create(
             },
             Duration::from_secs(30),
         ) {
-            Ok(_) => Ok(record),
+            Ok(_) => {
+                podrun_runtime::fault::point("agent:container-created");
+                Ok(record)
+            }
             Err(e) => {
                 let _ = std::fs::remove_file(&record_path);
                 if let Some(d) = data_dir {

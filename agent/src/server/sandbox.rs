@@ -50,6 +50,7 @@ pub async fn run(
             created_at_ns,
             stopped: false,
         };
+        podrun_runtime::fault::point("agent:sandbox-record");
         if let Err(e) = store::write_sandbox(&sandbox) {
             // Without its record the sandbox would be reaped as half-created: undo now.
             let info = podrun_runtime::pod::PodInfo {

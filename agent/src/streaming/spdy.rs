@@ -34,6 +34,8 @@ pub const DEFAULT_WINDOW: i64 = 64 * 1024;
 const MAX_DATA_FRAME: usize = 32 * 1024;
 /// Largest frame we accept (the length field is 24 bits; refuse absurd header blocks).
 const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// How long [`Session::close`] waits for the peer to hang up.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 /// Data queue depth of the writer task, in frames.
 const DATA_QUEUE: usize = 64;
 
@@ -629,6 +631,8 @@ struct State {
     goaway_received: bool,
     /// Consumed but not yet acknowledged bytes of the session window.
     session_unacked: u32,
+    /// Ids of our pings not yet answered, so their replies are not echoed back.
+    pings_sent: std::collections::HashSet<u32>,
 }
 
 struct Shared {
@@ -639,6 +643,8 @@ struct Shared {
     /// Woken when a send window grows or the session/stream closes.
     window: Notify,
     closed_tx: watch::Sender<bool>,
+    /// Tells the reader task to stop (it then runs its end-of-session cleanup).
+    stop_reading: Notify,
 }
 
 impl Shared {
@@ -654,9 +660,9 @@ impl Shared {
         }
     }
 
-    /// Accounts `n` consumed bytes, returning the WINDOW_UPDATEs to send. Updates go out
-    /// in batches of half a window, which keeps their count low.
-    fn consumed(&self, id: u32, n: usize) {
+    /// Accounts `n` bytes consumed from the session window and acknowledges them in
+    /// batches of half a window, which keeps WINDOW_UPDATEs few.
+    fn consumed(&self, n: usize) {
         let mut st = self.state.lock().unwrap();
         st.session_unacked += n as u32;
         if st.session_unacked as i64 >= DEFAULT_WINDOW / 2 {
@@ -666,8 +672,6 @@ impl Shared {
                 delta: d,
             });
         }
-        drop(st);
-        let _ = id;
     }
 }
 
@@ -711,11 +715,13 @@ impl Session {
                 closed: false,
                 goaway_received: false,
                 session_unacked: 0,
+                pings_sent: Default::default(),
             }),
             ctrl_tx,
             data_tx,
             window: Notify::new(),
             closed_tx,
+            stop_reading: Notify::new(),
         });
         let (in_tx, in_rx) = mpsc::unbounded_channel();
         tokio::spawn(writer_task(wr, ctrl_rx, data_rx));
@@ -770,6 +776,10 @@ impl Session {
     /// Flushes queued data, sends GOAWAY and shuts the connection's write side down.
     pub async fn close(&self) {
         let _ = self.shared.data_tx.send(Outgoing::Shutdown).await;
+        // Give the peer a moment to read what we sent and hang up; then stop reading so
+        // a peer that never hangs up does not keep the connection alive.
+        let _ = tokio::time::timeout(CLOSE_LINGER, self.closed()).await;
+        self.shared.stop_reading.notify_one();
     }
 
     /// Resolves once the connection has ended (peer gone or read error).
@@ -778,8 +788,10 @@ impl Session {
         let _ = rx.wait_for(|c| *c).await;
     }
 
-    /// Sends a PING; the reader answers peer pings by itself.
+    /// Sends a PING (odd ids from clients, even from servers); the reader answers the
+    /// peer's pings by itself.
     pub fn ping(&self, id: u32) {
+        self.shared.state.lock().unwrap().pings_sent.insert(id);
         self.shared.send_ctrl(Frame::Ping { id });
     }
 }
@@ -843,7 +855,11 @@ async fn reader_task<R: AsyncRead + Unpin>(
     let mut dec = HeaderDecoder::new();
     let mut in_tx = Some(in_tx);
     loop {
-        let frame = match read_frame(&mut rd, &mut dec).await {
+        let read = tokio::select! {
+            r = read_frame(&mut rd, &mut dec) => r,
+            () = shared.stop_reading.notified() => break,
+        };
+        let frame = match read {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {
@@ -956,8 +972,8 @@ async fn reader_task<R: AsyncRead + Unpin>(
                 shared.window.notify_waiters();
             }
             Frame::Ping { id } => {
-                // Odd ids are client pings, even ids server pings; answer the peer's.
-                let ours = (id % 2 == 1) == (shared.role == Role::Client);
+                // Answer every ping but the replies to our own.
+                let ours = shared.state.lock().unwrap().pings_sent.remove(&id);
                 if !ours {
                     shared.send_ctrl(Frame::Ping { id });
                 }
@@ -983,13 +999,17 @@ async fn reader_task<R: AsyncRead + Unpin>(
                 flags,
                 data,
             } => {
+                let mut consumed_now = 0;
                 let mut st = shared.state.lock().unwrap();
                 let known = match st.streams.get_mut(&stream_id) {
                     Some(s) => {
-                        if let Some(tx) = &s.data_tx {
-                            if !data.is_empty() {
-                                let _ = tx.send(data.clone());
-                            }
+                        let delivered = match &s.data_tx {
+                            Some(tx) if !data.is_empty() => tx.send(data.clone()).is_ok(),
+                            _ => false,
+                        };
+                        if !delivered && !data.is_empty() {
+                            // Nobody will read it: give the window back now.
+                            consumed_now += data.len();
                         }
                         if flags & FLAG_FIN != 0 {
                             s.data_tx = None;
@@ -1003,9 +1023,16 @@ async fn reader_task<R: AsyncRead + Unpin>(
                     Shared::maybe_forget(&mut st, stream_id);
                 }
                 drop(st);
+                if consumed_now > 0 {
+                    shared.consumed(consumed_now);
+                    shared.send_ctrl(Frame::WindowUpdate {
+                        stream_id,
+                        delta: consumed_now as u32,
+                    });
+                }
                 if !known {
                     // Still count it against the session window, or the peer stalls.
-                    shared.consumed(stream_id, data.len());
+                    shared.consumed(data.len());
                     if flags & FLAG_FIN == 0 {
                         shared.send_ctrl(Frame::RstStream {
                             stream_id,
@@ -1103,7 +1130,7 @@ impl StreamReader {
                 delta: d,
             });
         }
-        self.shared.consumed(self.id, n);
+        self.shared.consumed(n);
     }
 }
 
