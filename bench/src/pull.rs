@@ -18,7 +18,7 @@ const IMAGE: &str = "nginx";
 
 /// Daemons started for this workload; killed and reaped on drop.
 #[derive(Default)]
-struct Daemons(Vec<Child>);
+pub struct Daemons(pub Vec<Child>);
 
 impl Drop for Daemons {
     fn drop(&mut self) {
@@ -29,7 +29,7 @@ impl Drop for Daemons {
     }
 }
 
-fn spawn(cmd: &mut Command, log: &Path) -> Result<Child> {
+pub fn spawn(cmd: &mut Command, log: &Path) -> Result<Child> {
     let log = std::fs::File::create(log)?;
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -38,7 +38,7 @@ fn spawn(cmd: &mut Command, log: &Path) -> Result<Child> {
         .with_context(|| format!("spawn {cmd:?}"))
 }
 
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
+pub fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if ready() {
@@ -64,48 +64,78 @@ pub fn image_pull(ctx: &Ctx, report: &mut Report) {
     }
 }
 
+/// docker-registry on 127.0.0.1 with its data in the work directory, and a
+/// containerd-style hosts directory saying it speaks plain HTTP.
+pub struct Registry {
+    pub addr: String,
+    pub hosts: PathBuf,
+    skopeo: PathBuf,
+}
+
+impl Registry {
+    pub fn start(ctx: &Ctx, daemons: &mut Daemons, name: &str) -> Result<Self> {
+        let registry = sys::which("docker-registry").context("docker-registry is not installed")?;
+        let skopeo = sys::which("skopeo").context("skopeo is not installed")?;
+        let dir = ctx.work.join(name);
+        std::fs::create_dir_all(dir.join("data"))?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr = format!("127.0.0.1:{port}");
+        std::fs::write(
+            dir.join("config.yml"),
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: {addr}\n",
+                dir.join("data").display()
+            ),
+        )?;
+        daemons.0.push(spawn(
+            Command::new(registry)
+                .arg("serve")
+                .arg(dir.join("config.yml")),
+            &dir.join("log"),
+        )?);
+        wait_for("the registry", || TcpStream::connect(&addr).is_ok())?;
+        // containerd-style hosts.toml, read by podrun and containerd: plain HTTP to 127.0.0.1.
+        let hosts = dir.join("hosts");
+        std::fs::create_dir_all(hosts.join(&addr))?;
+        std::fs::write(
+            hosts.join(&addr).join("hosts.toml"),
+            format!(
+                "server = \"http://{addr}\"\n\n[host.\"http://{addr}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+            ),
+        )?;
+        Ok(Registry {
+            addr,
+            hosts,
+            skopeo,
+        })
+    }
+
+    /// Copy an image (a skopeo source such as `oci-archive:PATH`) to `<addr>/<name>`;
+    /// the full reference.
+    pub fn push(&self, source: &str, name: &str) -> Result<String> {
+        let reference = format!("{}/{name}", self.addr);
+        sys::timed(
+            Command::new(&self.skopeo)
+                .args(["copy", "--quiet", "--dest-tls-verify=false"])
+                .arg(source)
+                .arg(format!("docker://{reference}")),
+        )
+        .with_context(|| format!("push {source} to the local registry"))?;
+        Ok(reference)
+    }
+}
+
 fn run(ctx: &Ctx, report: &mut Report, daemons: &mut Daemons) -> Result<()> {
-    let registry = sys::which("docker-registry").context("docker-registry is not installed")?;
-    let skopeo = sys::which("skopeo").context("skopeo is not installed")?;
-    let dir = ctx.work.join("registry");
-    std::fs::create_dir_all(dir.join("data"))?;
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let addr = format!("127.0.0.1:{port}");
-    std::fs::write(
-        dir.join("config.yml"),
-        format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: {addr}\n",
-            dir.join("data").display()
+    let registry = Registry::start(ctx, daemons, "registry")?;
+    let reference = registry.push(
+        &format!(
+            "oci-archive:{}",
+            ctx.repo.join(format!("images/out/{IMAGE}.tar")).display()
         ),
+        &format!("library/{IMAGE}:latest"),
     )?;
-    daemons.0.push(spawn(
-        Command::new(registry)
-            .arg("serve")
-            .arg(dir.join("config.yml")),
-        &dir.join("log"),
-    )?);
-    wait_for("the registry", || TcpStream::connect(&addr).is_ok())?;
-    let reference = format!("{addr}/library/{IMAGE}:latest");
-    sys::timed(
-        Command::new(skopeo)
-            .args(["copy", "--quiet", "--dest-tls-verify=false"])
-            .arg(format!(
-                "oci-archive:{}",
-                ctx.repo.join(format!("images/out/{IMAGE}.tar")).display()
-            ))
-            .arg(format!("docker://{reference}")),
-    )
-    .context("push the image to the local registry")?;
-    // containerd-style hosts.toml, read by both podrun and ctr: plain HTTP to 127.0.0.1.
-    let hosts = ctx.work.join("hosts");
-    std::fs::create_dir_all(hosts.join(&addr))?;
-    std::fs::write(
-        hosts.join(&addr).join("hosts.toml"),
-        format!(
-            "server = \"http://{addr}\"\n\n[host.\"http://{addr}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
-        ),
-    )?;
+    let hosts = registry.hosts.clone();
 
     let ctr = match start_containerd(ctx, daemons) {
         Ok(c) => Some(c),

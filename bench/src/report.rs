@@ -102,6 +102,7 @@ fn ratio_goal(workload: &str, metric: &str, peer: &str) -> Option<f64> {
     match (workload, metric, peer) {
         ("lifecycle", "run /bin/true", "crun") => Some(0.6),
         ("pod-start", "up", "podman") => Some(0.2),
+        ("cri", "pod start (run+create+start)", "containerd") => Some(0.5),
         _ => None,
     }
 }
