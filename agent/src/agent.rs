@@ -183,7 +183,11 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         images,
         config.runtime.hosts_dir.clone(),
         config.runtime.paths.root.clone(),
-    );
+    )
+    .with_in_use({
+        let store = cri.store.clone();
+        Arc::new(move || store.containers().into_iter().map(|c| c.image_id).collect())
+    });
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");

@@ -26,18 +26,27 @@ use podrun_runtime::image::{self as store, reference, ImageError, ImageStore};
 use tonic::{Request, Response, Status};
 
 /// The CRI image service over one image store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ImageService {
     images: Arc<ImageStore>,
     /// containerd-style `certs.d` directory of per-registry settings.
     hosts_dir: PathBuf,
     /// podrun's data root; container writable layers live in `<root>/containers`.
     root: PathBuf,
+    /// Ids of the images containers are built on: their layers must stay.
+    in_use: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
 }
 
 impl ImageService {
+    /// Report the images containers use (RemoveImage refuses those).
+    pub fn with_in_use(mut self, f: Arc<dyn Fn() -> Vec<String> + Send + Sync>) -> Self {
+        self.in_use = f;
+        self
+    }
+
     pub fn new(images: Arc<ImageStore>, hosts_dir: PathBuf, root: PathBuf) -> Self {
         ImageService {
+            in_use: Arc::new(Vec::new),
             images,
             hosts_dir,
             root,
@@ -343,10 +352,19 @@ impl image_service_server::ImageService for ImageService {
         request: Request<RemoveImageRequest>,
     ) -> Result<Response<RemoveImageResponse>, Status> {
         let name = requested_image(request.get_ref().image.as_ref(), "image.image")?;
+        let in_use = self.in_use.clone();
         self.blocking(move |images| {
             let Some(image) = lookup(images, &name)? else {
                 return Ok(());
             };
+            // A container's overlay stands on the image's layers: removing them would
+            // pull the floor from under it.
+            if in_use().contains(&image.id) {
+                return Err(Status::failed_precondition(format!(
+                    "image {name:?} ({}) is used by a container; remove the container first",
+                    image.id
+                )));
+            }
             // By id, so every tag and digest of the image goes, as in containerd.
             match images.remove(&image.id) {
                 Ok(()) | Err(ImageError::NotFound(_)) => {

@@ -508,6 +508,13 @@ pub(crate) fn launch_monitor(plan: &PodPlan, exe: &Path) -> Result<(), PodError>
         .filter(|(k, _)| k == "RUST_LOG" || k == "PATH")
         .map(|(k, v)| std::ffi::CString::new(format!("{k}={v}")).unwrap())
         .collect();
+    // Everything the child needs is allocated here: after the clone of a multi-threaded
+    // caller (the CRI agent) another thread may hold the allocator's lock forever.
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let ready_raw = ready_w.as_raw_fd();
     match crate::process::clone_fork(flags).map_err(|e| PodError::Monitor(format!("clone: {e}")))? {
         None => {
             // Child: only async-signal-safe calls until execve (the caller may have threads).
@@ -523,11 +530,12 @@ pub(crate) fn launch_monitor(plan: &PodPlan, exe: &Path) -> Result<(), PodError>
                 libc::dup2(null, 0);
                 libc::dup2(if logfd >= 0 { logfd } else { null }, 1);
                 libc::dup2(if logfd >= 0 { logfd } else { null }, 2);
-                libc::dup2(ready_w.as_raw_fd(), 3);
-                let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-                argv.push(std::ptr::null());
-                let mut envp: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
-                envp.push(std::ptr::null());
+                if ready_raw == 3 {
+                    // dup2 onto itself keeps close-on-exec: clear it instead.
+                    libc::fcntl(3, libc::F_SETFD, 0);
+                } else {
+                    libc::dup2(ready_raw, 3);
+                }
                 libc::execve(exe_c.as_ptr(), argv.as_ptr(), envp.as_ptr());
                 libc::_exit(127);
             }
