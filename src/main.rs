@@ -2,6 +2,7 @@
 //! work is done by the podrun-runtime library.
 
 mod cmd;
+mod config;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,6 +74,9 @@ pub struct Cli {
     /// Namespace of the pods named on the command line.
     #[arg(short = 'n', long, global = true)]
     namespace: Option<String>,
+    /// Configuration file: defaults for these options (flags and PODRUN_* variables win).
+    #[arg(long, global = true, env = "PODRUN_CONFIG", default_value = config::DEFAULT_CONFIG)]
+    config: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -169,7 +173,7 @@ enum Command {
         #[arg(long, env = "PODRUN_SOCKET", default_value = "/run/podrun/podrun.sock")]
         socket: PathBuf,
         /// Address of the streaming server (exec, attach, port-forward); port 0 picks one.
-        #[arg(long, default_value = "127.0.0.1:0")]
+        #[arg(long, env = "PODRUN_STREAM_ADDR", default_value = "127.0.0.1:0")]
         stream_addr: std::net::SocketAddr,
     },
     /// The per-pod monitor (started by podrun itself).
@@ -224,6 +228,11 @@ enum ImageCommand {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if let Err(e) = config::apply(&args) {
+        eprintln!("podrun: {e:#}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -460,3 +460,47 @@ fn hostile_image_archives_stay_inside_the_store() {
     let _ = std::fs::remove_file(format!("/tmp/{unique}-deep"));
     env.assert_no_leaks();
 }
+
+#[test]
+fn bad_config_files_are_refused_naming_file_and_key() {
+    require_root!();
+    let env = Env::new(&[]);
+    let conf = env.dir.path().join("config.toml");
+    std::fs::write(&conf, "cgroup_drvier = \"systemd\"\n").unwrap();
+    let out = env
+        .cmd(&["--config", conf.to_str().unwrap(), "pods"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(conf.to_str().unwrap()) && err.contains("cgroup_drvier"),
+        "{err}"
+    );
+    std::fs::write(&conf, "root = [").unwrap();
+    let out = env
+        .cmd(&["--config", conf.to_str().unwrap(), "pods"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid TOML"));
+    // A named file that does not exist is an error too; the default may be missing.
+    let out = env
+        .cmd(&["--config", "/nonexistent/podrun.toml", "pods"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // A good file applies: the cgroup driver it names is refused by the flag parser.
+    std::fs::write(&conf, "cgroup_driver = \"bogus\"\n").unwrap();
+    let out = env
+        .cmd(&["--config", conf.to_str().unwrap(), "pods"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bogus"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.assert_no_leaks();
+}
