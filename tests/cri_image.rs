@@ -330,3 +330,35 @@ async fn pull_from_a_local_registry_by_tag_and_digest() {
     assert_eq!(a.exec(&c, &["echo", "pulled"]).await, "pulled\n");
     a.finish().await;
 }
+
+/// An image a container stands on is not removed from under it: RemoveImage answers
+/// FailedPrecondition until the container is gone, then succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_in_use_is_not_removed() {
+    require_root!();
+    let mut a = Agent::start(&["busybox"]).await;
+    let (sb, cfg) = a.sandbox("inuse").await;
+    let c = a
+        .run_container(&sb, &cfg, a.container_config("c", &["sleep", "3600"]))
+        .await;
+    let err = a
+        .img
+        .remove_image(v1::RemoveImageRequest {
+            image: spec(BUSYBOX),
+        })
+        .await
+        .expect_err("removing an image in use");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(a.image_status(BUSYBOX).await.is_some());
+    assert_eq!(a.exec(&c, &["cat", "/bin/busybox"]).await.is_empty(), false);
+    a.stop_container(&c, 0).await;
+    a.remove_container(&c).await;
+    a.img
+        .remove_image(v1::RemoveImageRequest {
+            image: spec(BUSYBOX),
+        })
+        .await
+        .expect("removing the image once no container uses it");
+    assert!(a.image_status(BUSYBOX).await.is_none());
+    a.finish().await;
+}
