@@ -702,3 +702,63 @@ async fn container_and_sandbox_stats() {
     a.finish().await;
     let _ = BUSYBOX;
 }
+
+/// GetContainerEvents, as kubelet's evented PLEG reads it: CREATED, STARTED, STOPPED
+/// (also for an exit nobody asked for) and DELETED, in order, each with the sandbox's
+/// status and its containers' statuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_events_in_order_with_statuses() {
+    require_root!();
+    let mut a = Agent::start(&["busybox"]).await;
+    let mut events =
+        a.rt.get_container_events(v1::GetEventsRequest {})
+            .await
+            .expect("GetContainerEvents")
+            .into_inner();
+    let (sb, cfg) = a.sandbox("events").await;
+    let c = a
+        .run_container(&sb, &cfg, a.container_config("short", &["sleep", "1"]))
+        .await;
+    a.wait_container_state(&c, ContainerExited).await;
+    a.remove_container(&c).await;
+
+    use v1::ContainerEventType::*;
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let ev = tokio::time::timeout(Duration::from_secs(20), events.message())
+            .await
+            .unwrap_or_else(|_| panic!("events so far: {seen:?}"))
+            .expect("event stream")
+            .expect("stream open");
+        if ev.container_id != c {
+            continue;
+        }
+        let sandbox = ev.pod_sandbox_status.clone().expect("sandbox status");
+        assert_eq!(sandbox.id, sb);
+        assert!(sandbox.metadata.is_some(), "{sandbox:?}");
+        assert!(ev.created_at > 0);
+        let kind = v1::ContainerEventType::try_from(ev.container_event_type).unwrap();
+        let mine = ev.containers_statuses.iter().find(|s| s.id == c);
+        match kind {
+            ContainerCreatedEvent => {
+                assert_eq!(mine.map(|s| s.state), Some(ContainerCreated as i32))
+            }
+            ContainerStartedEvent => assert!(mine.is_some()),
+            ContainerStoppedEvent => {
+                assert_eq!(mine.map(|s| s.state), Some(ContainerExited as i32))
+            }
+            ContainerDeletedEvent => assert!(mine.is_none(), "{mine:?}"),
+        }
+        seen.push(kind);
+    }
+    assert_eq!(
+        seen,
+        [
+            ContainerCreatedEvent,
+            ContainerStartedEvent,
+            ContainerStoppedEvent,
+            ContainerDeletedEvent
+        ]
+    );
+    a.finish().await;
+}

@@ -350,7 +350,7 @@ async fn an_image_in_use_is_not_removed() {
         .expect_err("removing an image in use");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
     assert!(a.image_status(BUSYBOX).await.is_some());
-    assert_eq!(a.exec(&c, &["cat", "/bin/busybox"]).await.is_empty(), false);
+    assert!(!a.exec(&c, &["cat", "/bin/busybox"]).await.is_empty());
     a.stop_container(&c, 0).await;
     a.remove_container(&c).await;
     a.img

@@ -177,6 +177,12 @@ async fn sigterm_stops_the_agent_not_the_pods() {
         .run_container(&sb, &cfg, a.container_config("c", &["sleep", "3600"]))
         .await;
     let pid = a.exec(&c, &["sh", "-c", "pidof sleep"]).await;
+    // kubelet keeps an event stream open: it must not hold the agent up.
+    let mut events =
+        a.rt.get_container_events(v1::GetEventsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
     let agent = a.pid();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(agent),
@@ -185,6 +191,10 @@ async fn sigterm_stops_the_agent_not_the_pods() {
     .unwrap();
     let st = a.wait_exit();
     assert!(st.success(), "the agent exited with {st}");
+    assert!(
+        !matches!(events.message().await, Ok(Some(_))),
+        "the event stream goes on after the agent stopped"
+    );
     assert!(!a.socket.exists(), "the socket stays after a clean stop");
     a.restart().await;
     let st = a.container_status(&c).await.unwrap();

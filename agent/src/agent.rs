@@ -110,7 +110,8 @@ async fn watch_exits(cri: Arc<Cri>) {
                     &c.id,
                     &c.sandbox_id,
                     cri::ContainerEventType::ContainerStoppedEvent,
-                );
+                )
+                .await;
             }
         }
         running = ids;
@@ -188,7 +189,8 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         let store = cri.store.clone();
         Arc::new(move || store.containers().into_iter().map(|c| c.image_id).collect())
     });
-    let shutdown = async {
+    let shutdown_cri = cri.clone();
+    let shutdown = async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -198,6 +200,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             _ = int.recv() => {}
         }
         info!("stopping the agent; pods keep running");
+        let _ = shutdown_cri.shutdown.send(true);
     };
     tonic::transport::Server::builder()
         .add_service(

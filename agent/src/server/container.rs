@@ -108,7 +108,8 @@ pub async fn create(
         Ok(record) => {
             info!(container = %id, sandbox = %sb.id, name = %key, "container created");
             cri.store.add_container(record, key);
-            cri.emit(&id, &sb.id, cri::ContainerEventType::ContainerCreatedEvent);
+            cri.emit(&id, &sb.id, cri::ContainerEventType::ContainerCreatedEvent)
+                .await;
             Ok(cri::CreateContainerResponse { container_id: id })
         }
         Err(e) => {
@@ -141,7 +142,8 @@ pub async fn start(
         &c.id,
         &sb.id,
         cri::ContainerEventType::ContainerStartedEvent,
-    );
+    )
+    .await;
     Ok(cri::StartContainerResponse {})
 }
 
@@ -185,7 +187,8 @@ pub async fn stop(
             &c.id,
             &sb.id,
             cri::ContainerEventType::ContainerStoppedEvent,
-        );
+        )
+        .await;
     }
     Ok(cri::StopContainerResponse {})
 }
@@ -199,6 +202,7 @@ pub async fn remove(
     };
     let lock = cri.sandbox_lock(&sb.id);
     let _guard = lock.lock().await;
+    cri.emit_missing_stop(&c.id, &sb.id).await;
     let id = c.id.clone();
     let dir = sb.plan.state_dir.clone();
     let data_dir = cri.rt.config.paths.container_data(&c.id);
@@ -222,7 +226,8 @@ pub async fn remove(
         &c.id,
         &sb.id,
         cri::ContainerEventType::ContainerDeletedEvent,
-    );
+    )
+    .await;
     info!(container = %c.id, "container removed");
     Ok(cri::RemoveContainerResponse {})
 }
@@ -270,6 +275,28 @@ fn to_status(c: &Container, st: Option<&PodStatus>) -> cri::ContainerStatus {
         user: None,
         stop_signal: c.config.stop_signal,
     }
+}
+
+/// Statuses of every container of a sandbox (for events).
+pub async fn statuses_in_sandbox(
+    cri: &Arc<Cri>,
+    sandbox_id: &str,
+) -> Result<Vec<cri::ContainerStatus>, Status> {
+    let Some(sb) = cri.store.sandbox(sandbox_id) else {
+        return Ok(Vec::new());
+    };
+    let containers: Vec<Container> = cri
+        .store
+        .containers()
+        .into_iter()
+        .filter(|c| c.sandbox_id == sandbox_id)
+        .collect();
+    let dir = sb.plan.state_dir.clone();
+    let st = blocking(move || Ok(monitor_status(&dir))).await?;
+    Ok(containers
+        .iter()
+        .map(|c| to_status(c, st.as_ref()))
+        .collect())
 }
 
 pub async fn status(

@@ -53,6 +53,10 @@ pub struct Cri {
     pod_cidr: Mutex<String>,
     /// Previous CPU samples per cgroup path, for usage_nano_cores.
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
+    /// Set when the agent stops: long-lived calls (the event stream) end.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Per container: (STARTED sent, STOPPED sent).
+    event_state: Mutex<HashMap<String, (bool, bool)>>,
 }
 
 #[derive(Clone)]
@@ -62,6 +66,8 @@ impl Cri {
     pub fn new(rt: PodRuntime) -> Self {
         let (events, _) = broadcast::channel(1024);
         Self {
+            event_state: Mutex::new(HashMap::new()),
+            shutdown: tokio::sync::watch::channel(false).0,
             rt: Arc::new(rt),
             store: Arc::new(Store::default()),
             stream: OnceLock::new(),
@@ -82,17 +88,94 @@ impl Cri {
         self.locks.lock().unwrap().remove(id);
     }
 
-    pub fn emit(&self, container_id: &str, sandbox_id: &str, kind: cri::ContainerEventType) {
-        let _ = self.events.send(cri::ContainerEventResponse {
-            container_id: container_id.to_owned(),
-            container_event_type: kind as i32,
-            created_at: now_ns(),
-            pod_sandbox_status: Some(cri::PodSandboxStatus {
-                id: sandbox_id.to_owned(),
-                ..Default::default()
-            }),
-            containers_statuses: Vec::new(),
+    /// Publish STOPPED for a container that ran and exited without one being sent yet
+    /// (before it is removed, so the event still carries its final status).
+    pub async fn emit_missing_stop(self: &Arc<Self>, container_id: &str, sandbox_id: &str) {
+        let missing = self
+            .event_state
+            .lock()
+            .unwrap()
+            .get(container_id)
+            .is_some_and(|st| st.0 && !st.1);
+        if missing {
+            self.emit(
+                container_id,
+                sandbox_id,
+                cri::ContainerEventType::ContainerStoppedEvent,
+            )
+            .await;
+        }
+    }
+
+    /// Publish a container event with the sandbox's and its containers' statuses as
+    /// they are now (kubelet's evented PLEG reads them). Each container's events follow
+    /// its life: STOPPED once, and before DELETED whenever it ran (also when it exited
+    /// on its own between two polls of the exit watcher).
+    pub async fn emit(
+        self: &Arc<Self>,
+        container_id: &str,
+        sandbox_id: &str,
+        kind: cri::ContainerEventType,
+    ) {
+        use cri::ContainerEventType::*;
+        let missing_stop = {
+            let mut g = self.event_state.lock().unwrap();
+            let st = g.entry(container_id.to_owned()).or_default();
+            match kind {
+                ContainerCreatedEvent => false,
+                ContainerStartedEvent => {
+                    st.0 = true;
+                    false
+                }
+                ContainerStoppedEvent => {
+                    if st.1 {
+                        return;
+                    }
+                    st.1 = true;
+                    false
+                }
+                ContainerDeletedEvent => {
+                    let missing = st.0 && !st.1;
+                    g.remove(container_id);
+                    missing
+                }
+            }
+        };
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        let sandbox_status = sandbox::status(
+            self,
+            cri::PodSandboxStatusRequest {
+                pod_sandbox_id: sandbox_id.to_owned(),
+                verbose: false,
+            },
+        )
+        .await
+        .ok()
+        .and_then(|r| r.status)
+        .unwrap_or_else(|| cri::PodSandboxStatus {
+            id: sandbox_id.to_owned(),
+            state: cri::PodSandboxState::SandboxNotready as i32,
+            ..Default::default()
         });
+        let containers_statuses = container::statuses_in_sandbox(self, sandbox_id)
+            .await
+            .unwrap_or_default();
+        let kinds: &[cri::ContainerEventType] = if missing_stop {
+            &[ContainerStoppedEvent, ContainerDeletedEvent]
+        } else {
+            std::slice::from_ref(&kind)
+        };
+        for k in kinds {
+            let _ = self.events.send(cri::ContainerEventResponse {
+                container_id: container_id.to_owned(),
+                container_event_type: *k as i32,
+                created_at: now_ns(),
+                pod_sandbox_status: Some(sandbox_status.clone()),
+                containers_statuses: containers_statuses.clone(),
+            });
+        }
     }
 }
 
@@ -323,12 +406,16 @@ impl cri::runtime_service_server::RuntimeService for CriService {
         _r: GrpcRequest<cri::GetEventsRequest>,
     ) -> Res<Self::GetContainerEventsStream> {
         let mut rx = self.0.events.subscribe();
+        let mut stop = self.0.shutdown.subscribe();
         let stream = async_stream::stream! {
             loop {
-                match rx.recv().await {
-                    Ok(ev) => yield Ok(ev),
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => break,
+                tokio::select! {
+                    ev = rx.recv() => match ev {
+                        Ok(ev) => yield Ok(ev),
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                    _ = async { let _ = stop.wait_for(|s| *s).await.map(|_| ()); } => break,
                 }
             }
         };

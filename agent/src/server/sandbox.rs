@@ -131,7 +131,8 @@ pub async fn stop(
     })
     .await?;
     for c in running.iter().filter(|c| before.contains(c)) {
-        cri.emit(c, &sb.id, cri::ContainerEventType::ContainerStoppedEvent);
+        cri.emit(c, &sb.id, cri::ContainerEventType::ContainerStoppedEvent)
+            .await;
     }
     if let Some(updated) = cri.store.update_sandbox(&sb.id, |s| s.stopped = true) {
         if let Err(e) = store::write_sandbox(&updated) {
@@ -158,6 +159,9 @@ pub async fn remove(
         .filter(|c| c.sandbox_id == sb.id)
         .map(|c| c.id)
         .collect();
+    for c in &containers {
+        cri.emit_missing_stop(c, &sb.id).await;
+    }
     let rt = cri.rt.clone();
     let sb2 = sb.clone();
     blocking(move || {
@@ -182,7 +186,8 @@ pub async fn remove(
     })
     .await?;
     for c in &containers {
-        cri.emit(c, &sb.id, cri::ContainerEventType::ContainerDeletedEvent);
+        cri.emit(c, &sb.id, cri::ContainerEventType::ContainerDeletedEvent)
+            .await;
     }
     cri.store.remove_sandbox(&sb.id);
     cri.drop_lock(&sb.id);
