@@ -649,7 +649,8 @@ async fn container_and_sandbox_stats() {
         mem.working_set_bytes.as_ref().is_some_and(|w| w.value > 0),
         "{mem:?}"
     );
-    if stats.writable_layer.is_some() {
+    {
+        assert!(stats.writable_layer.is_some(), "{stats:?}");
         // The 8 MiB written to the container's own filesystem count in its writable layer.
         cri_common::eventually("writable layer usage", Duration::from_secs(15), || {
             let mut rt = a.rt.clone();
@@ -695,9 +696,44 @@ async fn container_and_sandbox_stats() {
     .await
     .unwrap();
     let st = a.container_status(&c).await.unwrap();
-    if let Some(r) = st.resources.as_ref().and_then(|r| r.linux.as_ref()) {
-        assert_eq!(r.memory_limit_in_bytes, 256 << 20);
-    }
+    let r = st
+        .resources
+        .as_ref()
+        .and_then(|r| r.linux.as_ref())
+        .expect("resources in the status");
+    assert_eq!(r.memory_limit_in_bytes, 256 << 20);
+
+    // Under load the cumulative CPU time grows, and the rate between two samples is
+    // that of a busy core (well above zero).
+    let sample = |mut rt: v1::runtime_service_client::RuntimeServiceClient<_>, c: String| async move {
+        rt.container_stats(v1::ContainerStatsRequest { container_id: c })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap()
+            .cpu
+            .unwrap()
+    };
+    let first = sample(a.rt.clone(), c.clone()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = sample(a.rt.clone(), c.clone()).await;
+    let cum = |u: &v1::CpuUsage| u.usage_core_nano_seconds.as_ref().unwrap().value;
+    assert!(cum(&second) > cum(&first), "{first:?} {second:?}");
+    let rate = second.usage_nano_cores.as_ref().unwrap().value;
+    assert!(rate > 10_000_000, "nano cores {rate}");
+    let pod =
+        a.rt.pod_sandbox_stats(v1::PodSandboxStatsRequest {
+            pod_sandbox_id: sb.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    let linux = pod.linux.unwrap();
+    assert_eq!(linux.containers.len(), 1);
+    assert!(linux.process.unwrap().process_count.unwrap().value >= 1);
     a.stop_container(&c, 0).await;
     a.finish().await;
     let _ = BUSYBOX;
