@@ -492,6 +492,19 @@ impl PortForwardSpdy {
         })
     }
 
+    /// Connects with SPDY tunnelled through a WebSocket (`SPDY/3.1+portforward.k8s.io`).
+    pub async fn connect_tunneled(url: &str) -> Result<PortForwardSpdy, ClientError> {
+        let (ws, protocol) = upgrade_ws(url, &[super::portforward::PROTOCOL_TUNNEL]).await?;
+        if protocol != super::portforward::PROTOCOL_TUNNEL {
+            return Err(ClientError::Protocol(format!("server chose {protocol:?}")));
+        }
+        let (session, _incoming) = Session::new(websocket::tunnel(ws), spdy::Role::Client);
+        Ok(PortForwardSpdy {
+            session,
+            next_request: AtomicU32::new(0),
+        })
+    }
+
     /// Opens the error and data stream pair for one connection to `port`.
     pub async fn open(&self, port: u16) -> Result<PortForwardStream, ClientError> {
         let id = self

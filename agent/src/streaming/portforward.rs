@@ -23,9 +23,13 @@ use super::websocket::{self, Mux};
 use super::{plain, HttpResponse, StreamRuntime};
 
 pub const PROTOCOL_V1: &str = "portforward.k8s.io";
+/// SPDY port forwarding tunnelled through a WebSocket (binary messages carry the SPDY
+/// byte stream), as kubectl does from Kubernetes 1.30 on.
+pub const PROTOCOL_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
 
 /// WebSocket sub-protocols for port forwarding.
 pub const WS_PROTOCOLS: &[&str] = &[
+    PROTOCOL_TUNNEL,
     websocket::V4_BINARY,
     websocket::V4_BASE64,
     PROTOCOL_V1,
@@ -44,63 +48,70 @@ pub(crate) fn serve_spdy(
     pf: PortForwardRequest,
     runtime: Arc<dyn StreamRuntime>,
 ) -> HttpResponse {
-    super::upgrade_spdy(
-        req,
-        &[PROTOCOL_V1],
-        move |_protocol, session, mut incoming| async move {
-            let sandbox = pf.pod_sandbox_id;
-            let mut pairs: HashMap<String, Pair> = HashMap::new();
-            let mut tasks = tokio::task::JoinSet::new();
-            while let Some(s) = incoming.accept().await {
-                let kind = header(&s.headers, "streamtype")
-                    .unwrap_or("")
-                    .to_ascii_lowercase();
-                // Old clients send no requestID; kubelet then pairs a data stream with the
-                // error stream opened just before it.
-                let request_id = match header(&s.headers, "requestid") {
-                    Some(id) => id.to_string(),
-                    None if kind == "data" => s.id.saturating_sub(2).to_string(),
-                    None => s.id.to_string(),
-                };
-                let pair = pairs.entry(request_id.clone()).or_default();
-                let slot = match kind.as_str() {
-                    "data" => &mut pair.data,
-                    "error" => &mut pair.error,
-                    other => {
-                        tracing::debug!(stream_type = %other, "port-forward: unknown stream type");
-                        s.writer.reset(spdy::rst::PROTOCOL_ERROR);
-                        continue;
-                    }
-                };
-                if slot.is_some() {
+    super::upgrade_spdy(req, &[PROTOCOL_V1], move |_protocol, session, incoming| {
+        run_spdy_session(pf.pod_sandbox_id, runtime, session, incoming)
+    })
+}
+
+/// Serves one SPDY port-forward session until the client ends it.
+async fn run_spdy_session(
+    sandbox: String,
+    runtime: Arc<dyn StreamRuntime>,
+    session: spdy::Session,
+    mut incoming: spdy::Incoming,
+) {
+    {
+        let mut pairs: HashMap<String, Pair> = HashMap::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        while let Some(s) = incoming.accept().await {
+            let kind = header(&s.headers, "streamtype")
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            // Old clients send no requestID; kubelet then pairs a data stream with the
+            // error stream opened just before it.
+            let request_id = match header(&s.headers, "requestid") {
+                Some(id) => id.to_string(),
+                None if kind == "data" => s.id.saturating_sub(2).to_string(),
+                None => s.id.to_string(),
+            };
+            let pair = pairs.entry(request_id.clone()).or_default();
+            let slot = match kind.as_str() {
+                "data" => &mut pair.data,
+                "error" => &mut pair.error,
+                other => {
+                    tracing::debug!(stream_type = %other, "port-forward: unknown stream type");
                     s.writer.reset(spdy::rst::PROTOCOL_ERROR);
                     continue;
                 }
-                *slot = Some(s);
-                if pair.data.is_some() && pair.error.is_some() {
-                    let Pair {
-                        data: Some(data),
-                        error: Some(error),
-                    } = pairs.remove(&request_id).unwrap_or_default()
-                    else {
-                        continue;
-                    };
-                    let runtime = runtime.clone();
-                    let sandbox = sandbox.clone();
-                    let session = session.clone();
-                    tasks.spawn(async move {
-                        tokio::select! {
-                            () = forward_spdy(runtime, sandbox, data, error) => {}
-                            () = session.closed() => {}
-                        }
-                    });
-                }
+            };
+            if slot.is_some() {
+                s.writer.reset(spdy::rst::PROTOCOL_ERROR);
+                continue;
             }
-            // The client went away or sent GOAWAY; let what is running finish.
-            while tasks.join_next().await.is_some() {}
-            session.close().await;
-        },
-    )
+            *slot = Some(s);
+            if pair.data.is_some() && pair.error.is_some() {
+                let Pair {
+                    data: Some(data),
+                    error: Some(error),
+                } = pairs.remove(&request_id).unwrap_or_default()
+                else {
+                    continue;
+                };
+                let runtime = runtime.clone();
+                let sandbox = sandbox.clone();
+                let session = session.clone();
+                tasks.spawn(async move {
+                    tokio::select! {
+                        () = forward_spdy(runtime, sandbox, data, error) => {}
+                        () = session.closed() => {}
+                    }
+                });
+            }
+        }
+        // The client went away or sent GOAWAY; let what is running finish.
+        while tasks.join_next().await.is_some() {}
+        session.close().await;
+    }
 }
 
 async fn forward_spdy(
@@ -193,13 +204,26 @@ pub(crate) fn serve_websocket(
             .filter_map(|p| u16::try_from(*p).ok())
             .collect();
     }
-    if ports.is_empty() {
-        return plain(
-            StatusCode::BAD_REQUEST,
-            "query parameter \"port\" is required",
-        );
-    }
-    websocket::upgrade(req, WS_PROTOCOLS, move |protocol, ws| async move {
+    // The tunnel carries ports in its SPDY stream headers; the channel protocols need
+    // them up front.
+    let supported = if ports.is_empty() {
+        let offered = super::header_list(&req, "sec-websocket-protocol");
+        if !offered.iter().any(|p| p == PROTOCOL_TUNNEL) {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "query parameter \"port\" is required",
+            );
+        }
+        &[PROTOCOL_TUNNEL][..]
+    } else {
+        WS_PROTOCOLS
+    };
+    websocket::upgrade(req, supported, move |protocol, ws| async move {
+        if protocol == PROTOCOL_TUNNEL {
+            let (session, incoming) = spdy::Session::new(websocket::tunnel(ws), spdy::Role::Server);
+            run_spdy_session(pf.pod_sandbox_id, runtime, session, incoming).await;
+            return;
+        }
         let inputs: Vec<u8> = (0..ports.len()).map(|i| (i * 2) as u8).collect();
         let (mux, mut rxs) = Mux::start(ws, websocket::is_base64(protocol), &inputs);
         let mut tasks = tokio::task::JoinSet::new();

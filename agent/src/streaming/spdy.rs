@@ -1053,7 +1053,7 @@ async fn reader_task<R: AsyncRead + Unpin>(
     }
     drop(st);
     shared.window.notify_waiters();
-    let _ = shared.closed_tx.send(true);
+    let _ = shared.closed_tx.send_replace(true);
 }
 
 /// One SPDY stream: its headers plus a reading and a writing half.

@@ -368,10 +368,23 @@ fn pf_req() -> PortForwardRequest {
 
 #[tokio::test]
 async fn port_forward_spdy_large_transfer_and_errors() {
+    port_forward_spdy(false).await;
+}
+
+#[tokio::test]
+async fn port_forward_spdy_tunneled_through_websocket() {
+    port_forward_spdy(true).await;
+}
+
+async fn port_forward_spdy(tunneled: bool) {
     let s = server().await;
     let url = s.get_port_forward(&pf_req()).unwrap().url;
     assert!(url.contains("/portforward/"));
-    let pf = PortForwardSpdy::connect(&url).await.unwrap();
+    let pf = if tunneled {
+        PortForwardSpdy::connect_tunneled(&url).await.unwrap()
+    } else {
+        PortForwardSpdy::connect(&url).await.unwrap()
+    };
     let data = payload(1 << 20);
     // Two connections at once on one session.
     let mut a = pf.open(8080).await.unwrap();

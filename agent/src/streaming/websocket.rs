@@ -152,7 +152,7 @@ impl Mux {
                 }
             }
             drop(senders);
-            let _ = closed_tx.send(true);
+            let _ = closed_tx.send_replace(true);
         });
         let mux = Mux {
             tx,
@@ -194,6 +194,55 @@ impl Mux {
             h.abort();
         }
     }
+}
+
+/// Turns a WebSocket whose binary messages carry a byte stream (Kubernetes' SPDY
+/// tunnelling, `SPDY/3.1+portforward.k8s.io`) into a plain byte stream.
+pub fn tunnel<S>(ws: WebSocketStream<S>) -> tokio::io::DuplexStream
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ours, theirs) = tokio::io::duplex(256 * 1024);
+    tokio::spawn(async move {
+        let (mut sink, mut stream) = ws.split();
+        let (mut rd, mut wr) = tokio::io::split(theirs);
+        let inbound = async {
+            while let Some(Ok(msg)) = stream.next().await {
+                match msg {
+                    Message::Binary(b) => {
+                        if wr.write_all(&b).await.is_err() {
+                            break;
+                        }
+                    }
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+            let _ = wr.shutdown().await;
+        };
+        let outbound = async {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let m = Message::Binary(Bytes::copy_from_slice(&buf[..n]));
+                        if sink.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = sink.send(Message::Close(None)).await;
+        };
+        // Either direction ending ends the tunnel, as a closed socket would.
+        tokio::select! {
+            () = inbound => {}
+            () = outbound => {}
+        }
+    });
+    ours
 }
 
 /// Answers a WebSocket upgrade: negotiates the sub-protocol (the client's first offer we
