@@ -209,14 +209,13 @@ where
         let (mut rd, mut wr) = tokio::io::split(theirs);
         let inbound = async {
             while let Some(Ok(msg)) = stream.next().await {
-                match msg {
-                    Message::Binary(b) => {
-                        if wr.write_all(&b).await.is_err() {
-                            break;
-                        }
-                    }
-                    Message::Close(_) => break,
-                    _ => {}
+                let ok = match msg {
+                    Message::Binary(b) => wr.write_all(&b).await.is_ok(),
+                    Message::Close(_) => false,
+                    _ => true,
+                };
+                if !ok {
+                    break;
                 }
             }
             let _ = wr.shutdown().await;
