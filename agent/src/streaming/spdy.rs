@@ -1412,6 +1412,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn server_answers_ping_and_stops_accepting_after_goaway() {
+        let (a, b) = tokio::io::duplex(4096);
+        let (_server, mut incoming) = Session::new(b, Role::Server);
+        let (mut rd, mut wr) = tokio::io::split(a);
+        let mut enc = HeaderEncoder::new();
+        let mut dec = HeaderDecoder::new();
+        let send = |f: Frame, enc: &mut HeaderEncoder| {
+            let mut buf = BytesMut::new();
+            encode_frame(&f, enc, &mut buf).unwrap();
+            buf
+        };
+        wr.write_all(&send(Frame::Ping { id: 1 }, &mut enc))
+            .await
+            .unwrap();
+        assert_eq!(
+            read_frame(&mut rd, &mut dec).await.unwrap(),
+            Some(Frame::Ping { id: 1 })
+        );
+        let syn = Frame::SynStream {
+            stream_id: 1,
+            associated_id: 0,
+            priority: 0,
+            flags: 0,
+            headers: vec![("streamtype".into(), "stdin".into())],
+        };
+        wr.write_all(&send(syn, &mut enc)).await.unwrap();
+        assert!(matches!(
+            read_frame(&mut rd, &mut dec).await.unwrap(),
+            Some(Frame::SynReply { stream_id: 1, .. })
+        ));
+        let mut s = incoming.accept().await.unwrap();
+        let goaway = Frame::GoAway {
+            last_good_stream_id: 0,
+            status: 0,
+        };
+        wr.write_all(&send(goaway, &mut enc)).await.unwrap();
+        assert!(incoming.accept().await.is_none());
+        // Streams already open keep working after GOAWAY.
+        let data = Frame::Data {
+            stream_id: 1,
+            flags: FLAG_FIN,
+            data: Bytes::from_static(b"x"),
+        };
+        wr.write_all(&send(data, &mut enc)).await.unwrap();
+        assert_eq!(s.reader.read_to_end().await, b"x");
+    }
+
+    #[tokio::test]
     async fn session_open_data_fin_ping_and_flow_control() {
         let (a, b) = tokio::io::duplex(4096);
         let (client, _cin) = Session::new(a, Role::Client);
