@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo fmt --all -- --check
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 # Keeps the benchmark harness working: one round against the peers, no timings asserted.
 cargo run --locked -p podrun-bench -- --smoke
-cargo test --locked --workspace -- --test-threads=4
+# A hung test fails the run in bounded time instead of holding the machine.
+timeout 1800 cargo test --locked --workspace -- --test-threads=4
