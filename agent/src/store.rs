@@ -291,6 +291,18 @@ impl Store {
         }
     }
 
+    /// The containers of one sandbox.
+    pub fn containers_of(&self, sandbox_id: &str) -> Vec<Container> {
+        self.inner
+            .lock()
+            .unwrap()
+            .containers
+            .values()
+            .filter(|c| c.sandbox_id == sandbox_id)
+            .cloned()
+            .collect()
+    }
+
     pub fn containers(&self) -> Vec<Container> {
         self.inner
             .lock()

@@ -202,6 +202,38 @@ impl PodRuntime {
         })
     }
 
+    /// With a CNI network: pin a network namespace for pod `id` and attach it (CNI ADD
+    /// with these capability args); None without one. Nothing is left on failure.
+    pub(crate) fn attach_pod_network(
+        &self,
+        id: &str,
+        capability_args: serde_json::Value,
+    ) -> Result<Option<crate::network::PodNetwork>, PodError> {
+        use crate::network::{self, NetworkMode};
+        let NetworkMode::Cni {
+            conf_dirs,
+            bin_dirs,
+            cache_dir,
+        } = &self.config.network
+        else {
+            return Ok(None);
+        };
+        let (list, installed) =
+            network::load_or_install(conf_dirs).map_err(|e| PodError::Network(e.to_string()))?;
+        if installed {
+            warn!(dir = %conf_dirs[0].display(), "no CNI network configuration found: installed podrun's default network (bridge podrun0, 10.88.0.0/16)");
+        }
+        let netns = self.config.paths.state.join("netns").join(id);
+        network::pin_netns(&netns).map_err(|e| PodError::Network(e.to_string()))?;
+        match network::attach(&list, bin_dirs, cache_dir, id, &netns, capability_args) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) => {
+                network::unpin_netns(&netns);
+                Err(PodError::Network(e.to_string()))
+            }
+        }
+    }
+
     pub fn cgroups(&self) -> &dyn CgroupManager {
         self.cgroups.as_ref()
     }
@@ -779,36 +811,8 @@ impl Planner<'_> {
 
     /// Pin a network namespace for the pod and attach it through CNI.
     fn attach_network(&self, id: &str) -> Result<Option<crate::network::PodNetwork>, PodError> {
-        use crate::network::{self, NetworkMode};
-        let NetworkMode::Cni {
-            conf_dirs,
-            bin_dirs,
-            cache_dir,
-        } = &self.rt.config.network
-        else {
-            return Ok(None);
-        };
-        let (list, installed) =
-            network::load_or_install(conf_dirs).map_err(|e| PodError::Network(e.to_string()))?;
-        if installed {
-            warn!(dir = %conf_dirs[0].display(), "no CNI network configuration found: installed podrun's default network (bridge podrun0, 10.88.0.0/16)");
-        }
-        let netns = self.rt.config.paths.state.join("netns").join(id);
-        network::pin_netns(&netns).map_err(|e| PodError::Network(e.to_string()))?;
-        match network::attach(
-            &list,
-            bin_dirs,
-            cache_dir,
-            id,
-            &netns,
-            network::port_mappings(&self.m.pod),
-        ) {
-            Ok(n) => Ok(Some(n)),
-            Err(e) => {
-                network::unpin_netns(&netns);
-                Err(PodError::Network(e.to_string()))
-            }
-        }
+        self.rt
+            .attach_pod_network(id, crate::network::port_mappings(&self.m.pod))
     }
 
     /// /etc/hosts, /etc/hostname and /etc/resolv.conf of the pod, written to its state dir.

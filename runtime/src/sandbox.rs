@@ -409,20 +409,6 @@ impl PodRuntime {
         id: &str,
         ports: &[PortMapping],
     ) -> Result<Option<crate::network::PodNetwork>, PodError> {
-        use crate::network::{self, NetworkMode};
-        let NetworkMode::Cni {
-            conf_dirs,
-            bin_dirs,
-            cache_dir,
-        } = &self.config.network
-        else {
-            return Ok(None);
-        };
-        let (list, installed) =
-            network::load_or_install(conf_dirs).map_err(|e| PodError::Network(e.to_string()))?;
-        if installed {
-            warn!(dir = %conf_dirs[0].display(), "no CNI network configuration found: installed podrun's default network (bridge podrun0, 10.88.0.0/16)");
-        }
         let mappings: Vec<serde_json::Value> = ports
             .iter()
             .filter(|p| p.host_port > 0)
@@ -435,22 +421,7 @@ impl PodRuntime {
                 })
             })
             .collect();
-        let netns = self.config.paths.state.join("netns").join(id);
-        network::pin_netns(&netns).map_err(|e| PodError::Network(e.to_string()))?;
-        match network::attach(
-            &list,
-            bin_dirs,
-            cache_dir,
-            id,
-            &netns,
-            serde_json::json!({ "portMappings": mappings }),
-        ) {
-            Ok(n) => Ok(Some(n)),
-            Err(e) => {
-                network::unpin_netns(&netns);
-                Err(PodError::Network(e.to_string()))
-            }
-        }
+        self.attach_pod_network(id, serde_json::json!({ "portMappings": mappings }))
     }
 
     /// Remove sandboxes whose creation a crash interrupted before their plan was

@@ -14,7 +14,8 @@ use super::convert::{self, cri_state, labels_match};
 use super::{blocking, monitor_call, monitor_status, now_ns, protocol_status, status_of, Cri};
 use crate::store::{self, Container, Sandbox};
 
-fn find(cri: &Cri, id: &str) -> Result<(Container, Sandbox), Status> {
+/// A container and its sandbox, by full id or unique prefix.
+pub(super) fn find(cri: &Cri, id: &str) -> Result<(Container, Sandbox), Status> {
     let c = cri
         .store
         .find_container(id)
@@ -285,12 +286,7 @@ pub async fn statuses_in_sandbox(
     let Some(sb) = cri.store.sandbox(sandbox_id) else {
         return Ok(Vec::new());
     };
-    let containers: Vec<Container> = cri
-        .store
-        .containers()
-        .into_iter()
-        .filter(|c| c.sandbox_id == sandbox_id)
-        .collect();
+    let containers = cri.store.containers_of(sandbox_id);
     let dir = sb.plan.state_dir.clone();
     let st = blocking(move || Ok(monitor_status(&dir))).await?;
     Ok(containers

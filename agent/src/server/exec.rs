@@ -22,14 +22,7 @@ use crate::streaming::{AsyncStream, BoxFuture, StreamRuntime, Streams, TerminalS
 const MAX_EXEC_SYNC_OUTPUT: usize = 16 << 20;
 
 fn running_container(cri: &Cri, id: &str) -> Result<(String, PathBuf), Status> {
-    let c = cri
-        .store
-        .find_container(id)
-        .ok_or_else(|| Status::not_found(format!("container {id:?} not found")))?;
-    let sb = cri
-        .store
-        .sandbox(&c.sandbox_id)
-        .ok_or_else(|| Status::not_found(format!("sandbox of container {id:?} not found")))?;
+    let (c, sb) = super::container::find(cri, id)?;
     Ok((c.id, sb.plan.state_dir))
 }
 
@@ -198,30 +191,16 @@ fn set_winsize(fd: i32, size: TerminalSize) {
     unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
 }
 
-/// Copy `from` into a pipe or terminal write end until EOF.
-async fn pump_in(mut from: Box<dyn tokio::io::AsyncRead + Send + Unpin>, to: OwnedFd) {
-    let mut f = tokio::fs::File::from_std(std::fs::File::from(to));
+/// Copy until EOF or an error on either side, flushing as data comes (interactive
+/// streams); optionally shut the writer down at the end.
+async fn copy_until_eof(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    shutdown: bool,
+) {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if f.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-                let _ = f.flush().await;
-            }
-        }
-    }
-}
-
-/// Copy a pipe or terminal read end to `to` until EOF (EIO on a terminal whose other side
-/// closed).
-async fn pump_out(from: OwnedFd, mut to: Box<dyn tokio::io::AsyncWrite + Send + Unpin>) {
-    let mut f = tokio::fs::File::from_std(std::fs::File::from(from));
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        match f.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 if to.write_all(&buf[..n]).await.is_err() {
@@ -231,7 +210,30 @@ async fn pump_out(from: OwnedFd, mut to: Box<dyn tokio::io::AsyncWrite + Send + 
             }
         }
     }
-    let _ = to.shutdown().await;
+    if shutdown {
+        let _ = to.shutdown().await;
+    }
+}
+
+/// Copy a client's stream into a pipe or terminal write end until EOF.
+async fn pump_in(from: Box<dyn tokio::io::AsyncRead + Send + Unpin>, to: OwnedFd) {
+    copy_until_eof(
+        from,
+        tokio::fs::File::from_std(std::fs::File::from(to)),
+        false,
+    )
+    .await
+}
+
+/// Copy a pipe or terminal read end to a client's stream until EOF (EIO on a terminal
+/// whose other side closed).
+async fn pump_out(from: OwnedFd, to: Box<dyn tokio::io::AsyncWrite + Send + Unpin>) {
+    copy_until_eof(
+        tokio::fs::File::from_std(std::fs::File::from(from)),
+        to,
+        true,
+    )
+    .await
 }
 
 impl CriStreams {

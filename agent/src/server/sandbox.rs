@@ -91,9 +91,8 @@ pub async fn stop(
     let _guard = lock.lock().await;
     let before: Vec<String> = cri
         .store
-        .containers()
+        .containers_of(&sb.id)
         .into_iter()
-        .filter(|c| c.sandbox_id == sb.id)
         .map(|c| c.id)
         .collect();
     let sb2 = sb.clone();
@@ -154,9 +153,8 @@ pub async fn remove(
     let _guard = lock.lock().await;
     let containers: Vec<String> = cri
         .store
-        .containers()
+        .containers_of(&sb.id)
         .into_iter()
-        .filter(|c| c.sandbox_id == sb.id)
         .map(|c| c.id)
         .collect();
     for c in &containers {

@@ -129,12 +129,7 @@ fn stats_of_container(cri: &Cri, c: &Container) -> cri::ContainerStats {
 
 fn sandbox_stats(cri: &Cri, sb: &Sandbox) -> cri::PodSandboxStats {
     let ts = now_ns();
-    let containers: Vec<Container> = cri
-        .store
-        .containers()
-        .into_iter()
-        .filter(|c| c.sandbox_id == sb.id)
-        .collect();
+    let containers = cri.store.containers_of(&sb.id);
     let cstats: Vec<cri::ContainerStats> = containers
         .iter()
         .map(|c| stats_of_container(cri, c))
