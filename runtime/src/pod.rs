@@ -437,6 +437,7 @@ impl PodRuntime {
             if remove {
                 // Wait for the monitor process itself to exit.
                 if let Some(pid) = pod.status.as_ref().map(|s| s.monitor_pid) {
+                    wait_exit_pidfd(pid, Duration::from_secs(5));
                     for _ in 0..500 {
                         // The monitor is our own child when this process started it.
                         let _ = nix::sys::wait::waitpid(
@@ -488,6 +489,27 @@ impl PodRuntime {
             }
         }
     }
+}
+
+/// Wait until `pid` exits (or `timeout`), woken by the kernel through a pidfd rather
+/// than by polling; returns at once where pidfds are not available.
+fn wait_exit_pidfd(pid: i32, timeout: Duration) {
+    if pid <= 0 {
+        return;
+    }
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    let mut pfd = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&fd),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let ms = timeout.as_millis().min(u16::MAX as u128) as u16;
+    let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(ms));
 }
 
 /// Whether `pid` is a live process (a zombie is not).
