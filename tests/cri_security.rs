@@ -66,16 +66,15 @@ async fn users_groups_and_supplemental_groups() {
         groups.contains(&"1234") && groups.contains(&"5678"),
         "{groups:?}"
     );
-    if let Some(u) = a
+    let u = a
         .container_status(&c)
         .await
         .unwrap()
         .user
         .and_then(|u| u.linux)
-    {
-        assert_eq!((u.uid, u.gid), (1000, 2000));
-        assert!(u.supplemental_groups.contains(&1234));
-    }
+        .expect("the user in the container status");
+    assert_eq!((u.uid, u.gid), (1000, 2000));
+    assert!(u.supplemental_groups.contains(&1234));
 
     // A user name is resolved in the image's /etc/passwd, with its primary group.
     let named = secured(&a, "named", |s| s.run_as_username = "app".into());

@@ -49,6 +49,8 @@ pub struct Container {
     pub created_at_ns: i64,
     pub image_id: String,
     pub log_path: String,
+    /// The user the container's process runs as: uid, gid, supplementary groups.
+    pub user: (u32, u32, Vec<u32>),
 }
 
 /// The unique name containerd derives for a sandbox: name, namespace, uid and attempt.
@@ -78,6 +80,8 @@ struct ContainerFile {
     created_at_ns: i64,
     image_id: String,
     log_path: String,
+    #[serde(default)]
+    user: (u32, u32, Vec<u32>),
 }
 
 fn b64(m: &impl Message) -> String {
@@ -120,6 +124,7 @@ pub fn write_container(
             created_at_ns: c.created_at_ns,
             image_id: c.image_id.clone(),
             log_path: c.log_path.clone(),
+            user: c.user.clone(),
         },
     )
 }
@@ -162,6 +167,7 @@ pub fn read_sandbox(plan: &PodPlan) -> Option<(Sandbox, Vec<Container>)> {
                 created_at_ns: cf.created_at_ns,
                 image_id: cf.image_id,
                 log_path: cf.log_path,
+                user: cf.user,
             });
         }
     }

@@ -78,6 +78,11 @@ pub async fn create(
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
+            user: (
+                plan.process.uid,
+                plan.process.gid,
+                plan.process.additional_gids.clone(),
+            ),
         };
         let record_path = store::container_record_path(&sb2.plan.state_dir, &id2);
         store::write_container(&sb2.plan.state_dir, &record)
@@ -273,7 +278,13 @@ fn to_status(c: &Container, st: Option<&PodStatus>) -> cri::ContainerStatus {
             windows: None,
         }),
         image_id: c.image_id.clone(),
-        user: None,
+        user: Some(cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid: i64::from(c.user.0),
+                gid: i64::from(c.user.1),
+                supplemental_groups: c.user.2.iter().map(|g| i64::from(*g)).collect(),
+            }),
+        }),
         stop_signal: c.config.stop_signal,
     }
 }
