@@ -186,8 +186,15 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         config.runtime.paths.root.clone(),
     )
     .with_in_use({
-        let store = cri.store.clone();
-        Arc::new(move || store.containers().into_iter().map(|c| c.image_id).collect())
+        // Every pod's plan lists its containers: the agent's and `podrun run`'s.
+        let rt = cri.rt.clone();
+        Arc::new(move || {
+            rt.list()
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|p| p.plan.containers.iter().map(|c| c.image_id.clone()))
+                .collect()
+        })
     });
     let shutdown_cri = cri.clone();
     let shutdown = async move {
