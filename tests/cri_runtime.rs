@@ -399,3 +399,57 @@ async fn pod_ip_and_port_mapping_on_a_cni_network() {
     a.finish().await;
     net.assert_clean_and_remove();
 }
+
+/// A caller whose deadline passes while RunPodSandbox and CreateContainer work does not
+/// leave them half-done: they finish, the sandbox and the container show in the lists
+/// (as with containerd, kubelet finds them there), and they are removed normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_abandoned_by_their_caller_still_complete() {
+    require_root!();
+    let mut a = Agent::start(&["busybox"]).await;
+    let cfg = a.sandbox_config("impatient");
+    let mut req = tonic::Request::new(v1::RunPodSandboxRequest {
+        config: Some(cfg.clone()),
+        runtime_handler: String::new(),
+    });
+    req.set_timeout(std::time::Duration::from_micros(1));
+    let r = a.rt.run_pod_sandbox(req).await;
+    assert!(r.is_err(), "{r:?}");
+    let sb = cri_common::eventually("the sandbox", std::time::Duration::from_secs(30), || {
+        let mut rt = a.rt.clone();
+        async move {
+            let items = rt
+                .list_pod_sandbox(v1::ListPodSandboxRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .items;
+            items.into_iter().next()
+        }
+    })
+    .await;
+    assert_eq!(sb.state, v1::PodSandboxState::SandboxReady as i32);
+    let mut req = tonic::Request::new(v1::CreateContainerRequest {
+        pod_sandbox_id: sb.id.clone(),
+        config: Some(a.container_config("c", &["sleep", "3600"])),
+        sandbox_config: Some(cfg.clone()),
+    });
+    req.set_timeout(std::time::Duration::from_micros(1));
+    assert!(a.rt.create_container(req).await.is_err());
+    let c = cri_common::eventually("the container", std::time::Duration::from_secs(30), || {
+        let mut rt = a.rt.clone();
+        async move {
+            rt.list_containers(v1::ListContainersRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .containers
+                .into_iter()
+                .next()
+        }
+    })
+    .await;
+    assert_eq!(c.pod_sandbox_id, sb.id);
+    a.start_container(&c.id).await;
+    a.finish().await;
+}

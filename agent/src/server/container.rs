@@ -62,65 +62,81 @@ pub async fn create(
     let id2 = id.clone();
     let sb2 = sb.clone();
     let config2 = config.clone();
+    let cri2 = cri.clone();
+    let key2 = key.clone();
+    // As for sandboxes, the outcome is recorded inside the blocking task, whatever
+    // happens to the caller.
     let result = blocking(move || {
-        let plan = rt
-            .plan_container(&sb2.plan, &id2, &spec)
-            .map_err(status_of)?;
-        podrun_runtime::fault::point("agent:container-plan");
-        let record = Container {
-            id: id2.clone(),
-            sandbox_id: sb2.id.clone(),
-            config: config2,
-            created_at_ns: now_ns(),
-            image_id: plan.image_id.clone(),
-            log_path: plan
-                .log_path
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            user: (
-                plan.process.uid,
-                plan.process.gid,
-                plan.process.additional_gids.clone(),
-            ),
-        };
-        let record_path = store::container_record_path(&sb2.plan.state_dir, &id2);
-        store::write_container(&sb2.plan.state_dir, &record)
-            .map_err(|e| Status::internal(format!("write container record: {e}")))?;
-        podrun_runtime::fault::point("agent:container-record");
-        let data_dir = plan.rootfs.upper.parent().map(|p| p.to_owned());
-        match monitor_call(
-            &sb2.plan.state_dir,
-            &Request::CreateContainer {
-                plan: Box::new(plan),
-            },
-            Duration::from_secs(30),
-        ) {
-            Ok(_) => {
-                podrun_runtime::fault::point("agent:container-created");
-                Ok(record)
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&record_path);
-                if let Some(d) = data_dir {
-                    let _ = std::fs::remove_dir_all(d);
-                }
-                Err(protocol_status(e))
-            }
+        let result = create_blocking(&rt, &sb2, &id2, &spec, config2);
+        match &result {
+            Ok(record) => cri2.store.add_container(record.clone(), key2),
+            Err(_) => cri2.store.release_name(&key2, &id2),
         }
+        result
     })
     .await;
     match result {
-        Ok(record) => {
+        Ok(_) => {
             info!(container = %id, sandbox = %sb.id, name = %key, "container created");
-            cri.store.add_container(record, key);
             cri.emit(&id, &sb.id, cri::ContainerEventType::ContainerCreatedEvent)
                 .await;
             Ok(cri::CreateContainerResponse { container_id: id })
         }
+        Err(e) => Err(e),
+    }
+}
+
+/// Plan the container, record it, and have the monitor create it; undone on failure.
+fn create_blocking(
+    rt: &podrun_runtime::pod::PodRuntime,
+    sandbox: &Sandbox,
+    id: &str,
+    spec: &podrun_runtime::sandbox::ContainerSpec,
+    config: cri::ContainerConfig,
+) -> Result<Container, Status> {
+    let plan = rt
+        .plan_container(&sandbox.plan, id, spec)
+        .map_err(status_of)?;
+    podrun_runtime::fault::point("agent:container-plan");
+    let record = Container {
+        id: id.to_owned(),
+        sandbox_id: sandbox.id.clone(),
+        config,
+        created_at_ns: now_ns(),
+        image_id: plan.image_id.clone(),
+        log_path: plan
+            .log_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        user: (
+            plan.process.uid,
+            plan.process.gid,
+            plan.process.additional_gids.clone(),
+        ),
+    };
+    let record_path = store::container_record_path(&sandbox.plan.state_dir, id);
+    store::write_container(&sandbox.plan.state_dir, &record)
+        .map_err(|e| Status::internal(format!("write container record: {e}")))?;
+    podrun_runtime::fault::point("agent:container-record");
+    let data_dir = plan.rootfs.upper.parent().map(|p| p.to_owned());
+    match monitor_call(
+        &sandbox.plan.state_dir,
+        &Request::CreateContainer {
+            plan: Box::new(plan),
+        },
+        Duration::from_secs(30),
+    ) {
+        Ok(_) => {
+            podrun_runtime::fault::point("agent:container-created");
+            Ok(record)
+        }
         Err(e) => {
-            cri.store.release_name(&key, &id);
-            Err(e)
+            let _ = std::fs::remove_file(&record_path);
+            if let Some(d) = data_dir {
+                let _ = std::fs::remove_dir_all(d);
+            }
+            Err(protocol_status(e))
         }
     }
 }

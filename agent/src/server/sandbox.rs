@@ -40,42 +40,49 @@ pub async fn run(
     let id2 = id.clone();
     let created_at_ns = now_ns();
     let handler = req.runtime_handler.clone();
-    let result = blocking(move || {
-        let plan = rt.run_sandbox(&id2, &spec).map_err(status_of)?;
-        let sandbox = Sandbox {
-            id: id2.clone(),
-            plan,
-            config,
-            runtime_handler: handler,
-            created_at_ns,
-            stopped: false,
-        };
-        podrun_runtime::fault::point("agent:sandbox-record");
-        if let Err(e) = store::write_sandbox(&sandbox) {
-            // Without its record the sandbox would be reaped as half-created: undo now.
-            let info = podrun_runtime::pod::PodInfo {
-                plan: sandbox.plan.clone(),
-                status: None,
-                alive: true,
+    let cri2 = cri.clone();
+    // The outcome is recorded inside the blocking task, so a caller that gives up (its
+    // deadline passed) does not leave a running sandbox unknown to the store or a name
+    // reserved for nothing: the task finishes either way.
+    blocking(move || {
+        let created = (|| {
+            let plan = rt.run_sandbox(&id2, &spec).map_err(status_of)?;
+            let sandbox = Sandbox {
+                id: id2.clone(),
+                plan,
+                config,
+                runtime_handler: handler,
+                created_at_ns,
+                stopped: false,
             };
-            let _ = rt.stop(&info, Some(0), true);
-            return Err(Status::internal(format!("write sandbox record: {e}")));
+            podrun_runtime::fault::point("agent:sandbox-record");
+            if let Err(e) = store::write_sandbox(&sandbox) {
+                // Without its record the sandbox would be reaped as half-created: undo now.
+                let info = podrun_runtime::pod::PodInfo {
+                    plan: sandbox.plan.clone(),
+                    status: None,
+                    alive: true,
+                };
+                let _ = rt.stop(&info, Some(0), true);
+                return Err(Status::internal(format!("write sandbox record: {e}")));
+            }
+            Ok(sandbox)
+        })();
+        match created {
+            Ok(sandbox) => {
+                info!(sandbox = %id2, name = %key, "sandbox running");
+                cri2.store.add_sandbox(sandbox);
+                Ok(())
+            }
+            Err(e) => {
+                cri2.store.release_name(&key, &id2);
+                cri2.drop_lock(&id2);
+                Err(e)
+            }
         }
-        Ok(sandbox)
     })
-    .await;
-    match result {
-        Ok(sandbox) => {
-            info!(sandbox = %id, name = %key, "sandbox running");
-            cri.store.add_sandbox(sandbox);
-            Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
-        }
-        Err(e) => {
-            cri.store.release_name(&key, &id);
-            cri.drop_lock(&id);
-            Err(e)
-        }
-    }
+    .await?;
+    Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
 }
 
 /// Stop every container (at once, as containerd does) and tear the network down; the
