@@ -9,4 +9,4 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 # Keeps the benchmark harness working: one round against the peers, no timings asserted.
 cargo run --locked -p podrun-bench -- --smoke
 # A hung test fails the run in bounded time instead of holding the machine.
-timeout 1800 cargo test --locked --workspace -- --test-threads=4
+timeout 1800 cargo test --locked --workspace --no-fail-fast -- --test-threads=4
