@@ -383,3 +383,70 @@ impl Drop for Env {
         }
     }
 }
+
+/// The directory of the podrun-bridge and podrun-portmap binaries of this build (built
+/// on first use).
+pub fn cni_plugin_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_BIN_EXE_podrun"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    if !dir.join("podrun-bridge").exists() || !dir.join("podrun-portmap").exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "podrun-cni", "--bins"])
+            .current_dir(repo())
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the CNI plugins failed");
+    }
+    dir
+}
+
+/// A test's own bridge network (podrun's plugins, no masquerade).
+pub struct TestNet {
+    pub bridge: String,
+    /// "10.<second>.<third>." of the /24 the pods get addresses from.
+    pub subnet_prefix: String,
+    pub ipam_dir: PathBuf,
+}
+
+static TEST_NET: AtomicU32 = AtomicU32::new(0);
+
+/// Give `env` a CNI network of its own: bridge `<tag><pid>n<k>` and a /24 in 10.<second>.x,
+/// so suites running at the same time never share one.
+pub fn test_network(env: &mut Env, tag: &str, second: u8) -> TestNet {
+    let n = TEST_NET.fetch_add(1, Ordering::SeqCst);
+    let id = (std::process::id() % 200) * 4 + n;
+    let bridge = format!("{tag}{}n{n}", std::process::id() % 100000);
+    let third = 10 + id % 240;
+    let conf_dir = env.dir.path().join("net.d");
+    let ipam_dir = env.dir.path().join("ipam");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let conf = serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": format!("{tag}{n}"),
+        "plugins": [
+            {"type": "podrun-bridge", "bridge": bridge, "isGateway": true, "ipMasq": false, "hairpinMode": true,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.{second}.{third}.0/24")}]], "dataDir": ipam_dir}},
+            {"type": "podrun-portmap", "capabilities": {"portMappings": true}}
+        ]
+    });
+    std::fs::write(
+        conf_dir.join("10-test.conflist"),
+        serde_json::to_vec_pretty(&conf).unwrap(),
+    )
+    .unwrap();
+    env.cni_args = vec![
+        "--network".into(),
+        "cni".into(),
+        "--cni-conf-dir".into(),
+        conf_dir.to_string_lossy().into_owned(),
+        "--cni-bin-dir".into(),
+        cni_plugin_dir().to_string_lossy().into_owned(),
+    ];
+    TestNet {
+        bridge,
+        subnet_prefix: format!("10.{second}.{third}."),
+        ipam_dir,
+    }
+}

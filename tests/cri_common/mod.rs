@@ -623,68 +623,12 @@ where
 
 // ---- a CNI network of the test's own (podrun's plugins), for pod IPs and host ports ----
 
-static NET: AtomicU32 = AtomicU32::new(0);
-
-/// The CNI plugin binaries next to the podrun binary, built if missing.
-fn plugin_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_BIN_EXE_podrun"))
-        .parent()
-        .unwrap()
-        .to_owned();
-    if !dir.join("podrun-bridge").exists() || !dir.join("podrun-portmap").exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "podrun-cni", "--bins"])
-            .current_dir(crate::common::repo())
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the CNI plugins failed");
-    }
-    dir
-}
-
 /// A bridge network on a 10.247.x.0/24 subnet, without masquerade.
-pub struct Net {
-    pub bridge: String,
-    pub subnet_prefix: String,
-    pub ipam_dir: PathBuf,
-}
+pub type Net = crate::common::TestNet;
 
 /// Give `env` its own CNI network (before the agent starts).
 pub fn network(env: &mut Env) -> Net {
-    let n = NET.fetch_add(1, Ordering::SeqCst);
-    let id = (std::process::id() % 60) * 4 + n;
-    let bridge = format!("prc{}n{n}", std::process::id() % 100000);
-    let third = 10 + id % 240;
-    let conf_dir = env.dir.path().join("net.d");
-    let ipam_dir = env.dir.path().join("ipam");
-    std::fs::create_dir_all(&conf_dir).unwrap();
-    let conf = serde_json::json!({
-        "cniVersion": "1.1.0",
-        "name": format!("prc{n}"),
-        "plugins": [
-            {"type": "podrun-bridge", "bridge": bridge, "isGateway": true, "ipMasq": false, "hairpinMode": true,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.247.{third}.0/24")}]], "dataDir": ipam_dir}},
-            {"type": "podrun-portmap", "capabilities": {"portMappings": true}}
-        ]
-    });
-    std::fs::write(
-        conf_dir.join("10-test.conflist"),
-        serde_json::to_vec_pretty(&conf).unwrap(),
-    )
-    .unwrap();
-    env.cni_args = vec![
-        "--network".into(),
-        "cni".into(),
-        "--cni-conf-dir".into(),
-        conf_dir.to_string_lossy().into_owned(),
-        "--cni-bin-dir".into(),
-        plugin_dir().to_string_lossy().into_owned(),
-    ];
-    Net {
-        bridge,
-        subnet_prefix: format!("10.247.{third}."),
-        ipam_dir,
-    }
+    crate::common::test_network(env, "prc", 247)
 }
 
 impl Net {
