@@ -236,6 +236,33 @@ async fn pump_out(from: OwnedFd, to: Box<dyn tokio::io::AsyncWrite + Send + Unpi
     .await
 }
 
+type Pumps = (
+    Option<tokio::task::JoinHandle<()>>,
+    Vec<tokio::task::JoinHandle<()>>,
+);
+
+/// Connect the client's streams to the process's pipes: stdin into `in_w`, `out_r` and
+/// `err_r` out to stdout and stderr. Returns the input task and the output tasks.
+fn spawn_pumps(
+    streams: &mut Streams,
+    in_w: Option<OwnedFd>,
+    out_r: Option<OwnedFd>,
+    err_r: Option<OwnedFd>,
+) -> Pumps {
+    let input = match (streams.stdin.take(), in_w) {
+        (Some(stdin), Some(w)) => Some(tokio::spawn(pump_in(stdin, w))),
+        _ => None,
+    };
+    let mut readers = Vec::new();
+    if let (Some(r), Some(out)) = (out_r, streams.stdout.take()) {
+        readers.push(tokio::spawn(pump_out(r, out)));
+    }
+    if let (Some(r), Some(err)) = (err_r, streams.stderr.take()) {
+        readers.push(tokio::spawn(pump_out(r, err)));
+    }
+    (input, readers)
+}
+
 impl CriStreams {
     async fn exec_inner(
         &self,
@@ -315,16 +342,8 @@ impl CriStreams {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.message().to_owned())?;
-            if let (Some(stdin), Some(w)) = (streams.stdin.take(), in_w) {
-                tasks.push(tokio::spawn(pump_in(stdin, w)));
-            }
-            let mut readers = Vec::new();
-            if let (Some(r), Some(out)) = (out_r, streams.stdout.take()) {
-                readers.push(tokio::spawn(pump_out(r, out)));
-            }
-            if let (Some(r), Some(err)) = (err_r, streams.stderr.take()) {
-                readers.push(tokio::spawn(pump_out(r, err)));
-            }
+            let (input, readers) = spawn_pumps(&mut streams, in_w, out_r, err_r);
+            tasks.extend(input);
             let reader = tokio::spawn(async move {
                 for r in readers {
                     let _ = r.await;
@@ -430,16 +449,8 @@ impl CriStreams {
                 }
             }));
         }
-        if let (Some(stdin), Some(w)) = (streams.stdin.take(), in_w) {
-            tasks.push(tokio::spawn(pump_in(stdin, w)));
-        }
-        let mut readers = Vec::new();
-        if let (Some(r), Some(out)) = (out_r, streams.stdout.take()) {
-            readers.push(tokio::spawn(pump_out(r, out)));
-        }
-        if let (Some(r), Some(err)) = (err_r, streams.stderr.take()) {
-            readers.push(tokio::spawn(pump_out(r, err)));
-        }
+        let (input, readers) = spawn_pumps(&mut streams, in_w, out_r, err_r);
+        tasks.extend(input);
         // Attached until the container exits (the monitor answers and closes our
         // descriptors) or the client goes away (its streams end).
         let waiter = tokio::task::spawn_blocking(move || wait_exit(&mut client, None));
