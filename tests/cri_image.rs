@@ -6,11 +6,6 @@
 mod common;
 mod cri_common;
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use cri_common::{Agent, BUSYBOX, NGINX};
 use podrun_cri_proto::v1;
 
@@ -115,135 +110,15 @@ async fn list_status_filter_and_remove_loaded_images() {
     a.finish().await;
 }
 
-const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
-
-/// A docker-registry on a free loopback port, killed by PID when dropped.
-struct Registry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Option<Registry> {
-        if !Path::new(REGISTRY_BIN).exists() {
-            return None;
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("prcri-reg-")
-            .tempdir()
-            .unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: podrun-cri-test\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let reg = Registry {
-            child,
-            port,
-            _dir: dir,
-        };
-        let end = Instant::now() + Duration::from_secs(30);
-        while ureq::get(&format!("{}/v2/", reg.url()))
-            .timeout(Duration::from_secs(2))
-            .call()
-            .is_err()
-        {
-            assert!(Instant::now() < end, "registry did not come up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(reg)
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.host())
-    }
-
-    /// Push the OCI layout inside `archive` as repo:tag; returns the manifest digest.
-    fn push(&self, archive: &Path, repo: &str, tag: &str) -> String {
-        let dir = tempfile::tempdir().unwrap();
-        let st = Command::new("tar")
-            .arg("-xf")
-            .arg(archive)
-            .arg("-C")
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let index: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
-        let desc = &index["manifests"][0];
-        let blob = |d: &str| dir.path().join("blobs/sha256").join(&d["sha256:".len()..]);
-        let digest = desc["digest"].as_str().unwrap().to_string();
-        let manifest = std::fs::read(blob(&digest)).unwrap();
-        let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
-        let mut blobs = vec![m["config"]["digest"].as_str().unwrap().to_string()];
-        blobs.extend(
-            m["layers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|l| l["digest"].as_str().unwrap().to_string()),
-        );
-        for d in blobs {
-            let resp = ureq::post(&format!("{}/v2/{repo}/blobs/uploads/", self.url()))
-                .call()
-                .unwrap();
-            let loc = resp.header("Location").unwrap().to_string();
-            let loc = if loc.starts_with('/') {
-                format!("{}{loc}", self.url())
-            } else {
-                loc
-            };
-            let sep = if loc.contains('?') { '&' } else { '?' };
-            ureq::put(&format!("{loc}{sep}digest={d}"))
-                .set("Content-Type", "application/octet-stream")
-                .send_bytes(&std::fs::read(blob(&d)).unwrap())
-                .unwrap();
-        }
-        ureq::put(&format!("{}/v2/{repo}/manifests/{tag}", self.url()))
-            .set("Content-Type", desc["mediaType"].as_str().unwrap())
-            .send_bytes(&manifest)
-            .unwrap();
-        digest
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_from_a_local_registry_by_tag_and_digest() {
     require_root!();
-    let Some(reg) = Registry::start() else {
-        eprintln!("skipped: {REGISTRY_BIN} is not installed (tests/registry.rs installs it)");
+    if !common::registry::ensure_registry_installed() {
+        eprintln!("skipped: docker-registry cannot be installed here");
         return;
-    };
-    let digest = reg.push(
+    }
+    let reg = common::registry::Registry::start();
+    let digest = reg.push_oci_archive(
         &common::image_archive("busybox"),
         "library/busybox",
         "latest",
