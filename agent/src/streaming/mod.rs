@@ -340,6 +340,14 @@ fn handle(
     }
 }
 
+/// The first of the client's `offered` sub-protocols that the server `supported`, as
+/// Kubernetes' handshake picks it.
+pub(crate) fn negotiate(offered: &[String], supported: &[&'static str]) -> Option<&'static str> {
+    offered
+        .iter()
+        .find_map(|o| supported.iter().copied().find(|s| *s == o.as_str()))
+}
+
 /// Answers a SPDY upgrade: negotiates the sub-protocol and, once hyper hands the
 /// connection over, runs `f` on a server session.
 pub(crate) fn upgrade_spdy<F, Fut>(
@@ -357,11 +365,8 @@ where
     let protocol = if offered.is_empty() {
         ""
     } else {
-        match offered
-            .iter()
-            .find_map(|o| supported.iter().find(|s| **s == o.as_str()))
-        {
-            Some(p) => *p,
+        match negotiate(&offered, supported) {
+            Some(p) => p,
             None => {
                 return plain(
                     StatusCode::FORBIDDEN,

@@ -269,10 +269,7 @@ where
     let protocol: &'static str = if offered.is_empty() {
         ""
     } else {
-        match offered
-            .iter()
-            .find_map(|o| supported.iter().find(|s| **s == o.as_str()))
-        {
+        match super::negotiate(&offered, supported) {
             Some(p) => p,
             None => {
                 return plain(
