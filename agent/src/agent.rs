@@ -11,10 +11,12 @@ use podrun_cri_proto::v1 as cri;
 use podrun_runtime::pod::{PodRuntime, RuntimeConfig};
 use podrun_runtime::status::ContainerState;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 use tracing::{info, warn};
 
 use crate::server::{monitor_status, Cri, CriService};
 use crate::store;
+use crate::transport::AuthorityFix;
 
 pub struct AgentConfig {
     pub runtime: RuntimeConfig,
@@ -219,7 +221,11 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             cri::image_service_server::ImageServiceServer::new(images)
                 .max_decoding_message_size(16 << 20),
         )
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        // Go, Java and C++ clients name the socket path as :authority (see transport).
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new)),
+            shutdown,
+        )
         .await?;
     let _ = std::fs::remove_file(&config.socket);
     Ok(())

@@ -8,5 +8,6 @@ pub mod image_service;
 pub mod server;
 pub mod store;
 pub mod streaming;
+pub mod transport;
 
 pub use agent::{run, AgentConfig};
