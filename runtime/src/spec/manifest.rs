@@ -431,6 +431,12 @@ mod tests {
         let long = "a".repeat(254);
         let e = err(&BASE.replace("name: demo", &format!("name: {long}")));
         assert!(e.ends_with("must be no more than 253 characters"), "{e}");
+        // A subdomain's parts have no length limit of their own (IsDNS1123Subdomain).
+        assert!(parse(&BASE.replace("name: demo", &format!("name: {}", "a".repeat(253)))).is_ok());
+        let dotted = format!("{}.{}", "a".repeat(100), "b".repeat(100));
+        assert!(parse(&BASE.replace("name: demo", &format!("name: {dotted}"))).is_ok());
+        let e = err(&BASE.replace("name: demo", "name: demo..v1"));
+        assert!(e.ends_with("must be a DNS-1123 subdomain (lower case alphanumerics, '-' and '.', starting and ending with an alphanumeric)"), "{e}");
         // Dots are fine in a pod name (subdomain) but not in a container name (label).
         assert!(parse(&BASE.replace("name: demo", "name: demo.v1")).is_ok());
         let e = err(&BASE.replace("name: web", "name: web.v1"));

@@ -68,6 +68,15 @@ impl Doc<'_> {
     }
 }
 
+/// [a-z0-9-]+, starting and ending alphanumeric: the shape of an RFC 1123 label.
+fn dns1123_label_shaped(s: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    !s.is_empty()
+        && s.bytes().all(|b| alnum(b) || b == b'-')
+        && alnum(s.as_bytes()[0])
+        && alnum(s.as_bytes()[s.len() - 1])
+}
+
 /// RFC 1123 label: at most 63 of [a-z0-9-], starting and ending alphanumeric.
 pub(crate) fn dns1123_label_error(s: &str) -> Option<String> {
     if s.is_empty() {
@@ -76,11 +85,7 @@ pub(crate) fn dns1123_label_error(s: &str) -> Option<String> {
     if s.len() > 63 {
         return Some(format!("{s:?}: must be no more than 63 characters"));
     }
-    let ok_chars = s
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    if !ok_chars || !alnum(s.as_bytes()[0]) || !alnum(s.as_bytes()[s.len() - 1]) {
+    if !dns1123_label_shaped(s) {
         return Some(format!(
             "{s:?}: must be a DNS-1123 label (lower case alphanumerics and '-', starting and ending with an alphanumeric)"
         ));
@@ -88,7 +93,9 @@ pub(crate) fn dns1123_label_error(s: &str) -> Option<String> {
     None
 }
 
-/// RFC 1123 subdomain: at most 253 characters, dot-separated labels.
+/// RFC 1123 subdomain as Kubernetes checks it (IsDNS1123Subdomain): at most 253
+/// characters, dot-separated parts shaped like labels. The parts have no length limit of
+/// their own, so a pod name may be one 253-character word.
 pub(crate) fn dns1123_subdomain_error(s: &str) -> Option<String> {
     if s.is_empty() {
         return Some("must not be empty".into());
@@ -96,7 +103,7 @@ pub(crate) fn dns1123_subdomain_error(s: &str) -> Option<String> {
     if s.len() > 253 {
         return Some(format!("{s:?}: must be no more than 253 characters"));
     }
-    if s.split('.').any(|l| dns1123_label_error(l).is_some()) {
+    if !s.split('.').all(dns1123_label_shaped) {
         return Some(format!(
             "{s:?}: must be a DNS-1123 subdomain (lower case alphanumerics, '-' and '.', starting and ending with an alphanumeric)"
         ));
