@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in busybox-static nginx-light curl iproute2 nftables iptables containernetworking-plugins docker-registry apache2-utils ca-certificates; do
+for pkg in busybox-static nginx-light curl xz-utils iproute2 nftables iptables containernetworking-plugins docker-registry apache2-utils ca-certificates; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -20,6 +20,25 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   apt-get install -y -qq --no-install-recommends "${need[@]}"
   if [ "$policy_added" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+fi
+
+# crictl v1.29.0, the real CRI client the tests drive (Debian 12 does not package it): from
+# the shared tools folder beside this repository, checked against its published digest.
+crictl_xz=../shared/tools/crictl-v1.29.0-linux-amd64.xz
+crictl_sha=a9ca7a7b3bce04f002905a1262dc1e140dc34a6a9ff7fff867cd0d703080c409
+if [ -n "${CRICTL:-}" ]; then
+  echo "setup: using crictl from CRICTL=$CRICTL"
+elif [ -f "$crictl_xz" ]; then
+  if ! echo "$crictl_sha  target/tools/crictl" | sha256sum -c --status 2>/dev/null; then
+    mkdir -p target/tools
+    xz -dc "$crictl_xz" > target/tools/crictl.tmp
+    echo "$crictl_sha  target/tools/crictl.tmp" | sha256sum -c --quiet
+    chmod 755 target/tools/crictl.tmp
+    mv target/tools/crictl.tmp target/tools/crictl
+  fi
+  echo "setup: crictl $(target/tools/crictl --version | awk '{print $3}') at target/tools/crictl"
+else
+  echo "setup: $crictl_xz not found; the crictl tests will fail (set CRICTL=/path/to/crictl v1.29.0)" >&2
 fi
 
 bash images/build.sh

@@ -15,6 +15,7 @@ pub mod oci;
 pub mod plan;
 pub mod pod;
 pub mod process;
+pub mod procfs;
 pub mod rootfs;
 pub mod sandbox;
 pub mod security;

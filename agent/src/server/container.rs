@@ -340,6 +340,12 @@ pub async fn status(
                 _ => None,
             })
             .unwrap_or(0);
+        // The monitor records PIDs of the pod's PID namespace; `info.pid` is the host's,
+        // as containerd reports it (for `nsenter -t`).
+        let monitor = st.as_ref().map_or(0, |s| s.monitor_pid);
+        let pid = blocking(move || Ok(podrun_runtime::procfs::host_pid_of_child(monitor, pid)))
+            .await?
+            .unwrap_or(0);
         info.insert(
             "info".to_owned(),
             serde_json::json!({
