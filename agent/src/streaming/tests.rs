@@ -435,3 +435,44 @@ async fn port_forward_websocket_large_transfer() {
         assert!(e.contains("connection refused"), "{e}");
     }
 }
+
+#[tokio::test]
+async fn any_host_header_is_accepted() {
+    // Clients that reached the CRI over a unix socket may name it as the Host; the
+    // streaming server, like the CRI socket, does not judge it.
+    let s = server().await;
+    for host in [
+        Some("/run/podrun/podrun.sock"),
+        Some("%2Frun%2Fpodrun%2Fpodrun.sock"),
+        Some("localhost"),
+        Some(""),
+        None,
+    ] {
+        let url = s
+            .get_exec(&exec_req(&["echo", "0"], false, false))
+            .unwrap()
+            .url;
+        let path = &url[url.find("/exec/").unwrap()..];
+        let host_line = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+        let req = format!(
+            "POST {path} HTTP/1.1\r\n{host_line}Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+             X-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n"
+        );
+        let mut conn = tokio::net::TcpStream::connect(s.local_addr())
+            .await
+            .unwrap();
+        conn.write_all(req.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut byte))
+                .await
+                .expect("the server answers")
+                .unwrap();
+            assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "Host {host:?}: {head}");
+    }
+}
