@@ -341,6 +341,56 @@ async fn hostname_dns_config_and_sysctls() {
     a.finish().await;
 }
 
+/// `prefix`, padded with `fill` to exactly `len` bytes.
+fn padded(prefix: &str, fill: char, len: usize) -> String {
+    let mut s = prefix.to_owned();
+    while s.len() < len {
+        s.push(fill);
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_hostname_is_the_nodes_and_long_names_are_truncated() {
+    require_root!();
+    let mut a = Agent::start(&["busybox"]).await;
+    let node = nix::unistd::gethostname().unwrap().into_string().unwrap();
+
+    // critest's way: a long sandbox name and no hostname. The pod gets the node's
+    // hostname, as with containerd: in its UTS namespace, /etc/hostname and $HOSTNAME.
+    let name = padded(&cri_common::unique("longname"), 'x', 100);
+    let mut cfg = a.sandbox_config(&name);
+    cfg.hostname = String::new();
+    let sb = a.run_sandbox(&cfg).await;
+    let c = a
+        .run_container(&sb, &cfg, a.container_config("c", &["sleep", "3600"]))
+        .await;
+    assert_eq!(a.exec(&c, &["hostname"]).await.trim(), node);
+    assert_eq!(a.exec(&c, &["cat", "/etc/hostname"]).await.trim(), node);
+    assert_eq!(
+        a.exec(&c, &["sh", "-c", "echo $HOSTNAME"]).await.trim(),
+        node
+    );
+
+    // A hostname too long for the kernel is cut as kubelet cuts it: 63 bytes, without
+    // trailing '-' or '.'.
+    let long = padded(&format!("{}-.", padded("h", 'h', 61)), 'y', 100);
+    let mut cfg = a.sandbox_config(&cri_common::unique("longhost"));
+    cfg.hostname = long;
+    let sb = a.run_sandbox(&cfg).await;
+    let c = a
+        .run_container(&sb, &cfg, a.container_config("c", &["sleep", "3600"]))
+        .await;
+    let want = "h".repeat(61);
+    assert_eq!(a.exec(&c, &["hostname"]).await.trim(), want);
+    assert_eq!(a.exec(&c, &["cat", "/etc/hostname"]).await.trim(), want);
+    assert_eq!(
+        a.exec(&c, &["sh", "-c", "echo $HOSTNAME"]).await.trim(),
+        want
+    );
+    a.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_ip_and_port_mapping_on_a_cni_network() {
     require_root!();

@@ -55,6 +55,36 @@ fn sidecar_pod_serves_nginx_to_curl_over_localhost() {
     env.assert_no_leaks();
 }
 
+#[test]
+fn long_pod_name_gives_a_truncated_hostname() {
+    require_root!();
+    let env = Env::new(&["busybox"]);
+    // 100 characters, with a '-' at byte 63: kubelet's cut (63 bytes, then trailing '-'
+    // and '.' trimmed) keeps the first 62.
+    let mut name = format!("longpod-{}-", std::process::id());
+    while name.len() < 62 {
+        name.push('a');
+    }
+    name.push('-');
+    while name.len() < 100 {
+        name.push('b');
+    }
+    env.run_pod(
+        "longname.yaml",
+        &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, \"{IDLE}\"]\n"),
+    );
+    let want = &name[..62];
+    assert_eq!(env.exec_ok(&name, "c", &["hostname"]).trim(), want);
+    assert_eq!(
+        env.exec_ok(&name, "c", &["cat", "/etc/hostname"]).trim(),
+        want
+    );
+    let env_hostname = env.exec_ok(&name, "c", &["sh", "-c", "echo $HOSTNAME"]);
+    assert_eq!(env_hostname.trim(), want);
+    env.rm(&[&name]);
+    env.assert_no_leaks();
+}
+
 const VOLUMES: &str = r#"
 apiVersion: v1
 kind: Pod

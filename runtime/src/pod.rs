@@ -747,10 +747,11 @@ impl Planner<'_> {
         });
         let pod_ip = network.as_ref().and_then(|n| n.pod_ip.clone());
         let hostname = if host_network {
-            self.rt.config.node_name.clone()
+            &self.rt.config.node_name
         } else {
-            spec.hostname.clone().unwrap_or_else(|| name.clone())
+            spec.hostname.as_ref().unwrap_or(&name)
         };
+        let hostname = spec::truncate_pod_hostname(&name, hostname);
         let qos = convert_qos(spec::qos_class(pod));
         let cg = self.rt.cgroups.as_ref();
         let cgroup_path = cg.pod_path(&self.rt.config.cgroup_root, qos, &uid);
@@ -791,6 +792,7 @@ impl Planner<'_> {
                 &volumes,
                 qos,
                 pod_ip.as_deref(),
+                &hostname,
             )?);
         }
 
@@ -1117,6 +1119,7 @@ impl Planner<'_> {
         volumes: &BTreeMap<String, (PathBuf, bool)>,
         qos: QosClass,
         pod_ip: Option<&str>,
+        hostname: &str,
     ) -> Result<ContainerPlan, PodError> {
         let pod = &self.m.pod;
         let spec = pod.spec.as_ref().unwrap();
@@ -1159,13 +1162,7 @@ impl Planner<'_> {
             );
         }
         if !env.iter().any(|(k, _)| k == "HOSTNAME") {
-            env_strings.push(format!(
-                "HOSTNAME={}",
-                pod.spec
-                    .as_ref()
-                    .and_then(|s| s.hostname.clone())
-                    .unwrap_or_else(|| self.m.name().to_owned())
-            ));
+            env_strings.push(format!("HOSTNAME={hostname}"));
         }
 
         let psc: PodSecurityContext = spec.security_context.clone().unwrap_or_default();

@@ -303,13 +303,14 @@ impl PodRuntime {
             }
         });
         let pod_ip = network.as_ref().and_then(|n| n.pod_ip.clone());
-        let hostname = if host_network {
-            self.config.node_name.clone()
-        } else if spec.hostname.is_empty() {
-            spec.name.clone()
+        // As containerd: no hostname means the node's (for /etc/hostname, $HOSTNAME and
+        // the pod's UTS namespace alike), not the sandbox name.
+        let hostname = if host_network || spec.hostname.is_empty() {
+            &self.config.node_name
         } else {
-            spec.hostname.clone()
+            &spec.hostname
         };
+        let hostname = crate::spec::truncate_pod_hostname(&spec.name, hostname);
         let hosts = if host_network {
             std::fs::read_to_string("/etc/hosts").unwrap_or_default()
         } else {

@@ -3,13 +3,14 @@
 //! It owns reading a multi-document YAML file (one v1 Pod plus the ConfigMaps and Secrets
 //! it refers to) into k8s-openapi types, validating it the way the API server would, the
 //! API server's defaults, and the kubelet rules that turn a Pod into what a runtime needs:
-//! the QoS class, cgroup resources, the effective command line, the environment, and the
-//! files of configMap/secret volumes. Everything here is pure: no privileges, no syscalls
-//! beyond reading the manifest and a few /proc files.
+//! the QoS class, cgroup resources, the effective command line, the environment, the
+//! pod's hostname, and the files of configMap/secret volumes. Everything here is pure: no
+//! privileges, no syscalls beyond reading the manifest and a few /proc files.
 
 mod command;
 mod defaults;
 mod env;
+mod hostname;
 mod manifest;
 mod quantity;
 mod resources;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 pub use command::{effective_command, expand};
 pub use defaults::{apply_defaults, default_image_pull_policy};
 pub use env::{resolve_env, EnvContext};
+pub use hostname::{truncate_pod_hostname, HOSTNAME_MAX_LEN};
 pub use manifest::{load_manifest, parse_manifest};
 pub use quantity::{parse_quantity_bytes, parse_quantity_milli, parse_quantity_milli_cpu};
 pub use resources::{container_resources, pod_resources, qos_class};
