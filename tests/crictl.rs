@@ -400,6 +400,35 @@ async fn crictl_runs_the_readme_session() {
         "{failed:?}"
     );
 
+    // exec over the streaming server: stdout and stderr apart, the exit code named.
+    let streamed = c.run(&["exec", &ctr, "sh", "-c", "echo out; echo err >&2; exit 4"]);
+    let stderr = String::from_utf8_lossy(&streamed.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&streamed.stdout),
+        "out\n",
+        "{streamed:?}"
+    );
+    assert!(
+        stderr.starts_with("err\n") && stderr.contains("command terminated with exit code 4"),
+        "{streamed:?}"
+    );
+    // exec -i: stdin reaches the process and its end closes it.
+    let mut piped = c.cmd(&["exec", "-i", &ctr, "sh", "-c", "cat; echo eof"]);
+    let mut piped = piped
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    piped
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from-stdin\n")
+        .unwrap();
+    let out = piped.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-stdin\neof\n");
+
     // logs, then logs -f sees a line written after it started.
     let logs = c.ok(&a, &["logs", &ctr]);
     assert_eq!(logs.trim(), "started");
