@@ -176,6 +176,10 @@ async fn forward_spdy(
     tokio::join!(up, down);
 }
 
+/// The most ports one WebSocket port-forward connection carries: channels are one byte,
+/// two per port.
+pub const MAX_WEBSOCKET_PORTS: usize = 128;
+
 pub(crate) fn serve_websocket(
     req: Request<Incoming>,
     pf: PortForwardRequest,
@@ -204,6 +208,16 @@ pub(crate) fn serve_websocket(
             .filter_map(|p| u16::try_from(*p).ok())
             .collect();
     }
+    // Each port takes a data and an error channel, numbered in one byte.
+    if ports.len() > MAX_WEBSOCKET_PORTS {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{} ports requested: at most {MAX_WEBSOCKET_PORTS} fit one connection",
+                ports.len()
+            ),
+        );
+    }
     // The tunnel carries ports in its SPDY stream headers; the channel protocols need
     // them up front.
     let supported = if ports.is_empty() {
@@ -231,9 +245,9 @@ pub(crate) fn serve_websocket(
             let (data_ch, err_ch) = ((i * 2) as u8, (i * 2 + 1) as u8);
             let _ = mux.send(data_ch, &port.to_le_bytes()).await;
             let _ = mux.send(err_ch, &port.to_le_bytes()).await;
-            let mut rx = rxs
-                .remove(&data_ch)
-                .expect("input channel registered above");
+            let Some(mut rx) = rxs.remove(&data_ch) else {
+                continue;
+            };
             let runtime = runtime.clone();
             let sandbox = pf.pod_sandbox_id.clone();
             let mux = mux.clone();

@@ -458,21 +458,45 @@ async fn any_host_header_is_accepted() {
             "POST {path} HTTP/1.1\r\n{host_line}Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
              X-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n"
         );
-        let mut conn = tokio::net::TcpStream::connect(s.local_addr())
-            .await
-            .unwrap();
-        conn.write_all(req.as_bytes()).await.unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut byte))
-                .await
-                .expect("the server answers")
-                .unwrap();
-            assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8_lossy(&head);
+        let head = response_head(&s, &req).await;
         assert!(head.starts_with("HTTP/1.1 101"), "Host {host:?}: {head}");
+    }
+}
+
+/// Send a raw HTTP/1.1 request; the response's status line and headers.
+async fn response_head(s: &StreamServer, req: &str) -> String {
+    let mut conn = tokio::net::TcpStream::connect(s.local_addr())
+        .await
+        .unwrap();
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut byte))
+            .await
+            .expect("the server answers")
+            .unwrap();
+        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test]
+async fn websocket_port_forward_refuses_more_ports_than_channels() {
+    let s = server().await;
+    for (count, expect) in [(129, "HTTP/1.1 400"), (128, "HTTP/1.1 101")] {
+        let url = s.get_port_forward(&pf_req()).unwrap().url;
+        let path = &url[url.find("/portforward/").unwrap()..];
+        let ports: Vec<String> = (1..=count).map(|p| p.to_string()).collect();
+        let req = format!(
+            "GET {path}?ports={} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n",
+            ports.join(",")
+        );
+        let head = response_head(&s, &req).await;
+        assert!(head.starts_with(expect), "{count} ports: {head}");
     }
 }
