@@ -114,7 +114,10 @@ async fn list_status_filter_and_remove_loaded_images() {
 async fn pull_from_a_local_registry_by_tag_and_digest() {
     require_root!();
     if !common::registry::ensure_registry_installed() {
-        eprintln!("skipped: docker-registry cannot be installed here");
+        common::cannot_run(
+            "pull_from_a_local_registry_by_tag_and_digest",
+            "docker-registry cannot be installed here",
+        );
         return;
     }
     let reg = common::registry::Registry::start();

@@ -80,15 +80,21 @@ impl Podrun {
 /// Root, the registry package and the busybox archive, or a reason to skip.
 fn prerequisites() -> Option<PathBuf> {
     if !is_root() {
-        eprintln!("skipped: needs root");
+        common::cannot_run("registry", "needs root");
         return None;
     }
     let Some(archive) = busybox_archive() else {
-        eprintln!("skipped: images/out/busybox.tar is missing (run images/build.sh)");
+        common::cannot_run(
+            "registry",
+            "images/out/busybox.tar is missing (run images/build.sh)",
+        );
         return None;
     };
     if !ensure_registry_installed() {
-        eprintln!("skipped: docker-registry is not installed and apt-get could not install it");
+        common::cannot_run(
+            "registry",
+            "docker-registry is not installed and apt-get could not install it",
+        );
         return None;
     }
     Some(archive)
@@ -223,7 +229,10 @@ fn pull_from_a_registry_with_basic_auth() {
         return;
     };
     let Some(reg) = Registry::start_basic("alice", "s3cret") else {
-        eprintln!("skipped: htpasswd (apache2-utils) is not available");
+        common::cannot_run(
+            "pull_from_a_registry_with_basic_auth",
+            "htpasswd (apache2-utils) is not available",
+        );
         return;
     };
     reg.push_oci_archive(&archive, "private/busybox", "1");

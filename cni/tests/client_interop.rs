@@ -81,7 +81,10 @@ fn client_drives_the_reference_plugins() {
         return;
     }
     if !reference_plugins_installed() {
-        eprintln!("skipping: containernetworking-plugins is not installed in /usr/lib/cni");
+        common::cannot_run(
+            "client_drives_the_reference_plugins",
+            "containernetworking-plugins is not installed in /usr/lib/cni",
+        );
         return;
     }
     let net = TestNetwork::new("10.244.80.0/24");

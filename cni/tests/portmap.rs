@@ -45,7 +45,7 @@ fn host_port_reaches_the_pod_from_host_loopback_and_other_pods() {
     if podrun_cni::masq::Backend::detect()
         .is_none_or(|b| !matches!(b, podrun_cni::masq::Backend::Nft(_)))
     {
-        eprintln!("skipping host_port_end_to_end: nft is not installed");
+        common::cannot_run("host_port_end_to_end", "nft is not installed");
         return;
     }
     let net = TestNetwork::new("10.244.90.0/24");
@@ -128,7 +128,7 @@ fn ip_masq_gives_pods_egress_to_a_remote_namespace() {
         return;
     }
     if podrun_cni::masq::Backend::detect().is_none() {
-        eprintln!("skipping ip_masq_egress: neither nft nor iptables is installed");
+        common::cannot_run("ip_masq_egress", "neither nft nor iptables is installed");
         return;
     }
     let net = TestNetwork::new("10.244.92.0/24");

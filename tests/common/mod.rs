@@ -17,12 +17,27 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Skip (pass) when not root: these tests need namespaces, mounts and cgroups.
+/// Whether a test that cannot run here must fail rather than skip: under CI, and when
+/// `PODRUN_TEST_STRICT=1` asks for it (scripts/test.sh does).
+pub fn strict() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
+        || std::env::var_os("PODRUN_TEST_STRICT").is_some_and(|v| v == "1")
+}
+
+/// A test cannot run here because `reason`: it fails when [`strict`], and otherwise
+/// says so and is skipped by its caller.
+pub fn cannot_run(test: &str, reason: &str) {
+    assert!(!strict(), "{test} cannot run: {reason}");
+    eprintln!("skipped {test}: {reason}");
+}
+
+/// Skip when not root (these tests need namespaces, mounts and cgroups); fail instead
+/// under CI or PODRUN_TEST_STRICT=1.
 #[macro_export]
 macro_rules! require_root {
     () => {
         if !common::is_root() {
-            eprintln!("skipped: needs root");
+            common::cannot_run(module_path!(), "needs root");
             return;
         }
     };

@@ -17,17 +17,32 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Returns false (and says why) when the test cannot run here.
+/// Whether a test that cannot run here must fail rather than skip: under CI, and when
+/// `PODRUN_TEST_STRICT=1` asks for it (scripts/test.sh does).
+pub fn strict() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
+        || std::env::var_os("PODRUN_TEST_STRICT").is_some_and(|v| v == "1")
+}
+
+/// A test cannot run here because `reason`: it fails when [`strict`], and otherwise
+/// says so and is skipped by its caller.
+pub fn cannot_run(test: &str, reason: &str) {
+    assert!(!strict(), "{test} cannot run: {reason}");
+    eprintln!("skipping {test}: {reason}");
+}
+
+/// Returns false (and says why) when the test cannot run here; fails instead when
+/// [`strict`].
 pub fn require_root(test: &str) -> bool {
-    if !is_root() {
-        eprintln!("skipping {test}: needs root");
-        return false;
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("skipping {test}: iproute2 is not installed");
-        return false;
-    }
-    true
+    let reason = if !is_root() {
+        "needs root"
+    } else if Command::new("ip").arg("-V").output().is_err() {
+        "iproute2 is not installed"
+    } else {
+        return true;
+    };
+    cannot_run(test, reason);
+    false
 }
 
 pub fn plugin_path() -> PathBuf {
