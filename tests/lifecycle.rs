@@ -57,6 +57,82 @@ fn exec_exit_code_is_podruns_exit_code() {
     env.assert_no_leaks();
 }
 
+/// Run podrun with a terminal of the test's own as its stdio; returns its exit status and
+/// everything it wrote to that terminal.
+fn podrun_on_a_terminal(env: &Env, args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut child = env
+        .cmd(args)
+        .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave))
+        .spawn()
+        .unwrap();
+    // Read until the terminal reports EIO: podrun, and every copy of the slave, is gone.
+    let reader = std::thread::spawn(move || {
+        let mut master = std::fs::File::from(pty.master);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    (status, reader.join().unwrap())
+}
+
+#[test]
+fn exec_with_a_terminal_gets_one_of_the_container() {
+    require_root!();
+    let env = Env::new(&["busybox"]);
+    let pod = format!("exectty-{}", std::process::id());
+    env.run_pod(
+        "exectty.yaml",
+        &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}}}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    tty: true\n    command: [sh, -c, \"tty; {IDLE}\"]\n"),
+    );
+    // A tty container's own terminal is the first of its devpts.
+    let logs = env.wait_for(
+        "the container's tty in its log",
+        Duration::from_secs(30),
+        || {
+            let l = env.ok(&["logs", "-c", "c", &pod]);
+            (!l.trim().is_empty()).then_some(l)
+        },
+    );
+    assert_eq!(logs.trim_end(), "/dev/pts/0", "{logs:?}");
+    // `exec -t`: the terminal is made in the container, so the process can name it.
+    let (status, out) = podrun_on_a_terminal(
+        &env,
+        &[
+            "exec",
+            "-t",
+            "-c",
+            "c",
+            &pod,
+            "--",
+            "sh",
+            "-c",
+            "tty; test -e $(tty) && echo exists; exit 4",
+        ],
+    );
+    assert_eq!(status.code(), Some(4), "{out:?}");
+    let lines: Vec<&str> = out.lines().map(str::trim_end).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("/dev/pts/") && *l != "/dev/pts/0"),
+        "{out:?}"
+    );
+    assert!(lines.contains(&"exists"), "{out:?}");
+    env.rm(&[&pod]);
+    env.assert_no_leaks();
+}
+
 #[test]
 fn terminated_reasons_and_restart_policies() {
     require_root!();

@@ -364,7 +364,10 @@ pub fn run_bundle(bundle: &Path, id: &str, cgroups: &dyn CgroupManager) -> Resul
         };
         let pid = process::spawn(
             p.flags,
-            ChildSetup::Container(&p.rootfs),
+            ChildSetup::Container {
+                rootfs: &p.rootfs,
+                console: None,
+            },
             &p.process,
             &[],
             stdio,

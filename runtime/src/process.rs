@@ -50,20 +50,28 @@ pub struct Stdio {
 }
 
 /// What the child does once forked.
+///
+/// Each variant takes an optional console socket (one end of [`console_socketpair`]),
+/// as runc's `--console-socket`: the process then gets a new terminal from the
+/// container's own devpts (so `tty` names it inside the container) as its stdio and
+/// controlling terminal, and the master end is sent back over the socket
+/// ([`receive_terminal`]) before the process execs.
 pub enum ChildSetup<'a> {
     /// A container's init: new mount namespace (and PID namespace, per the clone flags),
     /// build the rootfs and pivot into it.
-    Container(&'a RootfsSpec),
+    Container {
+        rootfs: &'a RootfsSpec,
+        console: Option<&'a OwnedFd>,
+    },
     /// A container's init built from a fresh copy of the host's current mount namespace
     /// (the one behind `host_mnt`) rather than of the monitor's: CRI containers see host
     /// mounts made after their sandbox started (kubelet's volumes), as with runc.
     ContainerFromHost {
         rootfs: &'a RootfsSpec,
         host_mnt: &'a OwnedFd,
+        console: Option<&'a OwnedFd>,
     },
-    /// An exec process: join the mount namespace of the container's init. With a
-    /// console socket, the process gets a new terminal from the container's own devpts
-    /// (so `tty` names it inside the container) and the master end is sent back over it.
+    /// An exec process: join the mount namespace of the container's init.
     Join {
         mnt_ns: &'a OwnedFd,
         console: Option<&'a OwnedFd>,
@@ -194,24 +202,33 @@ fn child(
         // SAFETY: ioctl on our own stdin, which is the terminal slave.
         unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
     }
-    match setup {
-        ChildSetup::Container(rootfs) => {
+    // The terminal comes from the container's devpts: only once /dev/pts is the
+    // container's (rootfs built and pivoted into, or its mount namespace joined).
+    let console = match setup {
+        ChildSetup::Container { rootfs, console } => {
             crate::rootfs::setup_rootfs(&LinuxSyscall, rootfs).map_err(|e| e.to_string())?;
+            console
         }
-        ChildSetup::ContainerFromHost { rootfs, host_mnt } => {
+        ChildSetup::ContainerFromHost {
+            rootfs,
+            host_mnt,
+            console,
+        } => {
             nix::sched::setns(host_mnt, CloneFlags::CLONE_NEWNS)
                 .map_err(|e| format!("enter the host mount namespace: {e}"))?;
             nix::sched::unshare(CloneFlags::CLONE_NEWNS)
                 .map_err(|e| format!("copy the host mount namespace: {e}"))?;
             crate::rootfs::setup_rootfs(&LinuxSyscall, rootfs).map_err(|e| e.to_string())?;
+            console
         }
         ChildSetup::Join { mnt_ns, console } => {
             nix::sched::setns(mnt_ns, CloneFlags::CLONE_NEWNS)
                 .map_err(|e| format!("join the container's mount namespace: {e}"))?;
-            if let Some(sock) = console {
-                attach_new_terminal(sock)?;
-            }
+            console
         }
+    };
+    if let Some(sock) = console {
+        attach_new_terminal(sock, Uid::from_raw(process.uid))?;
     }
     if let Some(h) = &process.hostname {
         nix::unistd::sethostname(h).map_err(|e| format!("sethostname {h:?}: {e}"))?;
@@ -220,20 +237,19 @@ fn child(
 }
 
 /// Open a terminal pair on the container's /dev/ptmx, make the slave this process's
-/// stdio and controlling terminal, and send the master over `sock`.
-fn attach_new_terminal(sock: &OwnedFd) -> Result<(), String> {
-    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+/// stdio and controlling terminal, owned by `uid` (as runc's fixStdioPermissions: the
+/// process may not be root, and its terminal must be its own), and send the master over
+/// `sock`.
+fn attach_new_terminal(sock: &OwnedFd, uid: Uid) -> Result<(), String> {
+    use nix::pty::{grantpt, posix_openpt, unlockpt};
     let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(|e| format!("open the container's /dev/ptmx: {e}"))?;
     grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
     unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
-    let name = ptsname_r(&master).map_err(|e| format!("ptsname: {e}"))?;
-    let slave = nix::fcntl::open(
-        name.as_str(),
-        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| format!("open {name}: {e}"))?;
+    let slave = open_terminal_peer(&master)?;
+    // Keep the group (the devpts mount's gid=5, tty).
+    nix::unistd::fchown(&slave, Some(uid), None)
+        .map_err(|e| format!("chown the terminal to uid {uid}: {e}"))?;
     let fds = [master.as_raw_fd()];
     let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
     let iov = [std::io::IoSlice::new(b"t")];
@@ -256,6 +272,37 @@ fn attach_new_terminal(sock: &OwnedFd) -> Result<(), String> {
     Ok(())
 }
 
+/// The slave of `master`: TIOCGPTPEER (Linux 4.13) opens it from the master itself, with
+/// no path to resolve in the container's /dev; older kernels go through ptsname.
+fn open_terminal_peer(master: &nix::pty::PtyMaster) -> Result<OwnedFd, String> {
+    let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes open flags by value and returns a new descriptor.
+    let fd = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags.bits()) };
+    if fd >= 0 {
+        // SAFETY: the kernel just opened this descriptor for us.
+        return Ok(unsafe { owned(fd) });
+    }
+    match nix::Error::last() {
+        nix::Error::ENOTTY | nix::Error::EINVAL => {}
+        e => return Err(format!("open the terminal's slave: {e}")),
+    }
+    let name = nix::pty::ptsname_r(master).map_err(|e| format!("ptsname: {e}"))?;
+    nix::fcntl::open(name.as_str(), flags, nix::sys::stat::Mode::empty())
+        .map_err(|e| format!("open {name}: {e}"))
+}
+
+/// A socket pair to pass a terminal over (see [`ChildSetup`]): the first end is the
+/// caller's, for [`receive_terminal`]; the second goes to the process. Both close-on-exec.
+pub fn console_socketpair() -> Result<(OwnedFd, OwnedFd), ProcessError> {
+    nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(sys("console socket pair"))
+}
+
 /// Receive a terminal master sent by `attach_new_terminal`.
 pub fn receive_terminal(sock: &OwnedFd) -> Result<OwnedFd, ProcessError> {
     let mut buf = [0u8; 1];
@@ -276,9 +323,7 @@ pub fn receive_terminal(sock: &OwnedFd) -> Result<OwnedFd, ProcessError> {
             }
         }
     }
-    Err(ProcessError::Start(
-        "the exec process sent no terminal".into(),
-    ))
+    Err(ProcessError::Start("the process sent no terminal".into()))
 }
 
 /// Raise (never lower) oom_score_adj: lowering needs CAP_SYS_RESOURCE, which some hosts

@@ -52,12 +52,7 @@ pub fn exec(
 
     // The terminal is made inside the container (its own devpts), as runc's console
     // socket does; its master end comes back over this socket pair.
-    let (ours, theirs) = nix::sys::socket::socketpair(
-        nix::sys::socket::AddressFamily::Unix,
-        nix::sys::socket::SockType::Stream,
-        None,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-    )?;
+    let (ours, theirs) = podrun_runtime::process::console_socketpair()?;
     let stdin_fd = std::io::stdin();
     let saved = termios::tcgetattr(&stdin_fd).ok();
     let relay = std::thread::spawn(move || -> Result<()> {

@@ -28,6 +28,7 @@
 
 pub mod backoff;
 pub mod protocol;
+mod stdio;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -36,7 +37,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sched::CloneFlags;
 use nix::sys::signal::{SigSet, Signal};
@@ -709,44 +709,7 @@ impl Monitor {
         let log_path = plan.log_path(cp, c.status.restart_count);
         let log = CriLogWriter::open(&log_path)
             .map_err(|e| format!("open log {}: {e}", log_path.display()))?;
-        let mut stdin_w = None;
-        let (stdin, stdout_r, stdout_w, stderr_r, stderr_w, tty) = if cp.process.tty {
-            let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
-            set_cloexec(&pty.master);
-            set_cloexec(&pty.slave);
-            let s1 = pty.slave.try_clone().map_err(|e| e.to_string())?;
-            let s2 = pty.slave.try_clone().map_err(|e| e.to_string())?;
-            if cp.stdin {
-                // Input to a terminal goes through its master.
-                stdin_w = Some(pty.master.try_clone().map_err(|e| e.to_string())?);
-            }
-            (pty.slave, pty.master, s1, None, s2, true)
-        } else {
-            let (or, ow) =
-                nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-            let (er, ew) =
-                nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-            let stdin = if cp.stdin {
-                let (ir, iw) =
-                    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-                set_nonblocking(&iw);
-                stdin_w = Some(iw);
-                ir
-            } else {
-                process::dev_null().map_err(|e| e.to_string())?
-            };
-            (stdin, or, ow, Some(er), ew, false)
-        };
-        set_nonblocking(&stdout_r);
-        if let Some(er) = &stderr_r {
-            set_nonblocking(er);
-        }
-        let stdio = Stdio {
-            stdin,
-            stdout: stdout_w,
-            stderr: stderr_w,
-            tty,
-        };
+        let (init_stdio, kept) = stdio::prepare(cp.process.tty, cp.stdin)?;
         let cgroups = &self.cgroups;
         let cg_path = cp.cgroup_path.clone();
         let mut place = |pid: Pid| {
@@ -754,30 +717,46 @@ impl Monitor {
                 .add_process(&cg_path, pid.as_raw())
                 .map_err(|e| format!("cgroup {cg_path}: {e}"))
         };
+        let console = init_stdio.console.as_ref();
+        let setup = if self.plan.managed {
+            ChildSetup::ContainerFromHost {
+                rootfs: &cp.rootfs,
+                host_mnt: &self.host_mnt,
+                console,
+            }
+        } else {
+            ChildSetup::Container {
+                rootfs: &cp.rootfs,
+                console,
+            }
+        };
         let pid = process::spawn(
             flags,
-            if self.plan.managed {
-                ChildSetup::ContainerFromHost {
-                    rootfs: &cp.rootfs,
-                    host_mnt: &self.host_mnt,
-                }
-            } else {
-                ChildSetup::Container(&cp.rootfs)
-            },
+            setup,
             &cp.process,
             &seccomp,
-            stdio,
+            init_stdio.stdio,
             &mut place,
         )
         .map_err(|e| e.to_string())?;
+        drop(init_stdio.console);
+        let ends = match kept.into_ends() {
+            Ok(ends) => ends,
+            Err(e) => {
+                // Not a container the monitor could serve: gone before it is known.
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(pid, None);
+                return Err(e);
+            }
+        };
         Ok(Running {
             pid,
             started: Instant::now(),
             oom_kills_before: oom_before,
-            stdout: Some(stdout_r),
-            stderr: stderr_r,
+            stdout: Some(ends.stdout),
+            stderr: ends.stderr,
             log: Some(log),
-            stdin: stdin_w,
+            stdin: ends.stdin,
             stdin_buf: Vec::new(),
             stdin_close: false,
         })
@@ -2019,11 +1998,6 @@ fn kill_cgroup(cgroups: &dyn CgroupManager, path: &str) {
     }
 }
 
-fn set_cloexec(fd: &OwnedFd) {
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-}
-
 /// Kill whatever is left in the pod's cgroups and remove every host resource of the pod:
 /// cgroups, container upper dirs, volumes, logs, state and the name reservation.
 /// Idempotent, so it is safe to run again after a crash at any point.
@@ -2134,7 +2108,7 @@ mod tests {
     }
 
     fn nonblocking_pipe() -> (OwnedFd, OwnedFd) {
-        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         (r, w)
     }
 
