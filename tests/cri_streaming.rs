@@ -183,6 +183,174 @@ async fn exec_with_a_tty() {
     a.finish().await;
 }
 
+/// The `/dev/pts/N` path a terminal printed (`tty`'s output), once its line is complete.
+fn pts_path(out: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(out);
+    let rest = &text[text.find("/dev/pts/")?..];
+    let end = rest.find(['\r', '\n'])?;
+    Some(rest[..end].to_owned())
+}
+
+/// Run `tty` in an interactive shell through Exec with a terminal; while the shell still
+/// runs, return what `tty` printed, the `/dev/pts/N` path it names (if any), and the
+/// command, still open, for the caller to end.
+async fn exec_tty(a: &mut Agent, c: &str) -> (String, Option<String>, client::RemoteCommand) {
+    let tty = ExecOptions {
+        stdin: true,
+        stdout: true,
+        stderr: false,
+        tty: true,
+    };
+    let url = exec_url(a, c, &["sh"], tty).await;
+    let mut rc = with_timeout(
+        "connect",
+        client::RemoteCommand::connect(&url, Transport::Spdy, tty),
+    )
+    .await
+    .unwrap();
+    // The terminal echoes the input line: wait for what only the shell's output has.
+    rc.write_stdin(b"tty; echo done-$((6*7))\n").await.unwrap();
+    let seen = std::cell::RefCell::new(String::new());
+    with_timeout(
+        "the output of tty",
+        rc.wait_stdout(|o| {
+            *seen.borrow_mut() = String::from_utf8_lossy(o).into_owned();
+            o.windows(7).any(|w| w == b"done-42")
+        }),
+    )
+    .await
+    .unwrap();
+    let seen = seen.into_inner();
+    let path = pts_path(seen.as_bytes());
+    (seen, path, rc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_tty_is_a_terminal_of_the_container() {
+    require_root!();
+    let mut a = Agent::start(&["busybox"]).await;
+    let (sb, cfg) = a.sandbox(&cri_common::unique("ptsexec")).await;
+    let root = a
+        .run_container(&sb, &cfg, a.container_config("root", &["sleep", "3600"]))
+        .await;
+    let mut user = a.container_config("user", &["sleep", "3600"]);
+    let linux = user.linux.as_mut().unwrap();
+    linux.security_context.as_mut().unwrap().run_as_user = Some(v1::Int64Value { value: 1000 });
+    let user = a.run_container(&sb, &cfg, user).await;
+    for (c, uid) in [(&root, 0), (&user, 1000)] {
+        let (seen, path, mut rc) = exec_tty(&mut a, c).await;
+        let path = path.unwrap_or_else(|| panic!("tty named no /dev/pts path: {seen:?}"));
+        // The terminal is one of the container's own devpts: another process of the
+        // container sees it, owned by the exec's user and the devpts group (tty, 5).
+        let (code, _, err) = a.exec_any(c, &["test", "-e", &path]).await;
+        assert_eq!(code, 0, "{path} does not exist in the container: {err}");
+        let owner = a.exec(c, &["stat", "-c", "%u %g", &path]).await;
+        assert_eq!(owner.trim(), format!("{uid} 5"), "owner of {path}");
+        rc.write_stdin(b"exit 3\n").await.unwrap();
+        let out = with_timeout("tty exec", rc.wait()).await.unwrap();
+        assert_eq!(out.exit_code, 3, "{out:?}");
+    }
+    a.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tty_container_gets_a_terminal_of_its_own_and_can_be_attached() {
+    require_root!();
+    let mut a = Agent::start(&["busybox"]).await;
+    let (sb, cfg) = a.sandbox(&cri_common::unique("ptsinit")).await;
+    // The init's terminal is the first of the container's devpts.
+    let mut c = a.container_config(
+        "term",
+        &[
+            "sh",
+            "-c",
+            "tty; stat -c 'owner %u %g' $(tty); echo ready; while read x; do stty size; echo got-$x; done",
+        ],
+    );
+    c.tty = true;
+    c.stdin = true;
+    let linux = c.linux.as_mut().unwrap();
+    linux.security_context.as_mut().unwrap().run_as_user = Some(v1::Int64Value { value: 1000 });
+    let c = a.run_container(&sb, &cfg, c).await;
+    let log = std::path::Path::new(&cfg.log_directory).join("term.log");
+    let lines = cri_common::eventually("tty output in the log", Duration::from_secs(30), || {
+        let lines = cri_common::parse_cri_log(&log);
+        let found = lines.iter().any(|(_, _, _, l)| l.trim_end() == "ready");
+        async move { found.then_some(lines) }
+    })
+    .await;
+    let text: Vec<&str> = lines.iter().map(|(_, _, _, l)| l.trim_end()).collect();
+    assert!(text.contains(&"/dev/pts/0"), "log: {text:?}");
+    assert!(text.contains(&"owner 1000 5"), "log: {text:?}");
+    let (code, _, err) = a.exec_any(&c, &["test", "-e", "/dev/pts/0"]).await;
+    assert_eq!(code, 0, "/dev/pts/0 is not in the container: {err}");
+
+    // Attach with a terminal: input reaches the shell through the terminal, resizes
+    // apply to it, and its output comes back as one stream.
+    let opts = ExecOptions {
+        stdin: true,
+        stdout: true,
+        stderr: false,
+        tty: true,
+    };
+    let url =
+        a.rt.attach(v1::AttachRequest {
+            container_id: c.clone(),
+            stdin: true,
+            tty: true,
+            stdout: true,
+            stderr: false,
+            audit_request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let mut rc = with_timeout(
+        "attach",
+        client::RemoteCommand::connect(&url, Transport::WebSocketV5, opts),
+    )
+    .await
+    .unwrap();
+    rc.resize(podrun_agent::streaming::TerminalSize {
+        width: 123,
+        height: 45,
+    })
+    .await
+    .unwrap();
+    // The resize and the input travel separately: send lines until one was answered
+    // after the resize had been applied.
+    for i in 0.. {
+        let line = format!("line{i}\n");
+        rc.write_stdin(line.as_bytes()).await.unwrap();
+        let answer = format!("got-line{i}\r\n");
+        with_timeout(
+            "attach output",
+            rc.wait_stdout(|o| o.windows(answer.len()).any(|w| w == answer.as_bytes())),
+        )
+        .await
+        .unwrap();
+        let sized = std::cell::Cell::new(false);
+        rc.wait_stdout(|o| {
+            sized.set(String::from_utf8_lossy(o).contains("45 123\r\ngot-"));
+            true
+        })
+        .await
+        .unwrap();
+        if sized.get() {
+            break;
+        }
+        assert!(i < 100, "the resize never reached the terminal");
+    }
+    drop(rc);
+    // Detaching leaves the container running.
+    assert_eq!(
+        a.container_status(&c).await.unwrap().state,
+        v1::ContainerState::ContainerRunning as i32
+    );
+    a.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attach_to_a_container() {
     require_root!();

@@ -1,7 +1,9 @@
 //! ExecSync, and Exec, Attach and PortForward: the latter three return a URL of the
 //! streaming server, which calls back into `CriStreams` once the client connects.
-//! Exec processes get pipes (or a terminal whose master the agent keeps, so resizes are
-//! a local ioctl) passed to the pod monitor, which forks them into the container.
+//! Exec processes get pipes passed to the pod monitor, which forks them into the
+//! container; or, with a terminal, a console socket: the process opens its terminal in
+//! the container's own devpts (so `tty` names it there) and sends the master back,
+//! which the agent keeps (resizes are a local ioctl).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -49,13 +51,14 @@ fn read_capped(fd: OwnedFd) -> std::thread::JoinHandle<Vec<u8>> {
 }
 
 /// Start an exec in the monitor; returns the connection (for the exit code) and the
-/// exec's pid as the monitor knows it.
+/// exec's pid as the monitor knows it. `fds` are the process's stdin, stdout and stderr,
+/// or (with `tty`) one console socket.
 fn start_exec(
     dir: &std::path::Path,
     container: &str,
     cmd: Vec<String>,
     tty: bool,
-    fds: [&OwnedFd; 3],
+    fds: &[&OwnedFd],
 ) -> Result<(Client, i32), Status> {
     let mut client = Client::connect(&monitor_socket(dir)).map_err(protocol_status)?;
     let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
@@ -123,8 +126,13 @@ pub async fn exec_sync(
             .map_err(|e| Status::internal(format!("open /dev/null: {e}")))?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
-        let (mut client, pid) =
-            start_exec(&dir, &name, req.cmd.clone(), false, [&null, &out_w, &err_w])?;
+        let (mut client, pid) = start_exec(
+            &dir,
+            &name,
+            req.cmd.clone(),
+            false,
+            &[&null, &out_w, &err_w],
+        )?;
         drop((out_w, err_w, null));
         let out = read_capped(out_r);
         let err = read_capped(err_r);
@@ -275,18 +283,20 @@ impl CriStreams {
             running_container(&self.0, &container_id).map_err(|e| e.message().to_owned())?;
         let name = monitor_name(&self.0, &container_id);
         let mut tasks = Vec::new();
-        let (client, _pid) = if tty {
-            let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
-            let master = pty.master;
-            let slave = pty.slave;
-            let master_fd = master.as_raw_fd();
-            let dir2 = dir.clone();
-            let started = tokio::task::spawn_blocking(move || {
-                start_exec(&dir2, &name, cmd, true, [&slave, &slave, &slave])
+        let (mut client, output) = if tty {
+            let (ours, theirs) =
+                podrun_runtime::process::console_socketpair().map_err(|e| e.to_string())?;
+            let (client, master) = tokio::task::spawn_blocking(move || {
+                let (client, _) = start_exec(&dir, &name, cmd, true, &[&theirs])
+                    .map_err(|e| e.message().to_owned())?;
+                drop(theirs);
+                // Sent before the process's execve, so already here once it started.
+                let master =
+                    podrun_runtime::process::receive_terminal(&ours).map_err(|e| e.to_string())?;
+                Ok::<_, String>((client, master))
             })
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.message().to_owned())?;
+            .map_err(|e| e.to_string())??;
             if let Some(mut rx) = streams.resize.take() {
                 let dup = master.try_clone().map_err(|e| e.to_string())?;
                 tasks.push(tokio::spawn(async move {
@@ -295,7 +305,6 @@ impl CriStreams {
                     }
                 }));
             }
-            let _ = master_fd;
             if let Some(stdin) = streams.stdin.take() {
                 let w = master.try_clone().map_err(|e| e.to_string())?;
                 tasks.push(tokio::spawn(pump_in(stdin, w)));
@@ -306,7 +315,7 @@ impl CriStreams {
                     pump_out(master, out).await;
                 }
             });
-            (started, Some(reader))
+            (client, reader)
         } else {
             let null = || {
                 std::fs::File::open("/dev/null")
@@ -334,8 +343,8 @@ impl CriStreams {
                 }
                 None => (None, null()?),
             };
-            let started = tokio::task::spawn_blocking(move || {
-                let r = start_exec(&dir, &name, cmd, false, [&in_r, &out_w, &err_w]);
+            let (client, _) = tokio::task::spawn_blocking(move || {
+                let r = start_exec(&dir, &name, cmd, false, &[&in_r, &out_w, &err_w]);
                 drop((in_r, out_w, err_w));
                 r
             })
@@ -349,19 +358,16 @@ impl CriStreams {
                     let _ = r.await;
                 }
             });
-            (started, Some(reader))
+            (client, reader)
         };
-        let (mut client, _) = client;
         let code = tokio::task::spawn_blocking(move || wait_exit(&mut client, None))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.message().to_owned())?;
-        if let Some(r) = _pid {
-            // Output written before the exit is delivered before the status. A terminal
-            // reader ends with EIO once every slave copy is closed; bound the wait in
-            // case a background process keeps one open.
-            let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
-        }
+        // Output written before the exit is delivered before the status. A terminal
+        // reader ends with EIO once every slave copy is closed; bound the wait in case a
+        // background process keeps one open.
+        let _ = tokio::time::timeout(Duration::from_secs(2), output).await;
         for t in tasks {
             t.abort();
         }
