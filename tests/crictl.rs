@@ -123,14 +123,15 @@ impl Crictl {
         p.to_string_lossy().into_owned()
     }
 
+    /// The README's sandbox file with this test's name, uid and log directory.
     fn pod_config(&self, name: &str) -> Value {
-        let log_dir = self.dir.join("podlogs").join(name);
-        serde_json::json!({
-            "metadata": {"name": name, "namespace": "default", "uid": unique("uid"), "attempt": 0},
-            "log_directory": log_dir,
-            "labels": {"app": name},
-            "linux": {}
-        })
+        let mut v = example("sandbox.json");
+        v["metadata"]["name"] = Value::from(name);
+        v["metadata"]["uid"] = Value::from(unique("uid"));
+        v["hostname"] = Value::from(name);
+        v["log_directory"] = Value::from(self.dir.join("podlogs").join(name).to_str().unwrap());
+        v["labels"] = serde_json::json!({"app": name});
+        v
     }
 
     /// runp, create and start: (pod id, container id, pod config file).
@@ -147,6 +148,13 @@ impl Crictl {
         assert_eq!(self.ok(a, &["start", &ctr]).trim(), ctr);
         (pod, ctr, pod_file)
     }
+}
+
+/// A file of examples/crictl, which the README's session uses.
+fn example(file: &str) -> Value {
+    let p = common::repo().join("examples/crictl").join(file);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn busybox(name: &str, command: &[&str]) -> Value {
@@ -581,9 +589,12 @@ async fn crictl_exec_it_and_attach_through_a_terminal() {
     assert!(s.wait_exit().success(), "{:?}", s.text());
 
     // attach to a container whose init has a terminal and stdin.
-    let mut cfg = busybox("console", &["sh"]);
-    cfg["tty"] = Value::from(true);
-    cfg["stdin"] = Value::from(true);
+    // The README's container file: sh on a terminal, with stdin.
+    let cfg = example("shell.json");
+    assert_eq!(
+        (&cfg["tty"], &cfg["stdin"]),
+        (&Value::from(true), &Value::from(true))
+    );
     let (_, console, _) = c.pod_with(&a, "attach", cfg);
     let mut s = PtySession::spawn(c.cmd(&["attach", "-it", &console]));
     s.send("echo T=$(tty); echo attached-$((2+3))\n");
@@ -600,13 +611,8 @@ async fn crictl_exec_it_and_attach_through_a_terminal() {
 async fn crictl_port_forward_reaches_the_pod() {
     let a = Agent::start(&["nginx"]).await;
     let c = Crictl::new(&a);
-    let nginx = serde_json::json!({
-        "metadata": {"name": "nginx"},
-        "image": {"image": cri_common::NGINX},
-        "log_path": "nginx.log",
-        "linux": {}
-    });
-    let (pod, ctr, _) = c.pod_with(&a, "web", nginx);
+    // The README's container file, as it is.
+    let (pod, ctr, _) = c.pod_with(&a, "web", example("nginx.json"));
     // nginx answers inside the pod first.
     let end = Instant::now() + WAIT;
     while !c
