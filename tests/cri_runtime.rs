@@ -465,6 +465,17 @@ async fn calls_abandoned_by_their_caller_still_complete() {
     req.set_timeout(std::time::Duration::from_micros(1));
     let r = a.rt.run_pod_sandbox(req).await;
     assert!(r.is_err(), "{r:?}");
+    // The call never began (its deadline passed before its request was read) or it
+    // completes on its own; either way the name is not left reserved for nothing.
+    let again =
+        a.rt.run_pod_sandbox(v1::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await;
+    if let Err(e) = &again {
+        assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e}");
+    }
     let sb = cri_common::eventually("the sandbox", std::time::Duration::from_secs(30), || {
         let mut rt = a.rt.clone();
         async move {
@@ -479,6 +490,11 @@ async fn calls_abandoned_by_their_caller_still_complete() {
     })
     .await;
     assert_eq!(sb.state, v1::PodSandboxState::SandboxReady as i32);
+    let sandboxes = a.list_sandboxes(None).await;
+    assert_eq!(sandboxes.len(), 1, "one sandbox: {sandboxes:?}");
+    if let Ok(r) = again {
+        assert_eq!(r.into_inner().pod_sandbox_id, sb.id);
+    }
     let mut req = tonic::Request::new(v1::CreateContainerRequest {
         pod_sandbox_id: sb.id.clone(),
         config: Some(a.container_config("c", &["sleep", "3600"])),
@@ -486,6 +502,20 @@ async fn calls_abandoned_by_their_caller_still_complete() {
     });
     req.set_timeout(std::time::Duration::from_micros(1));
     assert!(a.rt.create_container(req).await.is_err());
+    // The abandoned call either never began (its deadline passed before its request
+    // was read) or completes on its own; either way no stale name is left: the same
+    // request again is created, or says the name is taken while the first completes.
+    let again =
+        a.rt.create_container(v1::CreateContainerRequest {
+            pod_sandbox_id: sb.id.clone(),
+            config: Some(a.container_config("c", &["sleep", "3600"])),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await;
+    match &again {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e}"),
+    }
     let c = cri_common::eventually("the container", std::time::Duration::from_secs(30), || {
         let mut rt = a.rt.clone();
         async move {
@@ -499,6 +529,11 @@ async fn calls_abandoned_by_their_caller_still_complete() {
         }
     })
     .await;
+    let all = a.containers(None).await;
+    assert_eq!(all.len(), 1, "one container named c: {all:?}");
+    if let Ok(r) = again {
+        assert_eq!(r.into_inner().container_id, c.id);
+    }
     assert_eq!(c.pod_sandbox_id, sb.id);
     a.start_container(&c.id).await;
     a.finish().await;

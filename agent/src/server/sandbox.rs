@@ -29,13 +29,17 @@ pub async fn run(
     let spec = convert::sandbox_spec(&config)?;
     let id = podrun_runtime::state::new_id();
     let key = store::sandbox_name_key(&config);
+    // No await between reserving the name and starting the task that records the
+    // outcome: a caller that gives up in between would leave the name reserved for
+    // nothing.
+    let lock = cri.sandbox_lock(&id);
+    let _guard = lock.lock().await;
     if let Err(existing) = cri.store.reserve_name(&key, &id) {
+        cri.drop_lock(&id);
         return Err(Status::already_exists(format!(
             "sandbox name {key:?} is reserved for {existing}"
         )));
     }
-    let lock = cri.sandbox_lock(&id);
-    let _guard = lock.lock().await;
     let rt = cri.rt.clone();
     let id2 = id.clone();
     let created_at_ns = now_ns();
