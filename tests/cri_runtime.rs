@@ -538,3 +538,54 @@ async fn calls_abandoned_by_their_caller_still_complete() {
     a.start_container(&c.id).await;
     a.finish().await;
 }
+
+/// Without a LogDirectory podrun keeps the container logs under its log root, and the
+/// directory goes with the sandbox; a LogDirectory the caller gave stays the caller's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_log_directory_goes_with_its_sandbox() {
+    require_root!();
+    let mut a = Agent::start(&["busybox"]).await;
+    let mut cfg = a.sandbox_config("nologdir");
+    let given = std::path::PathBuf::from(&cfg.log_directory);
+    cfg.log_directory = String::new();
+    let sb = a.run_sandbox(&cfg).await;
+    let c = a.container_config("talk", &["sh", "-c", "echo said; sleep 3600"]);
+    let id = a.run_container(&sb, &cfg, c).await;
+    let log_root = a.env.logs.clone();
+    let dirs = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&log_root)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let found = dirs();
+    assert_eq!(
+        found.len(),
+        1,
+        "one pod log dir under the log root: {found:?}"
+    );
+    assert!(found[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("default_nologdir_"));
+    let log = found[0].join("talk.log");
+    cri_common::eventually("the container's log", Duration::from_secs(30), || {
+        let log = log.clone();
+        async move {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|t| t.contains("said"))
+        }
+    })
+    .await;
+    a.exec(&id, &["true"]).await;
+    a.remove_sandbox(&sb).await;
+    assert!(dirs().is_empty(), "left: {:?}", dirs());
+
+    // The caller's log directory stays after removal.
+    let (sb, cfg) = a.sandbox("keeps").await;
+    a.remove_sandbox(&sb).await;
+    assert!(std::path::Path::new(&cfg.log_directory).is_dir());
+    assert!(given.is_dir(), "the unused given directory was not touched");
+    a.finish().await;
+}

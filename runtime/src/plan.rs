@@ -148,6 +148,11 @@ pub struct PodPlan {
     /// container cgroups below it, never the pod cgroup or its parents.
     #[serde(default)]
     pub external_cgroup: bool,
+    /// A CRI sandbox's log directory is podrun's default (the caller gave none), so it
+    /// goes with the sandbox; a LogDirectory the caller gave is the caller's (kubelet
+    /// removes it with the pod). `podrun run` pods always own theirs.
+    #[serde(default)]
+    pub owns_log_dir: bool,
 }
 
 fn default_backoff_base() -> u64 {
@@ -287,14 +292,15 @@ mod tests {
             managed: true,
             sysctls: [("kernel.shm_rmid_forced".to_owned(), "1".to_owned())].into(),
             external_cgroup: false,
+            owns_log_dir: false,
         };
         let mut json = serde_json::to_value(&pod).unwrap();
         let obj = json.as_object_mut().unwrap();
-        for k in ["managed", "sysctls", "external_cgroup"] {
+        for k in ["managed", "sysctls", "external_cgroup", "owns_log_dir"] {
             obj.remove(k);
         }
         let old: PodPlan = serde_json::from_value(json).unwrap();
-        assert!(!old.managed && old.sysctls.is_empty());
+        assert!(!old.managed && old.sysctls.is_empty() && !old.owns_log_dir);
         assert_eq!(
             pod.log_path(&c, 2),
             PathBuf::from("/logs/pod/web/2.log"),

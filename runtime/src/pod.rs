@@ -830,6 +830,7 @@ impl Planner<'_> {
             managed: false,
             sysctls: Default::default(),
             external_cgroup: false,
+            owns_log_dir: true,
         })
     }
 

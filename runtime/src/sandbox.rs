@@ -388,6 +388,7 @@ impl PodRuntime {
             backoff_base_ms: 10_000,
             managed: true,
             external_cgroup,
+            owns_log_dir: spec.log_directory.is_none(),
             sysctls: spec.sysctls.clone(),
         };
         crate::fault::point("sandbox:files");

@@ -2039,8 +2039,8 @@ pub fn teardown_pod(plan: &PodPlan, cgroups: &dyn CgroupManager) {
             nix::mount::MntFlags::MNT_DETACH,
         );
     }
-    // CRI log directories are kubelet's: it removes them with the pod.
-    if !plan.managed {
+    // A log directory the CRI caller gave is the caller's: kubelet removes it with the pod.
+    if !plan.managed || plan.owns_log_dir {
         let _ = std::fs::remove_dir_all(&plan.log_dir);
     }
     if let Some(names) = plan.state_dir.parent().and_then(Path::parent) {
