@@ -357,6 +357,15 @@ async fn crictl_runs_the_readme_session() {
             .contains(&Value::from(remote.clone())),
         "{inspecti}"
     );
+    // A failed call is in the agent's log with its method and reason.
+    let missing = c.run(&["pull", "127.0.0.1:9/none/such:1"]);
+    assert!(!missing.status.success(), "{missing:?}");
+    let log = a.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("CRI call failed") && l.contains("PullImage")),
+        "{log}"
+    );
     let fsinfo = c.json(&a, &["imagefsinfo"]);
     let used = fsinfo["status"]["imageFilesystems"][0]["usedBytes"]["value"]
         .as_str()

@@ -212,6 +212,9 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         let _ = shutdown_cri.shutdown.send(true);
     };
     tonic::transport::Server::builder()
+        .layer(tower::layer::layer_fn(
+            crate::server::log_failures::LogFailures::new,
+        ))
         .add_service(
             cri::runtime_service_server::RuntimeServiceServer::new(CriService(cri.clone()))
                 .max_decoding_message_size(16 << 20)

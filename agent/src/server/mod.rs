@@ -16,6 +16,7 @@
 mod container;
 mod convert;
 mod exec;
+pub mod log_failures;
 mod runtime_info;
 mod sandbox;
 mod stats;
