@@ -20,6 +20,7 @@ const KEYS: &[(&str, &str)] = &[
     ("network", "PODRUN_NETWORK"),
     ("cni_conf_dir", "PODRUN_CNI_CONF_DIR"),
     ("cni_bin_dir", "PODRUN_CNI_BIN_DIR"),
+    ("hosts_dir", "PODRUN_HOSTS_DIR"),
     ("pull", "PODRUN_PULL"),
     ("socket", "PODRUN_SOCKET"),
     ("stream_addr", "PODRUN_STREAM_ADDR"),

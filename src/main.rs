@@ -71,6 +71,15 @@ pub struct Cli {
         default_value = "/opt/cni/bin,/usr/lib/cni"
     )]
     cni_bin_dir: String,
+    /// Directory of containerd-style <registry>/hosts.toml files (mirrors, CAs, plain
+    /// HTTP), for every pull: `podrun pull`, `podrun run` and the agent's PullImage.
+    #[arg(
+        long,
+        global = true,
+        env = "PODRUN_HOSTS_DIR",
+        default_value = podrun_runtime::image::pull::DEFAULT_HOSTS_DIR
+    )]
+    hosts_dir: PathBuf,
     /// Namespace of the pods named on the command line.
     #[arg(short = 'n', long, global = true)]
     namespace: Option<String>,

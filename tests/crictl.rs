@@ -357,6 +357,26 @@ async fn crictl_runs_the_readme_session() {
             .contains(&Value::from(remote.clone())),
         "{inspecti}"
     );
+    // Through a mirror in the agent's hosts dir (PODRUN_HOSTS_DIR): Docker Hub's name,
+    // served by the local registry; the upstream is a closed port.
+    let mirror = a.env.hosts_dir().join("docker.io");
+    std::fs::create_dir_all(&mirror).unwrap();
+    std::fs::write(
+        mirror.join("hosts.toml"),
+        format!(
+            "server = \"http://127.0.0.1:1\"\n\n[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            reg.url()
+        ),
+    )
+    .unwrap();
+    let mirrored = c.ok(&a, &["pull", "busybox"]);
+    assert!(
+        mirrored.starts_with("Image is up to date for sha256:"),
+        "{mirrored}"
+    );
+    assert_eq!(mirrored, pulled, "the same image by its Docker Hub name");
+    assert!(c.ok(&a, &["images"]).contains("docker.io/library/busybox"));
+
     // A failed call is in the agent's log with its method and reason.
     let missing = c.run(&["pull", "127.0.0.1:9/none/such:1"]);
     assert!(!missing.status.success(), "{missing:?}");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use podrun_runtime::image::hosts::Auth;
-use podrun_runtime::image::pull::{ProgressEvent, PullOptions, DEFAULT_HOSTS_DIR};
+use podrun_runtime::image::pull::{ProgressEvent, PullOptions};
 use podrun_runtime::image::ImageStore;
 
 use crate::Cli;
@@ -20,9 +20,6 @@ pub struct PullArgs {
     /// os/arch[/variant] to take from a multi-platform image (default: this host's).
     #[arg(long)]
     platform: Option<String>,
-    /// Directory of containerd-style <registry>/hosts.toml files (mirrors, CAs, plain HTTP).
-    #[arg(long, env = "PODRUN_HOSTS_DIR", default_value = DEFAULT_HOSTS_DIR)]
-    hosts_dir: PathBuf,
     /// Docker config.json with registry credentials (default: $DOCKER_CONFIG/config.json or
     /// ~/.docker/config.json).
     #[arg(long)]
@@ -217,7 +214,7 @@ pub fn pull(cli: &Cli, args: &PullArgs) -> Result<ExitCode> {
     };
     let report = |e: &ProgressEvent| progress.event(e);
     let mut opts = PullOptions {
-        hosts_dir: args.hosts_dir.clone(),
+        hosts_dir: cli.hosts_dir.clone(),
         docker_config: args.docker_config.clone(),
         stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
         progress: if args.quiet { None } else { Some(&report) },

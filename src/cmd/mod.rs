@@ -25,6 +25,7 @@ pub fn runtime_config(cli: &Cli) -> Result<RuntimeConfig> {
     podrun_runtime::state::validate_path_component("--cgroup-root", &cli.cgroup_root)
         .map_err(anyhow::Error::msg)?;
     config.cgroup_root = cli.cgroup_root.clone();
+    config.hosts_dir = cli.hosts_dir.clone();
     config.network = match cli.network.as_str() {
         "none" => podrun_runtime::network::NetworkMode::None,
         "cni" => podrun_runtime::network::NetworkMode::Cni {

@@ -112,8 +112,16 @@ impl Env {
         c.args(args);
         // Tests only use images they load; nothing may reach for a registry outside.
         c.env("PODRUN_PULL", "never");
+        // Registry settings are the test's own (empty unless it writes some), never the
+        // host's /etc/podrun/certs.d.
+        c.env("PODRUN_HOSTS_DIR", self.hosts_dir());
         c.stdin(std::process::Stdio::null());
         c
+    }
+
+    /// This instance's directory of <registry>/hosts.toml files.
+    pub fn hosts_dir(&self) -> PathBuf {
+        self.dir.path().join("hosts")
     }
 
     pub fn podrun(&self, args: &[&str]) -> Output {
