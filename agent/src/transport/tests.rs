@@ -428,15 +428,26 @@ mod server {
 
     /// Send `blocks` as requests on one connection; the outcome of each, by stream.
     async fn call(sock: &std::path::Path, blocks: &[Vec<u8>]) -> Vec<Outcome> {
-        let mut conn = UnixStream::connect(sock).await.unwrap();
         let streams: Vec<(u32, Vec<u8>)> = blocks
             .iter()
             .enumerate()
             .map(|(i, b)| (1 + 2 * i as u32, b.clone()))
             .collect();
-        conn.write_all(&connection(&streams)).await.unwrap();
+        call_raw(sock, &connection(&streams), blocks.len()).await.0
+    }
+
+    /// Send `input` (a whole client connection carrying `streams` requests); the outcome
+    /// of each request, and the payloads of the PING acknowledgements received.
+    async fn call_raw(
+        sock: &std::path::Path,
+        input: &[u8],
+        streams: usize,
+    ) -> (Vec<Outcome>, Vec<Vec<u8>>) {
+        let mut conn = UnixStream::connect(sock).await.unwrap();
+        conn.write_all(input).await.unwrap();
+        let mut pongs = Vec::new();
         let mut decoder = loona_hpack::Decoder::new();
-        let mut outcomes: Vec<Option<Outcome>> = (0..blocks.len()).map(|_| None).collect();
+        let mut outcomes: Vec<Option<Outcome>> = (0..streams).map(|_| None).collect();
         let mut buf = Vec::new();
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
         while outcomes.iter().any(Option::is_none) {
@@ -469,12 +480,36 @@ mod server {
                     0x4 if flags & 0x1 == 0 => {
                         conn.write_all(&frame(0x4, 0x1, 0, &[])).await.unwrap()
                     }
+                    0x6 if flags & 0x1 != 0 => pongs.push(payload.to_vec()),
                     0x7 => panic!("GOAWAY from the server: {payload:?}"),
                     _ => {}
                 }
             }
         }
-        outcomes.into_iter().map(Option::unwrap).collect()
+        (outcomes.into_iter().map(Option::unwrap).collect(), pongs)
+    }
+
+    #[tokio::test]
+    async fn pings_and_unknown_fields_as_a_go_client_sends_them() {
+        // grpc-go's flow-control estimator PINGs along with its requests, and a newer
+        // client's message may carry fields this proto does not know (field 99 here).
+        let dir = tempfile::tempdir().unwrap();
+        let sock = serve(dir.path(), true).await;
+        let mut input = PREFACE.to_vec();
+        input.extend(settings());
+        input.extend(frame(0x6, 0, 0, b"bdp-ping"));
+        input.extend(headers(
+            1,
+            &first_request(Some("/run/podrun/podrun.sock")),
+            false,
+        ));
+        let message = [0x98, 0x06, 0x01];
+        let mut data = vec![0, 0, 0, 0, message.len() as u8];
+        data.extend(message);
+        input.extend(frame(0x0, FLAG_END_STREAM, 1, &data));
+        let (got, pongs) = call_raw(&sock, &input, 1).await;
+        assert_eq!(got, [Outcome::Status("0".into())]);
+        assert_eq!(pongs, [b"bdp-ping".to_vec()]);
     }
 
     #[tokio::test]
