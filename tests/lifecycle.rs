@@ -681,3 +681,92 @@ fn killed_monitor_is_reaped_by_the_next_command() {
     assert!(env.pods_json().as_array().unwrap().is_empty());
     env.assert_no_leaks();
 }
+
+/// A pipe whose reading end is already closed: whatever writes to it gets EPIPE, or dies
+/// of SIGPIPE.
+fn closed_pipe() -> Stdio {
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    Stdio::from(write)
+}
+
+#[test]
+fn closed_stdout_ends_commands_quietly_as_sigpipe() {
+    use std::os::unix::process::ExitStatusExt;
+    require_root!();
+    let env = Env::new(&["busybox"]);
+    env.run_pod(
+        "pipe.yaml",
+        &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: pipe}}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, \"echo up; {IDLE}\"]\n"),
+    );
+    env.wait_for(
+        "the container's first line",
+        Duration::from_secs(20),
+        || env.ok(&["logs", "pipe"]).contains("up").then_some(()),
+    );
+    // `podrun pods | head -0` and the like.
+    for args in [
+        &["pods"][..],
+        &["pods", "-o", "yaml"],
+        &["ps", "-a"],
+        &["images"],
+        &["logs", "pipe"],
+        &["logs", "-f", "pipe"],
+    ] {
+        let out = env
+            .cmd(args)
+            .stdout(closed_pipe())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?}, stderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    env.rm(&["pipe"]);
+    env.assert_no_leaks();
+}
+
+#[test]
+fn foreground_run_with_a_closed_stdout_removes_the_pod_and_ends_as_sigpipe() {
+    use std::os::unix::process::ExitStatusExt;
+    require_root!();
+    let env = Env::new(&["busybox"]);
+    let f = env.manifest(
+        "fgpipe.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: fgpipe}\nspec:\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: main\n    image: busybox\n    command: [sh, -c, \"echo hello; trap 'exit 0' TERM; while true; do echo tick; sleep 1 & wait $!; done\"]\n",
+    );
+    // `podrun run pod.yaml | head -1`.
+    let mut child = env
+        .cmd(&["run", f.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(first, "[main] hello\n");
+    drop(out);
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGPIPE),
+        "{status:?}, stderr: {stderr}"
+    );
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+    // podrun itself removed the pod before it ended.
+    assert!(env.pods_json().as_array().unwrap().is_empty());
+    env.assert_no_leaks();
+}

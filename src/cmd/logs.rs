@@ -31,7 +31,7 @@ impl Tailer {
     }
 
     /// Print whatever was appended since the last call.
-    pub fn poll(&mut self) -> Result<()> {
+    pub fn poll(&mut self) -> std::io::Result<()> {
         let stdout = std::io::stdout();
         let stderr = std::io::stderr();
         for c in &self.plan.containers {

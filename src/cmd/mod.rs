@@ -52,11 +52,46 @@ pub fn runtime(cli: &Cli) -> Result<PodRuntime> {
     Ok(rt)
 }
 
+/// Let a closed stdout end podrun as it ends every well-mannered Unix tool: killed by
+/// SIGPIPE, quietly (Rust ignores SIGPIPE, so a write would fail with EPIPE instead).
+pub fn default_sigpipe() {
+    // SAFETY: restoring a signal's default disposition.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
+/// Exit as SIGPIPE would have ended podrun: after a command that handles a closed stdout
+/// itself (a foreground `run` still stops and removes its pod) is done.
+pub fn exit_as_on_sigpipe() -> ! {
+    default_sigpipe();
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGPIPE);
+    let _ = set.thread_unblock();
+    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGPIPE);
+    std::process::exit(128 + libc::SIGPIPE)
+}
+
+/// Whether an error is a write to a closed pipe (or socket).
+pub fn is_broken_pipe(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::BrokenPipe
+}
+
 fn namespace(cli: &Cli) -> String {
     cli.namespace.clone().unwrap_or_else(|| "default".into())
 }
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
+    // `run` handles a closed stdout itself (it must still remove its pod), `exec -t`
+    // must restore the terminal, and the agent and monitor serve sockets.
+    if !matches!(
+        cli.command,
+        Command::Run { .. }
+            | Command::Exec { .. }
+            | Command::Agent { .. }
+            | Command::Monitor { .. }
+            | Command::Oci { .. }
+    ) {
+        default_sigpipe();
+    }
     match &cli.command {
         Command::Agent {
             socket,

@@ -72,6 +72,8 @@ pub fn run(cli: &Cli, file: &Path, detach: bool, pull: &str) -> Result<ExitCode>
                     c.restart_count > 0 || !matches!(c.state, ContainerState::Waiting { .. })
                 });
                 if started || matches!(s.phase, PodPhase::Failed | PodPhase::Succeeded) {
+                    // The pod runs on its own now: a closed stdout just ends podrun.
+                    super::default_sigpipe();
                     println!("pod {}/{} started ({})", plan.namespace, plan.name, s.phase);
                     return Ok(ExitCode::SUCCESS);
                 }
@@ -98,8 +100,18 @@ pub fn run(cli: &Cli, file: &Path, detach: bool, pull: &str) -> Result<ExitCode>
     let mut hold = Client::connect(&pod.socket())?;
     hold.call(&Request::Hold)?;
     let mut tailer = Tailer::new(&plan, None, false);
+    // A closed stdout (`podrun run pod.yaml | head`) stops the pod as Ctrl-C does, and
+    // then podrun ends quietly as on SIGPIPE.
+    let mut stdout_closed = false;
     loop {
-        tailer.poll()?;
+        match tailer.poll() {
+            Ok(()) => {}
+            Err(e) if super::is_broken_pipe(&e) => {
+                stdout_closed = true;
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
         if signals.read_signal()?.is_some() {
             eprintln!(
                 "podrun: stopping pod {}/{} (grace period {}s)",
@@ -133,17 +145,24 @@ pub fn run(cli: &Cli, file: &Path, detach: bool, pull: &str) -> Result<ExitCode>
                     });
                 }
             }
-            let _ = tailer.poll();
+            if !stdout_closed {
+                let _ = tailer.poll();
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         h.join().expect("stop thread")
     });
     // Everything the containers wrote is in the logs now: print it, then remove the pod.
-    let _ = tailer.poll();
+    if !stdout_closed {
+        let _ = tailer.poll();
+    }
     result?;
     let removed = rt.stop(&rt.find(&plan.namespace, &plan.name)?, Some(0), true);
     drop(hold);
     removed?;
+    if stdout_closed {
+        super::exit_as_on_sigpipe();
+    }
     let code = final_status
         .as_ref()
         .and_then(|s| {
