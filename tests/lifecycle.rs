@@ -499,8 +499,8 @@ spec:
     assert!(host.join("events").exists());
 }
 
-/// Collect a child's stdout lines on a channel.
-fn lines_of(stdout: std::process::ChildStdout) -> mpsc::Receiver<String> {
+/// Collect a child's stdout (or stderr) lines on a channel.
+fn lines_of(stdout: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines() {
@@ -767,6 +767,40 @@ fn foreground_run_with_a_closed_stdout_removes_the_pod_and_ends_as_sigpipe() {
     );
     assert!(!stderr.contains("Broken pipe"), "{stderr}");
     // podrun itself removed the pod before it ended.
+    assert!(env.pods_json().as_array().unwrap().is_empty());
+    env.assert_no_leaks();
+}
+
+#[test]
+fn second_sigint_kills_the_pod_and_says_so() {
+    require_root!();
+    let env = Env::new(&["busybox"]);
+    // A container that ignores SIGTERM, with a grace period far longer than the test.
+    let f = env.manifest(
+        "fgforce.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: fgforce}\nspec:\n  terminationGracePeriodSeconds: 300\n  containers:\n  - name: main\n    image: busybox\n    command: [sh, -c, \"trap '' TERM; echo up; while true; do sleep 3600 & wait $!; done\"]\n",
+    );
+    let mut child = env
+        .cmd(&["run", f.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = lines_of(child.stdout.take().unwrap());
+    let err = lines_of(child.stderr.take().unwrap());
+    wait_line(&out, "[main] up", Duration::from_secs(20));
+    let pid = Pid::from_raw(child.id() as i32);
+    kill(pid, Signal::SIGINT).unwrap();
+    wait_line(
+        &err,
+        "podrun: stopping pod default/fgforce (grace period 300s)",
+        Duration::from_secs(20),
+    );
+    kill(pid, Signal::SIGINT).unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let rest: Vec<String> = err.iter().collect();
+    assert_eq!(rest, ["podrun: pod default/fgforce killed"], "{status:?}");
+    assert_eq!(status.code(), Some(137));
     assert!(env.pods_json().as_array().unwrap().is_empty());
     env.assert_no_leaks();
 }

@@ -10,6 +10,7 @@ use anyhow::{bail, Result};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use podrun_runtime::monitor::protocol::{Client, Request};
+use podrun_runtime::pod::PodError;
 use podrun_runtime::status::{ContainerState, PodPhase};
 
 use super::logs::Tailer;
@@ -133,11 +134,14 @@ pub fn run(cli: &Cli, file: &Path, detach: bool, pull: &str) -> Result<ExitCode>
     }
     let final_status = rt.status(&pod);
     let pod = rt.find(&plan.namespace, &plan.name)?;
-    // Stop and remove; a second Ctrl-C shortens the grace period to nothing.
+    // Stop and remove; a second Ctrl-C shortens the grace period to nothing, and the
+    // monitor then kills and removes the pod itself.
+    let mut forced = false;
     let result = std::thread::scope(|s| {
         let h = s.spawn(|| rt.stop(&pod, None, false));
         while !h.is_finished() {
             if signals.read_signal().ok().flatten().is_some() {
+                forced = true;
                 if let Ok(mut c) = Client::connect(&pod.socket()) {
                     let _ = c.send(&Request::Stop {
                         grace_secs: Some(0),
@@ -156,12 +160,24 @@ pub fn run(cli: &Cli, file: &Path, detach: bool, pull: &str) -> Result<ExitCode>
     if !stdout_closed {
         let _ = tailer.poll();
     }
-    result?;
-    let removed = rt.stop(&rt.find(&plan.namespace, &plan.name)?, Some(0), true);
+    // After a forced stop the graceful one's outcome no longer matters (the monitor may
+    // have closed its connection half-way), and the pod being gone already is what it
+    // leaves: the monitor removed it.
+    let result = if forced { Ok(()) } else { result };
+    let removed = match rt.find(&plan.namespace, &plan.name) {
+        Ok(p) => result.and_then(|()| rt.stop(&p, Some(0), true)),
+        Err(PodError::NotFound(_)) if forced => Ok(()),
+        Err(e) => result.and(Err(e)),
+    };
     drop(hold);
     removed?;
     if stdout_closed {
         super::exit_as_on_sigpipe();
+    }
+    if forced {
+        // As a container killed by SIGKILL exits.
+        eprintln!("podrun: pod {}/{} killed", plan.namespace, plan.name);
+        return Ok(ExitCode::from(128 + libc::SIGKILL as u8));
     }
     let code = final_status
         .as_ref()
