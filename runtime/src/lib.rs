@@ -10,6 +10,7 @@ pub mod fault;
 pub mod image;
 pub mod logs;
 pub mod monitor;
+pub mod names;
 pub mod network;
 pub mod oci;
 pub mod plan;

@@ -20,6 +20,7 @@ use crate::cgroups::{CgroupManager, Driver, QosClass};
 use crate::image::{ImageConfig, ImageStore};
 use crate::monitor::protocol::{Client, Request, Response};
 use crate::monitor::{self, PLAN_FILE, SOCKET_FILE, STATUS_FILE};
+use crate::names;
 use crate::plan::{ContainerKind, ContainerPlan, PodPlan, ProcessSpec, RestartPolicy, TmpfsPlan};
 use crate::rootfs::{
     MountPlan, Propagation, RootfsSpec, DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS,
@@ -346,23 +347,10 @@ impl PodRuntime {
                 crate::network::unpin_netns(&orphan);
             }
         }
-        // Name reservations whose pod state is gone.
-        if let Ok(entries) = std::fs::read_dir(self.config.paths.names()) {
-            for e in entries.flatten() {
-                let id = std::fs::read_to_string(e.path()).unwrap_or_default();
-                let id = id.trim();
-                let stale_after = e
-                    .metadata()
-                    .ok()
-                    .and_then(|m| m.modified().ok())
-                    .and_then(|t| t.elapsed().ok())
-                    .unwrap_or_default()
-                    > Duration::from_secs(60);
-                if (id.is_empty() || !self.config.paths.pod_state(id).exists()) && stale_after {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
+        // Name reservations whose pod state is gone (and not being created).
+        names::reap_stale(&self.config.paths.names(), &|id: &str| {
+            self.config.paths.pod_state(id).exists()
+        });
         Ok(reaped)
     }
 
@@ -379,39 +367,41 @@ impl PodRuntime {
     pub fn run(&self, m: &PodManifest) -> Result<PodPlan, PodError> {
         let name = m.name().to_owned();
         let namespace = m.namespace().to_owned();
-        let names = self.config.paths.names();
-        std::fs::create_dir_all(&names).map_err(io(format!("create {}", names.display())))?;
-        let name_file = names.join(format!("{namespace}_{name}"));
-        let reserve = || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&name_file)
+        // Atomic across processes: of several `podrun run` of one pod, one wins.
+        let pod_exists = |id: &str| self.config.paths.pod_state(id).exists();
+        let key = format!("{namespace}_{name}");
+        let reserve = || match names::reserve(&self.config.paths.names(), &key, &pod_exists) {
+            Ok(r) => Ok(Ok(r)),
+            Err(names::NameError::Taken { holder, .. }) => Ok(Err(holder)),
+            Err(names::NameError::Io { step, source }) => Err(PodError::Io { step, source }),
         };
-        let mut file = match reserve() {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                // A reservation of a pod that died is reaped, then the name is free.
+        let exists = || PodError::AlreadyExists(format!("{namespace}/{name}"));
+        let mut reservation = match reserve()? {
+            Ok(r) => r,
+            // Held by a pod whose monitor died: reap it, then the name is free.
+            Err(holder) if !holder.is_empty() => {
                 self.reap()?;
-                if self.find(&namespace, &name).is_ok() {
-                    return Err(PodError::AlreadyExists(format!("{namespace}/{name}")));
-                }
-                let _ = std::fs::remove_file(&name_file);
-                reserve().map_err(|_| PodError::AlreadyExists(format!("{namespace}/{name}")))?
+                reserve()?.map_err(|_| exists())?
             }
-            Err(e) => return Err(io(format!("reserve {}", name_file.display()))(e)),
+            Err(_) => return Err(exists()),
         };
-        let release_name = Rollback::new(|| {
-            let _ = std::fs::remove_file(&name_file);
-        });
+        // A CRI sandbox of that name counts too.
+        if self.find(&namespace, &name).is_ok() {
+            return Err(exists());
+        }
         let plan = self.prepare(m)?;
-        std::io::Write::write_all(&mut file, plan.id.as_bytes())
-            .map_err(io("write name reservation"))?;
+        if let Err(e) = reservation.set_holder(&plan.id) {
+            monitor::teardown_pod(&plan, self.cgroups.as_ref());
+            return Err(PodError::Io {
+                step: "write name reservation".into(),
+                source: std::io::Error::other(e.to_string()),
+            });
+        }
         let undo = Rollback::new(|| monitor::teardown_pod(&plan, self.cgroups.as_ref()));
         state::write_json(&plan.state_dir.join(PLAN_FILE), &plan)?;
         launch_monitor(&plan, &self.config.monitor_exe)?;
         undo.disarm();
-        release_name.disarm();
+        reservation.keep();
         info!(pod = %plan.name, namespace = %plan.namespace, id = %plan.id, "pod started");
         Ok(plan)
     }
