@@ -804,3 +804,102 @@ fn second_sigint_kills_the_pod_and_says_so() {
     assert!(env.pods_json().as_array().unwrap().is_empty());
     env.assert_no_leaks();
 }
+
+/// Set a terminal's window size (on its master: the kernel signals SIGWINCH to the
+/// terminal's foreground process group).
+fn set_window_size(fd: &impl std::os::fd::AsRawFd, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize struct.
+    assert_eq!(
+        unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+        0
+    );
+}
+
+#[test]
+fn exec_with_a_terminal_passes_window_resizes_on() {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    use std::sync::{Arc, Mutex};
+    require_root!();
+    let env = Env::new(&["busybox"]);
+    let pod = format!("execwinch-{}", std::process::id());
+    env.run_pod(
+        "execwinch.yaml",
+        &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}}}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, \"{IDLE}\"]\n"),
+    );
+    env.wait_state(&pod, "c", "running", Duration::from_secs(20));
+    let size = libc::winsize {
+        ws_row: 24,
+        ws_col: 80,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).unwrap();
+    // Each line of input prints the size of the container's terminal; "q" ends it.
+    let mut cmd = env.cmd(&[
+        "exec",
+        "-i",
+        "-t",
+        "-c",
+        "c",
+        &pod,
+        "--",
+        "sh",
+        "-c",
+        "stty size; while read x; do [ \"$x\" = q ] && exit 3; stty size; done",
+    ]);
+    cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave));
+    // SAFETY: setsid and TIOCSCTTY only, between fork and exec: the test's terminal is
+    // podrun's controlling terminal, as a user's is, so a resize signals podrun.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let output = Arc::new(Mutex::new(String::new()));
+    let mut master = std::fs::File::from(pty.master);
+    let mut reader = master.try_clone().unwrap();
+    let seen = output.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let has_line = |want: &str| output.lock().unwrap().lines().any(|l| l.trim_end() == want);
+    env.wait_for("the first size", Duration::from_secs(20), || {
+        has_line("24 80").then_some(())
+    });
+    for (rows, cols) in [(30u16, 100u16), (40, 120)] {
+        set_window_size(&master, rows, cols);
+        let want = format!("{rows} {cols}");
+        // Ask again until the new size shows: the resize and the input are relayed
+        // independently.
+        env.wait_for(&format!("the size {want}"), Duration::from_secs(20), || {
+            master.write_all(b"\n").unwrap();
+            has_line(&want).then_some(())
+        });
+    }
+    master.write_all(b"q\n").unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(3), "{}", output.lock().unwrap());
+    env.rm(&[&pod]);
+    env.assert_no_leaks();
+}

@@ -1,18 +1,32 @@
 //! `podrun exec`: run a command in a running container. Without a terminal the process
 //! gets podrun's own descriptors (passed to the monitor over its socket), so its output
-//! needs no copying; with -t podrun makes a pseudo-terminal and relays it.
+//! needs no copying; with -t the container makes a pseudo-terminal, podrun relays it and
+//! passes window size changes (SIGWINCH) on.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::termios;
 use podrun_runtime::plan::ContainerKind;
 use podrun_runtime::pod::PodRuntime;
 
 fn dup(fd: impl AsFd) -> Result<OwnedFd> {
     Ok(fd.as_fd().try_clone_to_owned()?)
+}
+
+/// Give the container's terminal the size of ours.
+fn copy_window_size(master: &OwnedFd) {
+    // SAFETY: TIOCGWINSZ/TIOCSWINSZ read and write one winsize struct.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {
+            libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+        }
+    }
 }
 
 pub fn exec(
@@ -55,15 +69,22 @@ pub fn exec(
     let (ours, theirs) = podrun_runtime::process::console_socketpair()?;
     let stdin_fd = std::io::stdin();
     let saved = termios::tcgetattr(&stdin_fd).ok();
+    // Window size changes reach us as SIGWINCH; blocked here, before any thread starts,
+    // so that every thread leaves it to the signalfd.
+    let mut winch = SigSet::empty();
+    winch.add(Signal::SIGWINCH);
+    winch.thread_block()?;
+    let resizes = SignalFd::with_flags(&winch, SfdFlags::SFD_CLOEXEC)?;
     let relay = std::thread::spawn(move || -> Result<()> {
         let master = podrun_runtime::process::receive_terminal(&ours)?;
-        // SAFETY: TIOCGWINSZ/TIOCSWINSZ read and write one winsize struct.
-        unsafe {
-            let mut ws: libc::winsize = std::mem::zeroed();
-            if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {
-                libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+        copy_window_size(&master);
+        let resized = dup(&master)?;
+        std::thread::spawn(move || {
+            // The kernel signals the process group in the container's terminal itself.
+            while let Ok(Some(_)) = resizes.read_signal() {
+                copy_window_size(&resized);
             }
-        }
+        });
         if interactive {
             let master_in = dup(&master)?;
             std::thread::spawn(move || {
