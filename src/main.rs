@@ -261,7 +261,7 @@ fn main() -> ExitCode {
     match cmd::dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("podrun: {e:#}");
+            eprintln!("podrun: {}", cmd::error_text(&e));
             ExitCode::from(1)
         }
     }

@@ -75,6 +75,21 @@ pub fn is_broken_pipe(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::BrokenPipe
 }
 
+/// An error and its causes on one line, as `{:#}` prints them, but without a cause its
+/// outer message already quotes (library errors such as `{step}: {source}` both print
+/// their source and return it as their cause).
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 fn namespace(cli: &Cli) -> String {
     cli.namespace.clone().unwrap_or_else(|| "default".into())
 }
@@ -259,7 +274,7 @@ fn remove_images(cli: &Cli, images: &[String]) -> Result<ExitCode> {
         match res {
             Ok(()) => println!("Deleted: {r}"),
             Err(e) => {
-                eprintln!("podrun: {r}: {e:#}");
+                eprintln!("podrun: {r}: {}", error_text(&e));
                 failed = true;
             }
         }
@@ -269,4 +284,45 @@ fn remove_images(cli: &Cli, images: &[String]) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+
+    /// Shaped as a library's `#[error("{step}: {source}")]` variant.
+    #[derive(Debug)]
+    struct StepError {
+        step: String,
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for StepError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}: {}", self.step, self.source)
+        }
+    }
+
+    impl std::error::Error for StepError {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn error_text_prints_each_cause_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let io_text = io.to_string();
+        let e = anyhow::Error::from(StepError {
+            step: "read manifest".into(),
+            source: io,
+        })
+        .context("pod.yaml");
+        assert_eq!(
+            error_text(&e),
+            format!("pod.yaml: read manifest: {io_text}")
+        );
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_text(&e), "outer: inner");
+    }
 }
