@@ -376,22 +376,62 @@ mod tests {
             (
                 "bad cpu quantity",
                 with_container("    resources: {limits: {cpu: lots}}\n"),
-                "spec.containers[0].resources.limits.cpu: invalid quantity \"lots\": no number",
+                "spec.containers[0].resources.limits[cpu]: invalid quantity \"lots\": no number",
             ),
             (
                 "bad memory quantity",
                 with_container("    resources: {requests: {memory: 1GB}}\n"),
-                "spec.containers[0].resources.requests.memory: invalid quantity \"1GB\": unknown suffix",
+                "spec.containers[0].resources.requests[memory]: invalid quantity \"1GB\": unknown suffix",
             ),
             (
                 "negative memory",
                 with_container("    resources: {requests: {memory: -1Gi}}\n"),
-                "spec.containers[0].resources.requests.memory: invalid quantity \"-1Gi\": must not be negative",
+                "spec.containers[0].resources.requests[memory]: invalid quantity \"-1Gi\": must not be negative",
             ),
             (
                 "request above limit",
                 with_container("    resources: {requests: {cpu: \"2\"}, limits: {cpu: 1500m}}\n"),
-                "spec.containers[0].resources.requests.cpu: \"2\" must be less than or equal to the cpu limit \"1500m\"",
+                "spec.containers[0].resources.requests[cpu]: \"2\" must be less than or equal to the cpu limit \"1500m\"",
+            ),
+            (
+                "unknown resource",
+                with_container("    resources: {limits: {bogus: \"1\"}}\n"),
+                "spec.containers[0].resources.limits[bogus]: \"bogus\": must be a standard resource for containers (cpu, memory, ephemeral-storage, hugepages-<size>) or a fully qualified extended resource (domain/name)",
+            ),
+            (
+                "pids is not a container resource",
+                with_container("    resources: {requests: {pids: \"10\"}}\n"),
+                "spec.containers[0].resources.requests[pids]: \"pids\": must be a standard resource for containers (cpu, memory, ephemeral-storage, hugepages-<size>) or a fully qualified extended resource (domain/name)",
+            ),
+            (
+                "malformed extended resource",
+                with_container("    resources: {limits: {example.com/-gpu: \"1\"}}\n"),
+                "spec.containers[0].resources.limits[example.com/-gpu]: \"example.com/-gpu\": name part must consist of at most 63 alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+            ),
+            (
+                "fractional extended resource",
+                with_container("    resources: {limits: {example.com/gpu: 500m}}\n"),
+                "spec.containers[0].resources.limits[example.com/gpu]: invalid quantity \"500m\": must be an integer",
+            ),
+            (
+                "extended request below its limit",
+                with_container("    resources: {requests: {example.com/gpu: \"1\"}, limits: {example.com/gpu: \"2\"}}\n"),
+                "spec.containers[0].resources.requests[example.com/gpu]: \"1\" must be equal to the example.com/gpu limit \"2\"",
+            ),
+            (
+                "extended request without a limit",
+                with_container("    resources: {requests: {example.com/gpu: \"1\"}}\n"),
+                "spec.containers[0].resources.limits[example.com/gpu]: limit must be set for non overcommitable resources",
+            ),
+            (
+                "hugepages alone",
+                with_container("    resources: {limits: {hugepages-2Mi: 4Mi}}\n"),
+                "spec.containers[0].resources: hugepages require cpu or memory",
+            ),
+            (
+                "hugepages in part of a page",
+                with_container("    resources: {limits: {hugepages-2Mi: 3Mi, memory: 64Mi}}\n"),
+                "spec.containers[0].resources.limits[hugepages-2Mi]: invalid quantity \"3Mi\": is not a positive integer multiple of hugepages-2Mi",
             ),
             (
                 "invalid container name",
@@ -556,7 +596,7 @@ spec:
     ports: [{containerPort: 80, hostPort: 8080, protocol: TCP}]
     resources:
       requests: {cpu: 0.5, memory: 134217728}
-      limits: {cpu: 1, memory: 256Mi, nvidia.com/gpu: 1}
+      limits: {cpu: 1, memory: 256Mi, nvidia.com/gpu: 1, ephemeral-storage: 1Gi, hugepages-2Mi: 4Mi, example.kubernetes.io/x: 500m}
     env:
     - {name: OPT, valueFrom: {secretKeyRef: {name: missing, key: k, optional: true}}}
     - {name: NODE, valueFrom: {fieldRef: {fieldPath: "metadata.labels['app']"}}}

@@ -13,6 +13,7 @@ mod env;
 mod hostname;
 mod manifest;
 mod quantity;
+mod resource_names;
 mod resources;
 mod validate;
 mod volumes;

@@ -488,44 +488,90 @@ fn check_volume(doc: &Doc, m: &PodManifest, field: &str, v: &Volume) -> Result<(
     Ok(())
 }
 
+/// A container's requests and limits as ValidateResourceRequirements checks them: known
+/// resource names, non-negative quantities (whole units for extended resources),
+/// requests at most their limits (equal for hugepages and extended resources, which
+/// need a limit), hugepages sized in whole pages and only next to cpu or memory.
 fn check_resources(doc: &Doc, field: &str, r: &ResourceRequirements) -> Result<(), SpecError> {
-    let parse = |name: &str, q: &str| -> Result<i128, SpecError> {
-        match name {
-            "cpu" => parse_quantity_milli_cpu(q).map(|v| v as i128 * 1000),
-            "memory" | "ephemeral-storage" => parse_quantity_bytes(q).map(|v| v as i128 * 1000),
-            _ => parse_quantity_milli(q).and_then(|v| {
-                if v < 0 {
-                    Err(SpecError::InvalidQuantity {
-                        value: q.to_string(),
-                        reason: "must not be negative".to_string(),
-                    })
-                } else {
-                    Ok(v)
-                }
-            }),
-        }
+    use super::resource_names::{
+        container_resource_name_error, huge_page_size, is_extended, is_huge_pages,
+        overcommit_allowed,
     };
+    let parse = |name: &str, q: &str| -> Result<i128, SpecError> {
+        let invalid = |reason: &str| SpecError::InvalidQuantity {
+            value: q.to_string(),
+            reason: reason.to_string(),
+        };
+        let v = match name {
+            "cpu" => parse_quantity_milli_cpu(q).map(|v| v as i128 * 1000),
+            _ if name == "memory" || name == "ephemeral-storage" || is_huge_pages(name) => {
+                parse_quantity_bytes(q).map(|v| v as i128 * 1000)
+            }
+            _ => parse_quantity_milli(q),
+        }?;
+        if v < 0 {
+            return Err(invalid("must not be negative"));
+        }
+        if is_extended(name) && v % 1000 != 0 {
+            return Err(invalid("must be an integer"));
+        }
+        if let Some(page) = is_huge_pages(name).then(|| huge_page_size(name)) {
+            let whole = page.is_some_and(|p| (v / 1000) % i128::from(p) == 0 && v % 1000 == 0);
+            if !whole {
+                return Err(invalid(&format!(
+                    "is not a positive integer multiple of {name}"
+                )));
+            }
+        }
+        Ok(v)
+    };
+    let (mut cpu_or_memory, mut huge_pages) = (false, false);
     let mut limits = BTreeMap::new();
     for (name, q) in r.limits.iter().flatten() {
-        let v = parse(name, &q.0)
-            .map_err(|e| doc.err(format!("{field}.limits.{name}"), e.to_string()))?;
-        limits.insert(name, v);
+        let at = format!("{field}.limits[{name}]");
+        if let Some(e) = container_resource_name_error(name) {
+            return Err(doc.err(at, e));
+        }
+        let v = parse(name, &q.0).map_err(|e| doc.err(&at, e.to_string()))?;
+        limits.insert(name, (v, &q.0));
+        cpu_or_memory |= name == "cpu" || name == "memory";
+        huge_pages |= is_huge_pages(name);
     }
     for (name, q) in r.requests.iter().flatten() {
-        let v = parse(name, &q.0)
-            .map_err(|e| doc.err(format!("{field}.requests.{name}"), e.to_string()))?;
-        if let Some(&limit) = limits.get(name) {
-            if v > limit {
-                let l = &r.limits.as_ref().expect("limits present")[name].0;
+        let at = format!("{field}.requests[{name}]");
+        if let Some(e) = container_resource_name_error(name) {
+            return Err(doc.err(at, e));
+        }
+        let v = parse(name, &q.0).map_err(|e| doc.err(&at, e.to_string()))?;
+        cpu_or_memory |= name == "cpu" || name == "memory";
+        huge_pages |= is_huge_pages(name);
+        match limits.get(name) {
+            Some(&(limit, l)) if !overcommit_allowed(name) && v != limit => {
                 return Err(doc.err(
-                    format!("{field}.requests.{name}"),
+                    at,
+                    format!("{:?} must be equal to the {name} limit {l:?}", q.0),
+                ));
+            }
+            Some(&(limit, l)) if v > limit => {
+                return Err(doc.err(
+                    at,
                     format!(
                         "{:?} must be less than or equal to the {name} limit {l:?}",
                         q.0
                     ),
                 ));
             }
+            None if !overcommit_allowed(name) => {
+                return Err(doc.err(
+                    format!("{field}.limits[{name}]"),
+                    "limit must be set for non overcommitable resources",
+                ));
+            }
+            _ => {}
         }
+    }
+    if huge_pages && !cpu_or_memory {
+        return Err(doc.err(field, "hugepages require cpu or memory"));
     }
     Ok(())
 }
