@@ -435,6 +435,27 @@ fn mark_all_cloexec() {
     }
 }
 
+/// The exit code shells, runc and Docker give a command that could not be executed, for
+/// a start failure whose failed step was the PATH lookup or the execve itself (the
+/// messages made by `child`): 127 when it was not found, 126 when it was found but
+/// could not be run. None for any other failure.
+pub fn exec_failure_exit_code(message: &str) -> Option<u8> {
+    if !message.starts_with("exec") {
+        return None;
+    }
+    use nix::errno::Errno;
+    let errno = |e: Errno| message.contains(&format!(": {e}"));
+    if message.contains(NOT_IN_PATH) || errno(Errno::ENOENT) || errno(Errno::ENOTDIR) {
+        Some(127)
+    } else if errno(Errno::EACCES) || errno(Errno::ENOEXEC) || errno(Errno::EPERM) {
+        Some(126)
+    } else {
+        None
+    }
+}
+
+const NOT_IN_PATH: &str = "executable file not found in $PATH";
+
 /// Find argv[0] the way execvp does, on the container's PATH (already pivoted).
 fn resolve_executable(args: &[String], env: &[String]) -> Result<CString, String> {
     let Some(cmd) = args.first() else {
@@ -455,7 +476,7 @@ fn resolve_executable(args: &[String], env: &[String]) -> Result<CString, String
             return cstring(&candidate.to_string_lossy());
         }
     }
-    Err(format!("exec: {cmd:?}: executable file not found in $PATH"))
+    Err(format!("exec: {cmd:?}: {NOT_IN_PATH}"))
 }
 
 /// Open a namespace of `pid` (e.g. "mnt", "pid") close-on-exec.
@@ -514,4 +535,35 @@ pub fn dev_null() -> Result<OwnedFd, ProcessError> {
 pub fn borrow(fd: &OwnedFd) -> BorrowedFd<'_> {
     use std::os::fd::AsFd;
     fd.as_fd()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exec_failure_exit_code;
+
+    #[test]
+    fn exec_failures_exit_127_when_not_found_and_126_when_not_executable() {
+        let not_found =
+            super::resolve_executable(&["no-such-command".into()], &["PATH=/nonexistent".into()]);
+        assert_eq!(exec_failure_exit_code(&not_found.unwrap_err()), Some(127));
+        let execve = |e: nix::errno::Errno| format!("exec {:?}: {e}", "/x");
+        assert_eq!(
+            exec_failure_exit_code(&execve(nix::errno::Errno::ENOENT)),
+            Some(127)
+        );
+        assert_eq!(
+            exec_failure_exit_code(&execve(nix::errno::Errno::EACCES)),
+            Some(126)
+        );
+        assert_eq!(
+            exec_failure_exit_code(&execve(nix::errno::Errno::ENOEXEC)),
+            Some(126)
+        );
+        assert_eq!(
+            exec_failure_exit_code(
+                "chdir to working directory \"/x\": ENOENT: No such file or directory"
+            ),
+            None
+        );
+    }
 }

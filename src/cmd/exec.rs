@@ -11,8 +11,9 @@ use anyhow::{bail, Result};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::termios;
+use podrun_runtime::monitor::protocol::ProtocolError;
 use podrun_runtime::plan::ContainerKind;
-use podrun_runtime::pod::PodRuntime;
+use podrun_runtime::pod::{PodError, PodRuntime};
 
 fn dup(fd: impl AsFd) -> Result<OwnedFd> {
     Ok(fd.as_fd().try_clone_to_owned()?)
@@ -60,8 +61,7 @@ pub fn exec(
         };
         let stdout = dup(std::io::stdout())?;
         let stderr = dup(std::io::stderr())?;
-        let code = rt.exec(&info, &name, command, false, &[&stdin, &stdout, &stderr])?;
-        return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+        return exit_code(rt.exec(&info, &name, command, false, &[&stdin, &stdout, &stderr]));
     }
 
     // The terminal is made inside the container (its own devpts), as runc's console
@@ -123,6 +123,23 @@ pub fn exec(
     if let Some(t) = &saved {
         let _ = termios::tcsetattr(&stdin_fd, termios::SetArg::TCSANOW, t);
     }
-    let code = result?;
-    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+    exit_code(result)
+}
+
+/// The command's exit code; 127 or 126 (with the reason on stderr) when it could not be
+/// executed, as runc, Docker and kubectl exit.
+fn exit_code(result: Result<i32, PodError>) -> Result<ExitCode> {
+    match result {
+        Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+        Err(PodError::Protocol(ProtocolError::Remote(message))) => {
+            match podrun_runtime::process::exec_failure_exit_code(&message) {
+                Some(code) => {
+                    eprintln!("podrun: {message}");
+                    Ok(ExitCode::from(code))
+                }
+                None => bail!(message),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
 }
