@@ -44,7 +44,12 @@ fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
 fn emit<T: Serialize>(output: &str, value: &T) -> Result<bool> {
     match output {
         "json" => println!("{}", serde_json::to_string_pretty(value)?),
-        "yaml" => print!("{}", serde_norway::to_string(value)?),
+        // Through JSON's data model, as kubectl prints YAML: a container state is a map
+        // (`state: {terminated: ...}`), not a YAML tag (`state: !terminated`).
+        "yaml" => print!(
+            "{}",
+            serde_norway::to_string(&serde_json::to_value(value)?)?
+        ),
         "table" | "wide" => return Ok(false),
         other => bail!("--output: unknown format {other:?} (table, wide, json, yaml)"),
     }
@@ -52,10 +57,10 @@ fn emit<T: Serialize>(output: &str, value: &T) -> Result<bool> {
 }
 
 /// What kubectl prints in the STATUS column.
-fn pod_status_text(p: &PodInfo, rt: &PodRuntime) -> (String, String, String) {
+fn pod_status_text(p: &PodInfo, rt: &PodRuntime) -> (String, String, u32) {
     let status = if p.alive { rt.status(p) } else { None };
     let Some(s) = status else {
-        return (PodPhase::Unknown.to_string(), "0/0".into(), "0".into());
+        return (PodPhase::Unknown.to_string(), "0/0".into(), 0);
     };
     let (ready, total) = s.ready_count();
     let restarts: u32 = s.containers.iter().map(|c| c.restart_count).sum();
@@ -90,7 +95,7 @@ fn pod_status_text(p: &PodInfo, rt: &PodRuntime) -> (String, String, String) {
             }
         }
     }
-    (text, format!("{ready}/{total}"), restarts.to_string())
+    (text, format!("{ready}/{total}"), restarts)
 }
 
 #[derive(Serialize)]
@@ -101,7 +106,7 @@ struct PodRow {
     uid: String,
     status: String,
     ready: String,
-    restarts: String,
+    restarts: u32,
     ip: Option<String>,
     created: chrono::DateTime<chrono::Utc>,
     status_detail: Option<podrun_runtime::status::PodStatus>,
@@ -152,7 +157,7 @@ pub fn pods(rt: &PodRuntime, output: &str) -> Result<ExitCode> {
                 r.namespace.clone(),
                 r.status.clone(),
                 r.ready.clone(),
-                r.restarts.clone(),
+                r.restarts.to_string(),
                 r.ip.clone().unwrap_or_else(|| "<none>".into()),
                 age(r.created),
             ];
@@ -194,9 +199,15 @@ pub fn ps(rt: &PodRuntime, all: bool, output: &str) -> Result<ExitCode> {
                         ContainerState::Waiting { reason, .. } => format!("Waiting ({reason})"),
                         other => other.name().to_owned(),
                     },
-                    s.state
-                        .exit_code()
-                        .or_else(|| s.last_state.as_ref().and_then(|l| l.exit_code())),
+                    // A container running again has no exit code; one waiting to be
+                    // restarted shows how its last run ended.
+                    match &s.state {
+                        ContainerState::Running { .. } => None,
+                        ContainerState::Terminated { exit_code, .. } => Some(*exit_code),
+                        ContainerState::Waiting { .. } => {
+                            s.last_state.as_ref().and_then(|l| l.exit_code())
+                        }
+                    },
                     match s.state {
                         ContainerState::Running { pid, .. } => Some(pid),
                         _ => None,
