@@ -21,10 +21,14 @@ const KEYS: &[(&str, &str)] = &[
     ("cni_conf_dir", "PODRUN_CNI_CONF_DIR"),
     ("cni_bin_dir", "PODRUN_CNI_BIN_DIR"),
     ("hosts_dir", "PODRUN_HOSTS_DIR"),
+    ("pod_max_pids", "PODRUN_POD_MAX_PIDS"),
     ("pull", "PODRUN_PULL"),
     ("socket", "PODRUN_SOCKET"),
     ("stream_addr", "PODRUN_STREAM_ADDR"),
 ];
+
+/// Keys whose value is a number.
+const NUMBERS: &[&str] = &["pod_max_pids"];
 
 /// The config file named by `--config FILE` / `--config=FILE` in `args`, else
 /// `PODRUN_CONFIG`, else the default (which may be missing).
@@ -61,6 +65,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<(&'static str, String)>> {
         };
         let v = match value {
             toml::Value::String(s) => s,
+            toml::Value::Integer(n) if NUMBERS.contains(&key.as_str()) => n.to_string(),
             toml::Value::Array(items) => {
                 let mut parts = Vec::new();
                 for i in items {
@@ -135,6 +140,10 @@ mod tests {
             .to_string();
         assert!(e.contains("root"), "{e}");
         assert!(parse(Path::new("c.toml"), "root = ").is_err());
+        assert_eq!(
+            parse(Path::new("c.toml"), "pod_max_pids = 100").unwrap(),
+            vec![("PODRUN_POD_MAX_PIDS", "100".to_string())]
+        );
     }
 
     #[test]

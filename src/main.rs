@@ -80,6 +80,16 @@ pub struct Cli {
         default_value = podrun_runtime::image::pull::DEFAULT_HOSTS_DIR
     )]
     hosts_dir: PathBuf,
+    /// Maximum number of processes in one pod (its cgroup's pids.max), as kubelet's
+    /// --pod-max-pids; -1 for no limit.
+    #[arg(
+        long,
+        global = true,
+        env = "PODRUN_POD_MAX_PIDS",
+        default_value_t = -1,
+        allow_negative_numbers = true
+    )]
+    pod_max_pids: i64,
     /// Namespace of the pods named on the command line.
     #[arg(short = 'n', long, global = true)]
     namespace: Option<String>,

@@ -48,3 +48,65 @@ fn unknown_resource_names_are_refused_naming_the_field() {
     assert!(env.pods_json().as_array().unwrap().is_empty());
     env.assert_no_leaks();
 }
+
+/// A container that forks 30 sleeps, saying how many it has, then exits.
+const FORKER: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: forker}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox
+    command: [sh, -c, 'i=0; while [ $i -lt 30 ]; do sleep 3600 & i=$((i+1)); echo forked $i; done; echo all forked']
+";
+
+/// The forker's log once it has terminated.
+fn forker_log(env: &Env) -> String {
+    env.wait_state("forker", "c", "terminated", Duration::from_secs(60));
+    String::from_utf8_lossy(&env.podrun(&["logs", "forker"]).stdout).into_owned()
+}
+
+#[test]
+fn pod_max_pids_limits_the_processes_of_a_pod() {
+    require_root!();
+    let env = Env::new(&["busybox"]);
+    let file = env.manifest("forker.yaml", FORKER);
+    let file = file.to_str().unwrap();
+
+    // Without a limit all 30 run.
+    env.ok(&["run", "-d", file]);
+    let log = forker_log(&env);
+    assert!(log.contains("all forked"), "{log}");
+    env.rm(&["forker"]);
+
+    env.ok(&["--pod-max-pids", "10", "run", "-d", file]);
+    let pod_cgroup = env
+        .cgroup_dirs("pids")
+        .into_iter()
+        .find(|d| {
+            d.file_name()
+                .is_some_and(|n| n.to_string_lossy().contains("pod"))
+        })
+        .expect("the pod's pids cgroup");
+    assert_eq!(
+        std::fs::read_to_string(pod_cgroup.join("pids.max"))
+            .unwrap()
+            .trim(),
+        "10"
+    );
+    let log = forker_log(&env);
+    assert!(!log.contains("all forked"), "{log}");
+    let forked = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("forked ")?.trim().parse::<u32>().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(forked < 10, "at most 10 processes in the pod: {log}");
+    env.rm(&["forker"]);
+
+    // Only -1 or a positive number.
+    let (_, _, stderr) = env.fail(&["--pod-max-pids", "0", "run", "-d", file]);
+    assert!(stderr.contains("--pod-max-pids"), "{stderr}");
+    env.assert_no_leaks();
+}

@@ -16,7 +16,7 @@ use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
 use tracing::{info, warn};
 
-use crate::cgroups::{CgroupManager, Driver, QosClass};
+use crate::cgroups::{CgroupManager, Driver, QosClass, Resources};
 use crate::image::{ImageConfig, ImageStore};
 use crate::monitor::protocol::{Client, Request, Response};
 use crate::monitor::{self, PLAN_FILE, SOCKET_FILE, STATUS_FILE};
@@ -82,6 +82,9 @@ pub struct RuntimeConfig {
     pub hosts_dir: PathBuf,
     /// How pods get their network.
     pub network: crate::network::NetworkMode,
+    /// pids.max of every pod cgroup podrun creates (kubelet's --pod-max-pids); None for
+    /// no limit.
+    pub pod_max_pids: Option<i64>,
 }
 
 /// When `podrun run` pulls a pod's images (podman's `--pull`).
@@ -129,6 +132,7 @@ impl RuntimeConfig {
                 .ok()
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_else(|| "localhost".into()),
+            pod_max_pids: None,
         }
     }
 }
@@ -805,7 +809,10 @@ impl Planner<'_> {
                 .max(0) as u64,
             cgroup_driver: cg.driver(),
             cgroup_path,
-            pod_resources: spec::pod_resources(pod),
+            pod_resources: Resources {
+                pids_limit: self.rt.config.pod_max_pids,
+                ..spec::pod_resources(pod)
+            },
             log_dir,
             state_dir: state_dir.clone(),
             data_dir: data_dir.clone(),

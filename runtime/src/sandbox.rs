@@ -370,10 +370,14 @@ impl PodRuntime {
             termination_grace_period_secs: 30,
             cgroup_driver: driver,
             cgroup_path,
+            // A cgroup the caller gave is the caller's to limit (kubelet sets its pids.max).
             pod_resources: if external_cgroup {
                 Resources::default()
             } else {
-                spec.resources.clone()
+                Resources {
+                    pids_limit: self.config.pod_max_pids,
+                    ..spec.resources.clone()
+                }
             },
             log_dir,
             state_dir: state_dir.clone(),

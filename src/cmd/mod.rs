@@ -26,6 +26,11 @@ pub fn runtime_config(cli: &Cli) -> Result<RuntimeConfig> {
         .map_err(anyhow::Error::msg)?;
     config.cgroup_root = cli.cgroup_root.clone();
     config.hosts_dir = cli.hosts_dir.clone();
+    config.pod_max_pids = match cli.pod_max_pids {
+        -1 => None,
+        n if n > 0 => Some(n),
+        n => bail!("--pod-max-pids: {n}: must be a positive number, or -1 for no limit"),
+    };
     config.network = match cli.network.as_str() {
         "none" => podrun_runtime::network::NetworkMode::None,
         "cni" => podrun_runtime::network::NetworkMode::Cni {

@@ -353,6 +353,8 @@ pub async fn update_resources(
                 (Some(x), Some(y)) => Some(x + y),
                 (x, y) => x.or(y),
             },
+            // Not a CRI resource: the pod PID limit stays what the sandbox got.
+            pids_limit: sb.plan.pod_resources.pids_limit,
             ..b
         }
     };
