@@ -903,3 +903,42 @@ fn exec_with_a_terminal_passes_window_resizes_on() {
     env.rm(&[&pod]);
     env.assert_no_leaks();
 }
+
+#[test]
+fn foreground_run_whose_monitor_is_killed_cleans_up_and_fails() {
+    require_root!();
+    let env = Env::new(&["busybox"]);
+    let f = env.manifest("fgmon.yaml", &fg_manifest("fgmon"));
+    let mut child = env
+        .cmd(&["run", f.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = lines_of(child.stdout.take().unwrap());
+    let err = lines_of(child.stderr.take().unwrap());
+    wait_line(&out, "[main] hello from fgmon", Duration::from_secs(20));
+    let pod = env.pod_json("fgmon").unwrap();
+    let monitor = pod["status_detail"]["monitorPid"].as_i64().unwrap();
+    let container = pod["status_detail"]["containers"][0]["state"]["running"]["pid"]
+        .as_i64()
+        .unwrap();
+    kill(Pid::from_raw(monitor as i32), Signal::SIGKILL).unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    let stderr: Vec<String> = err.iter().collect();
+    assert_eq!(status.code(), Some(1), "{stderr:?}");
+    assert!(
+        stderr.iter().any(|l| l.contains(&format!(
+            "the monitor of pod default/fgmon (pid {monitor}) exited"
+        ))),
+        "{stderr:?}"
+    );
+    // podrun itself cleaned up: before any other podrun command could reap the pod.
+    env.assert_no_leaks();
+    env.wait_for(
+        "the container to be killed",
+        Duration::from_secs(10),
+        || process_gone(container).then_some(()),
+    );
+    assert!(env.pods_json().as_array().unwrap().is_empty());
+}

@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use podrun_runtime::monitor::protocol::{Client, Request};
-use podrun_runtime::pod::PodError;
+use podrun_runtime::pod::{PodError, PodRuntime};
 use podrun_runtime::status::{ContainerState, PodPhase};
 
 use super::logs::Tailer;
@@ -104,6 +104,8 @@ pub fn run(cli: &Cli, file: &Path, detach: bool, pull: &str) -> Result<ExitCode>
     // A closed stdout (`podrun run pod.yaml | head`) stops the pod as Ctrl-C does, and
     // then podrun ends quietly as on SIGPIPE.
     let mut stdout_closed = false;
+    // The monitor never writes on the hold connection: anything readable there is its end.
+    let mut monitor_gone = false;
     loop {
         match tailer.poll() {
             Ok(()) => {}
@@ -126,11 +128,19 @@ pub fn run(cli: &Cli, file: &Path, detach: bool, pull: &str) -> Result<ExitCode>
             None if !rt.find(&plan.namespace, &plan.name).is_ok_and(|p| p.alive) => break,
             _ => {}
         }
-        let mut fds = [nix::poll::PollFd::new(
-            signals.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
+        let mut fds = [
+            nix::poll::PollFd::new(signals.as_fd(), nix::poll::PollFlags::POLLIN),
+            nix::poll::PollFd::new(hold.as_fd(), nix::poll::PollFlags::POLLIN),
+        ];
         let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
+        if fds[1].any().unwrap_or(false) {
+            monitor_gone = true;
+            break;
+        }
+    }
+    if monitor_gone {
+        let _ = tailer.poll();
+        return monitor_died(&rt, &plan.namespace, &plan.name);
     }
     let final_status = rt.status(&pod);
     let pod = rt.find(&plan.namespace, &plan.name)?;
@@ -190,4 +200,29 @@ pub fn run(cli: &Cli, file: &Path, detach: bool, pull: &str) -> Result<ExitCode>
         })
         .unwrap_or(0);
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// The monitor ended while podrun held the pod. Killed (or crashed), it left the pod's
+/// containers running, re-parented to init: kill them through the pod's cgroups and remove
+/// the rest (network, state), as `reap` would, and say so.
+fn monitor_died(rt: &PodRuntime, ns: &str, name: &str) -> Result<ExitCode> {
+    let mut pod = match rt.find(ns, name) {
+        Ok(pod) => pod,
+        // Removed by another command (`podrun rm`): nothing is left to clean up.
+        Err(PodError::NotFound(_)) => bail!("pod {ns}/{name} was removed by another command"),
+        Err(e) => return Err(e.into()),
+    };
+    let pid = pod.status.as_ref().map(|s| s.monitor_pid).unwrap_or(0);
+    eprintln!(
+        "podrun: the monitor of pod {ns}/{name} (pid {pid}) exited unexpectedly; killing its containers and removing the pod"
+    );
+    if pid > 0 {
+        // This process started the monitor: reap it, or its zombie keeps the pod's
+        // cgroup busy. ECHILD when it was not ours.
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    }
+    // Its listening socket may outlive our connection by a moment: never ask it to stop.
+    pod.alive = false;
+    rt.stop(&pod, Some(0), true)?;
+    Ok(ExitCode::FAILURE)
 }

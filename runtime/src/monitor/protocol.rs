@@ -152,6 +152,13 @@ pub struct Client {
     reader: BufReader<UnixStream>,
 }
 
+/// The connection's socket, to poll: a holder learns of the monitor's end as a hangup.
+impl std::os::fd::AsFd for Client {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
 impl Client {
     pub fn connect(socket: &Path) -> Result<Self, ProtocolError> {
         let stream = connect(socket).map_err(|source| ProtocolError::Connect {
