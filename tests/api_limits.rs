@@ -110,3 +110,71 @@ fn pod_max_pids_limits_the_processes_of_a_pod() {
     assert!(stderr.contains("--pod-max-pids"), "{stderr}");
     env.assert_no_leaks();
 }
+
+/// A pod with annotations of `n` bytes of value, and an optional extra document.
+fn annotated_pod(n: usize, extra: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: big
+  annotations: {{a: \"{}\"}}
+spec:
+  containers:
+  - name: c
+    image: busybox
+    command: [sleep, '3600']
+{extra}",
+        "x".repeat(n)
+    )
+}
+
+#[test]
+fn objects_beyond_the_api_size_limits_are_refused() {
+    require_root!();
+    let env = Env::new(&["busybox"]);
+    for (what, yaml, want) in [
+        (
+            "10 MB manifest",
+            annotated_pod(10 << 20, ""),
+            "a manifest may have at most 3145728 bytes (3 MiB)".to_owned(),
+        ),
+        (
+            "300 KiB of annotations",
+            annotated_pod(300 << 10, ""),
+            "document 1 (Pod big): metadata.annotations: too long: 307201 bytes".to_owned(),
+        ),
+        (
+            "a ConfigMap over 1 MiB",
+            annotated_pod(
+                1,
+                &format!(
+                    "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cfg}}\ndata: {{k: \"{}\"}}\n",
+                    "x".repeat((1 << 20) + 1)
+                ),
+            ),
+            "document 2 (ConfigMap cfg): data: too long: 1048577 bytes".to_owned(),
+        ),
+        (
+            "a Secret over 1 MiB",
+            annotated_pod(
+                1,
+                &format!(
+                    "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\nstringData: {{k: \"{}\"}}\n",
+                    "x".repeat((1 << 20) + 1)
+                ),
+            ),
+            "document 2 (Secret s): data: too long: 1048577 bytes".to_owned(),
+        ),
+    ] {
+        let file = env.manifest("big.yaml", &yaml);
+        let (_, _, stderr) = env.fail(&["run", "-d", file.to_str().unwrap()]);
+        assert!(stderr.contains(&want), "{what}: {stderr}");
+    }
+    // Within the limits the same pod runs.
+    let file = env.manifest("big.yaml", &annotated_pod(200 << 10, ""));
+    env.ok(&["run", "-d", file.to_str().unwrap()]);
+    env.rm(&["big"]);
+    assert!(env.pods_json().as_array().unwrap().is_empty());
+    env.assert_no_leaks();
+}

@@ -13,12 +13,41 @@ use super::defaults::generate_name;
 use super::validate::{validate, DocLabels};
 use super::{PodManifest, SpecError};
 
+/// The largest manifest file read: etcd refuses requests over 1.5 MiB by default, so a
+/// Pod with its ConfigMaps and Secrets, each within the API's limits, fits with room.
+/// Anything bigger is refused before parsing.
+pub const MAX_MANIFEST_BYTES: u64 = 3 << 20;
+
 /// Read and validate a manifest file. See [`parse_manifest`].
 pub fn load_manifest(path: &Path) -> Result<PodManifest, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SpecError::ReadManifest {
+    let read_err = |source| SpecError::ReadManifest {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let too_big = |size: String| {
+        SpecError::InvalidManifest {
+        path: path.to_path_buf(),
+        message: format!(
+            "the file is {size} bytes: a manifest may have at most {MAX_MANIFEST_BYTES} bytes (3 MiB)"
+        ),
+    }
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    // A regular file is measured before reading; a pipe is read only up to the limit.
+    if let Ok(meta) = file.metadata() {
+        if meta.is_file() && meta.len() > MAX_MANIFEST_BYTES {
+            return Err(too_big(meta.len().to_string()));
+        }
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(file, MAX_MANIFEST_BYTES + 1),
+        &mut text,
+    )
+    .map_err(read_err)?;
+    if text.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(too_big(format!("more than {MAX_MANIFEST_BYTES}")));
+    }
     parse_manifest(&text, path)
 }
 
@@ -637,6 +666,103 @@ spec:
             e.starts_with(&format!("{}: read manifest: ", missing.display())),
             "{e}"
         );
+    }
+
+    /// BASE with annotations of `n` bytes of value under key "a".
+    fn annotated(n: usize) -> String {
+        BASE.replace(
+            "  name: demo\n",
+            &format!(
+                "  name: demo\n  annotations: {{a: \"{}\"}}\n",
+                "x".repeat(n)
+            ),
+        )
+    }
+
+    #[test]
+    fn annotations_are_limited_to_256_kib() {
+        // Key and value count: 1 + (256 KiB - 1) is the most there may be.
+        parse(&annotated(256 * 1024 - 1)).unwrap();
+        assert_eq!(
+            err(&annotated(256 * 1024)),
+            format!("{POD_PREFIX}metadata.annotations: too long: 262145 bytes; keys and values together may have at most 262144 bytes (256 KiB)")
+        );
+        let cm = format!(
+            "{BASE}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cfg, annotations: {{k: \"{}\"}}}}\n",
+            "x".repeat(300 * 1024)
+        );
+        let e = err(&cm);
+        assert!(
+            e.contains("document 2 (ConfigMap cfg): metadata.annotations: too long"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn config_map_and_secret_data_are_limited_to_1_mib() {
+        let config_map = |n: usize| {
+            format!(
+                "{BASE}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cfg}}\ndata: {{a: \"{}\", b: \"{}\"}}\n",
+                "x".repeat(n),
+                "y".repeat(512 * 1024)
+            )
+        };
+        parse(&config_map(512 * 1024)).unwrap();
+        assert_eq!(
+            err(&config_map(512 * 1024 + 1)),
+            "examples/x.yaml: document 2 (ConfigMap cfg): data: too long: 1048577 bytes; data and binaryData together may have at most 1048576 bytes (1 MiB)"
+        );
+        // binaryData counts decoded: 4 base64 characters are 3 bytes.
+        let binary = format!(
+            "{BASE}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cfg}}\nbinaryData: {{a: \"{}\"}}\n",
+            "AAAA".repeat(349_526)
+        );
+        assert!(err(&binary).contains("data: too long: 1048578 bytes"));
+        let secret = |n: usize| {
+            format!(
+                "{BASE}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\ndata: {{a: \"{}\"}}\nstringData: {{b: \"{}\"}}\n",
+                "AAAA".repeat(1024),
+                "x".repeat(n)
+            )
+        };
+        parse(&secret(1024 * 1024 - 3 * 1024)).unwrap();
+        assert_eq!(
+            err(&secret(1024 * 1024 - 3 * 1024 + 1)),
+            "examples/x.yaml: document 2 (Secret s): data: too long: 1048577 bytes; data and stringData together may have at most 1048576 bytes (1 MiB)"
+        );
+    }
+
+    #[test]
+    fn manifests_over_3_mib_are_refused_before_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.yaml");
+        // Not even YAML: the size is all that is looked at.
+        std::fs::write(&path, "{".repeat(3 * 1024 * 1024 + 1)).unwrap();
+        assert_eq!(
+            load_manifest(&path).unwrap_err().to_string(),
+            format!(
+                "{}: the file is 3145729 bytes: a manifest may have at most 3145728 bytes (3 MiB)",
+                path.display()
+            )
+        );
+        // Exactly at the limit it is read (and then found not to be YAML).
+        std::fs::write(&path, format!("@{}", " ".repeat(3 * 1024 * 1024 - 1))).unwrap();
+        let e = load_manifest(&path).unwrap_err().to_string();
+        assert!(e.contains("document 1"), "{e}");
+        // A pipe is read up to the limit only.
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                let mut f = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+                // The reader stops early, so the rest may not be written.
+                let _ = std::io::Write::write_all(&mut f, &vec![b'#'; 4 * 1024 * 1024]);
+            })
+        };
+        let e = load_manifest(&fifo).unwrap_err().to_string();
+        writer.join().unwrap();
+        assert!(e.contains("the file is more than 3145728 bytes"), "{e}");
     }
 
     #[test]

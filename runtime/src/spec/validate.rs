@@ -111,6 +111,19 @@ pub(crate) fn dns1123_subdomain_error(s: &str) -> Option<String> {
     None
 }
 
+/// The data of one ConfigMap or Secret within [`MAX_DATA_SIZE`].
+fn check_data_size(doc: &Doc, field: &str, what: &str, size: usize) -> Result<(), SpecError> {
+    if size > MAX_DATA_SIZE {
+        return Err(doc.err(
+            field,
+            format!(
+                "too long: {size} bytes; {what} together may have at most {MAX_DATA_SIZE} bytes (1 MiB)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A ConfigMap/Secret key: [-._a-zA-Z0-9]+, not "." or "..".
 fn config_key_error(k: &str) -> Option<String> {
     if k.is_empty() || k.len() > 253 {
@@ -144,7 +157,27 @@ pub(crate) fn volume_item_path_error(p: &str) -> Option<String> {
     None
 }
 
+/// kube-apiserver's TotalAnnotationSizeLimitB: keys and values of one object together.
+pub(crate) const TOTAL_ANNOTATION_SIZE_LIMIT: usize = 256 * 1024;
+
+/// corev1.MaxSecretSize, the limit of a ConfigMap's or a Secret's data as a whole.
+pub(crate) const MAX_DATA_SIZE: usize = 1024 * 1024;
+
 fn check_object_meta(doc: &Doc, meta: &ObjectMeta) -> Result<(), SpecError> {
+    let annotations: usize = meta
+        .annotations
+        .iter()
+        .flatten()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if annotations > TOTAL_ANNOTATION_SIZE_LIMIT {
+        return Err(doc.err(
+            "metadata.annotations",
+            format!(
+                "too long: {annotations} bytes; keys and values together may have at most {TOTAL_ANNOTATION_SIZE_LIMIT} bytes (256 KiB)"
+            ),
+        ));
+    }
     match meta.name.as_deref() {
         None => return Err(doc.err("metadata.name", "missing")),
         Some(n) => {
@@ -185,6 +218,18 @@ pub(crate) fn validate(m: &PodManifest, labels: &DocLabels) -> Result<(), SpecEr
                 return Err(doc.err(format!("binaryData.{k}"), "duplicate of a key in data"));
             }
         }
+        let size: usize = cm
+            .data
+            .iter()
+            .flatten()
+            .map(|(_, v)| v.len())
+            .sum::<usize>()
+            + cm.binary_data
+                .iter()
+                .flatten()
+                .map(|(_, v)| v.0.len())
+                .sum::<usize>();
+        check_data_size(&doc, "data", "data and binaryData", size)?;
     }
     for (name, s) in &m.secrets {
         let doc = Doc {
@@ -209,6 +254,19 @@ pub(crate) fn validate(m: &PodManifest, labels: &DocLabels) -> Result<(), SpecEr
                 }
             }
         }
+        // stringData is merged into data on write, so both count.
+        let size: usize = s
+            .data
+            .iter()
+            .flatten()
+            .map(|(_, v)| v.0.len())
+            .sum::<usize>()
+            + s.string_data
+                .iter()
+                .flatten()
+                .map(|(_, v)| v.len())
+                .sum::<usize>();
+        check_data_size(&doc, "data", "data and stringData", size)?;
     }
 
     let doc = Doc {
