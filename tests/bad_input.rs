@@ -127,6 +127,41 @@ fn malformed_manifests_are_refused_naming_file_and_field() {
     env.assert_no_leaks();
 }
 
+/// A "billion laughs" manifest: ten aliases of ten aliases of ..., nine levels deep.
+fn yaml_bomb() -> String {
+    let mut text = String::from(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bomb\n  annotations:\n    a0: &a0 [\"lol\"]\n",
+    );
+    for level in 1..10 {
+        let refs = vec![format!("*a{}", level - 1); 10].join(", ");
+        text.push_str(&format!("    a{level}: &a{level} [{refs}]\n"));
+    }
+    text.push_str(
+        "spec:\n  containers:\n  - name: c\n    image: busybox\n    command: [sleep, '60']\n",
+    );
+    text
+}
+
+#[test]
+fn a_yaml_bomb_is_refused_saying_what_is_wrong() {
+    require_root!();
+    let env = Env::new(&["busybox"]);
+    let stderr = refused(
+        &env,
+        "bomb.yaml",
+        &yaml_bomb(),
+        &[
+            "bomb.yaml: document 1: YAML aliases expand beyond the allowed size",
+            "at most 100 alias expansions per node",
+            "a YAML bomb?",
+            // The parser's own words follow as the cause.
+            "repetition limit exceeded",
+        ],
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line:\n{stderr}");
+    env.assert_no_leaks();
+}
+
 #[test]
 fn second_run_of_the_same_pod_is_refused_and_the_first_keeps_running() {
     require_root!();

@@ -18,6 +18,10 @@ use super::{PodManifest, SpecError};
 /// Anything bigger is refused before parsing.
 pub const MAX_MANIFEST_BYTES: u64 = 3 << 20;
 
+/// serde_norway's message when a document's aliases expand too far (its error kinds are
+/// private, so the message is what tells this one apart).
+const REPETITION_LIMIT: &str = "repetition limit exceeded";
+
 /// Read and validate a manifest file. See [`parse_manifest`].
 pub fn load_manifest(path: &Path) -> Result<PodManifest, SpecError> {
     let read_err = |source| SpecError::ReadManifest {
@@ -64,10 +68,20 @@ pub fn parse_manifest(text: &str, source: &Path) -> Result<PodManifest, SpecErro
 
     for (i, document) in serde_norway::Deserializer::from_str(text).enumerate() {
         let number = i + 1;
-        let value = Value::deserialize(document).map_err(|e| SpecError::ParseYaml {
-            path: source.to_path_buf(),
-            document: number,
-            message: e.to_string(),
+        let value = Value::deserialize(document).map_err(|e| {
+            if e.to_string() == REPETITION_LIMIT {
+                SpecError::YamlBomb {
+                    path: source.to_path_buf(),
+                    document: number,
+                    source: e,
+                }
+            } else {
+                SpecError::ParseYaml {
+                    path: source.to_path_buf(),
+                    document: number,
+                    message: e.to_string(),
+                }
+            }
         })?;
         let mut value = value;
         octal_modes(&mut value);
@@ -589,6 +603,30 @@ mod tests {
         for (name, text, want) in cases {
             assert_eq!(err(&text), want, "{name}");
         }
+    }
+
+    /// A billion-laughs document: ten aliases of ten aliases of ..., nine levels deep.
+    fn yaml_bomb() -> String {
+        let mut text = String::from("apiVersion: v1\nkind: Pod\nmetadata:\n  name: bomb\n  annotations:\n    a0: &a0 [\"lol\"]\n");
+        for level in 1..10 {
+            let refs = vec![format!("*a{}", level - 1); 10].join(", ");
+            text.push_str(&format!("    a{level}: &a{level} [{refs}]\n"));
+        }
+        text.push_str("spec:\n  containers:\n  - name: c\n    image: busybox\n");
+        text
+    }
+
+    #[test]
+    fn a_yaml_bomb_is_refused_naming_the_file_and_the_limit() {
+        let e = parse(&yaml_bomb()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "examples/x.yaml: document 1: YAML aliases expand beyond the allowed size \
+             (at most 100 alias expansions per node written): a YAML bomb?"
+        );
+        // The parser's own words stay available as the cause.
+        let cause = std::error::Error::source(&e).expect("a cause");
+        assert_eq!(cause.to_string(), "repetition limit exceeded");
     }
 
     #[test]

@@ -106,6 +106,10 @@ pub(crate) fn all_containers(pod: &Pod) -> impl Iterator<Item = &Container> {
         .chain(spec.map(|s| s.containers.as_slice()).unwrap_or_default())
 }
 
+/// serde_norway stops expanding a document's aliases after this many expansions per
+/// event (node) of the document, with "repetition limit exceeded".
+pub const ALIAS_EXPANSIONS_PER_NODE: usize = 100;
+
 /// Errors of this module. Each variant names the step that failed; messages are one line
 /// meant to be shown to the user as is.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +125,18 @@ pub enum SpecError {
         path: PathBuf,
         document: usize,
         message: String,
+    },
+    /// A document's aliases expand past serde_norway's repetition limit (a "billion
+    /// laughs" document); `source` is the parser's own error.
+    #[error(
+        "{}: document {document}: YAML aliases expand beyond the allowed size \
+         (at most {ALIAS_EXPANSIONS_PER_NODE} alias expansions per node written): a YAML bomb?",
+        path.display()
+    )]
+    YamlBomb {
+        path: PathBuf,
+        document: usize,
+        source: serde_norway::Error,
     },
     /// A document is well-formed YAML but not a valid object; `field` is the path inside it.
     #[error("{}: {document}: {field}: {message}", path.display())]
