@@ -117,6 +117,30 @@ fn malformed_manifests_are_refused_naming_file_and_field() {
         &pod("novol", "  - name: c\n    image: busybox\n    command: [sleep, '60']\n    volumeMounts: [{name: nope, mountPath: /x}]\n"),
         &["volumeMounts[0]", "nope"],
     );
+    // Field paths index lists by position, as kube-apiserver's do, never by name.
+    let stderr = refused(
+        &env,
+        "sizelimit.yaml",
+        &format!(
+            "{}  volumes:\n  - name: scratch\n    emptyDir: {{medium: Memory, sizeLimit: lots}}\n",
+            pod("sizelimit", "  - name: c\n    image: busybox\n    command: [sleep, '60']\n    volumeMounts: [{name: scratch, mountPath: /x}]\n")
+        ),
+        &["spec.volumes[0].emptyDir.sizeLimit"],
+    );
+    assert!(!stderr.contains("spec.volumes[scratch]"), "{stderr}");
+    let stderr = refused(
+        &env,
+        "subpath.yaml",
+        &format!(
+            "{}  volumes:\n  - name: data\n    emptyDir: {{}}\n",
+            pod("subpath", "  - name: c\n    image: busybox\n    command: [sleep, '60']\n    volumeMounts: [{name: data, mountPath: /x, subPath: ../up}]\n")
+        ),
+        &["spec.containers[0].volumeMounts[0].subPath"],
+    );
+    assert!(
+        !stderr.contains("container \"c\": volumeMounts"),
+        "{stderr}"
+    );
     // A file that does not exist.
     let (_, _, stderr) = env.fail(&[
         "run",

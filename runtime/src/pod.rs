@@ -932,15 +932,17 @@ impl Planner<'_> {
             .and_then(|s| s.fs_group)
             .map(|g| g as u32);
         let mut out = BTreeMap::new();
-        for v in spec.volumes.iter().flatten() {
-            let (path, ro) = self.volume(v, state_dir, data_dir, tmpfs, fs_group)?;
+        for (i, v) in spec.volumes.iter().flatten().enumerate() {
+            let (path, ro) = self.volume(i, v, state_dir, data_dir, tmpfs, fs_group)?;
             out.insert(v.name.clone(), (path, ro));
         }
         Ok(out)
     }
 
+    /// Volume `i` of the pod (`spec.volumes[i]` in messages).
     fn volume(
         &self,
+        i: usize,
         v: &Volume,
         state_dir: &Path,
         data_dir: &Path,
@@ -948,7 +950,7 @@ impl Planner<'_> {
         fs_group: Option<u32>,
     ) -> Result<(PathBuf, bool), PodError> {
         use std::os::unix::fs::PermissionsExt;
-        let field = format!("spec.volumes[{}]", v.name);
+        let field = format!("spec.volumes[{i}]");
         if let Some(e) = &v.empty_dir {
             if e.medium.as_deref() == Some("Memory") {
                 let path = state_dir.join("volumes/empty-dir").join(&v.name);
@@ -1276,7 +1278,7 @@ impl Planner<'_> {
             file: true,
         });
         for (i, vm) in c.volume_mounts.iter().flatten().enumerate() {
-            let field = format!("{cfield}: volumeMounts[{i}]");
+            let field = format!("{field}.volumeMounts[{i}]");
             let (src, always_ro) = volumes.get(&vm.name).ok_or_else(|| {
                 self.invalid(format!("{field}.name: no volume named {:?}", vm.name))
             })?;

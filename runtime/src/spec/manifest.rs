@@ -221,11 +221,65 @@ fn decode<T: DeserializeOwned>(value: Value, source: &Path, label: &str) -> Resu
         field,
         message,
     };
-    let object = result.map_err(|e| invalid(e.path().to_string(), e.inner().to_string()))?;
+    let object = result.map_err(|e| invalid(field_path(e.path()), e.inner().to_string()))?;
     if let Some(field) = unknown.into_iter().next() {
         return Err(invalid(field, "unknown field".to_string()));
     }
     Ok(object)
+}
+
+/// Fields of the accepted kinds whose values are maps: their entries are named by key,
+/// `metadata.labels[app]`, as kube-apiserver names them.
+const MAP_FIELDS: &[&str] = &[
+    "annotations",
+    "binaryData",
+    "data",
+    "labels",
+    "limits",
+    "nodeSelector",
+    "overhead",
+    "requests",
+    "stringData",
+    "volumeAttributes",
+];
+
+/// The path of a type error in kube-apiserver's shape: list items by position
+/// (`spec.containers[0].ports[1]`), map entries by key (`resources.limits[cpu]`).
+fn field_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    let mut in_map = false;
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => {
+                out.push_str(&format!("[{index}]"));
+                in_map = false;
+            }
+            Segment::Map { key } if in_map => {
+                out.push_str(&format!("[{key}]"));
+                in_map = false;
+            }
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+                in_map = MAP_FIELDS.contains(&key.as_str());
+            }
+            Segment::Unknown => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push('?');
+                in_map = false;
+            }
+        }
+    }
+    if out.is_empty() {
+        ".".to_string()
+    } else {
+        out
+    }
 }
 
 /// `spec.containers[0].imagePullPolcy`, the same shape serde_path_to_error prints.
@@ -538,16 +592,54 @@ mod tests {
         );
         let e = err(&format!("{BASE}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\ndata: {{pw: \"not base64!\"}}\n"));
         assert!(
-            e.starts_with("examples/x.yaml: document 2 (Secret s): data.pw: "),
+            e.starts_with("examples/x.yaml: document 2 (Secret s): data[pw]: "),
             "{e}"
         );
         let e = err(&format!("{BASE}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\ndata: {{port: 8080}}\n"));
         assert!(
             e.starts_with(
-                "examples/x.yaml: document 2 (ConfigMap c): data.port: invalid type: integer"
+                "examples/x.yaml: document 2 (ConfigMap c): data[port]: invalid type: integer"
             ),
             "{e}"
         );
+    }
+
+    /// Field paths follow kube-apiserver: list items by position, map entries by key.
+    #[test]
+    fn field_paths_index_lists_by_position_and_maps_by_key() {
+        let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\n";
+        let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n";
+        let cases: Vec<(&str, String, String)> = vec![
+            (
+                "binaryData bad key",
+                format!("{BASE}---\n{cm}binaryData: {{\"a b\": Yw==}}\n"),
+                "examples/x.yaml: document 2 (ConfigMap cfg): binaryData[a b]: \"a b\": must consist of alphanumerics, '-', '_' or '.'".into(),
+            ),
+            (
+                "binaryData duplicate of data",
+                format!("{BASE}---\n{cm}data: {{k: v}}\nbinaryData: {{k: Yw==}}\n"),
+                "examples/x.yaml: document 2 (ConfigMap cfg): binaryData[k]: duplicate of a key in data".into(),
+            ),
+            (
+                "Secret stringData bad key",
+                format!("{BASE}---\n{secret}stringData: {{\"a b\": c}}\n"),
+                "examples/x.yaml: document 2 (Secret s): stringData[a b]: \"a b\": must consist of alphanumerics, '-', '_' or '.'".into(),
+            ),
+            (
+                "label value of the wrong type",
+                BASE.replace("  name: demo\n", "  name: demo\n  labels: {app: [x]}\n"),
+                format!("{POD_PREFIX}metadata.labels[app]: invalid type: sequence"),
+            ),
+            (
+                "limit of the wrong type",
+                with_container("    resources: {limits: {cpu: [1]}}\n"),
+                format!("{POD_PREFIX}spec.containers[0].resources.limits[cpu]: invalid type: sequence"),
+            ),
+        ];
+        for (name, text, want) in cases {
+            let got = err(&text);
+            assert!(got.starts_with(&want), "{name}:\n got {got}\nwant {want}");
+        }
     }
 
     #[test]
@@ -587,7 +679,7 @@ mod tests {
             (
                 "ConfigMap bad key",
                 format!("{BASE}---\n{cm}data: {{\"a b\": c}}\n"),
-                "examples/x.yaml: document 2 (ConfigMap cfg): data.a b: \"a b\": must consist of alphanumerics, '-', '_' or '.'",
+                "examples/x.yaml: document 2 (ConfigMap cfg): data[a b]: \"a b\": must consist of alphanumerics, '-', '_' or '.'",
             ),
             (
                 "ConfigMap in another namespace",

@@ -207,15 +207,15 @@ pub(crate) fn validate(m: &PodManifest, labels: &DocLabels) -> Result<(), SpecEr
         let binary = cm.binary_data.iter().flatten().map(|(k, _)| k);
         for k in data.clone() {
             if let Some(e) = config_key_error(k) {
-                return Err(doc.err(format!("data.{k}"), e));
+                return Err(doc.err(format!("data[{k}]"), e));
             }
         }
         for k in binary {
             if let Some(e) = config_key_error(k) {
-                return Err(doc.err(format!("binaryData.{k}"), e));
+                return Err(doc.err(format!("binaryData[{k}]"), e));
             }
             if data.clone().any(|d| d == k) {
-                return Err(doc.err(format!("binaryData.{k}"), "duplicate of a key in data"));
+                return Err(doc.err(format!("binaryData[{k}]"), "duplicate of a key in data"));
             }
         }
         let size: usize = cm
@@ -250,7 +250,7 @@ pub(crate) fn validate(m: &PodManifest, labels: &DocLabels) -> Result<(), SpecEr
         ] {
             for k in keys {
                 if let Some(e) = config_key_error(k) {
-                    return Err(doc.err(format!("{field}.{k}"), e));
+                    return Err(doc.err(format!("{field}[{k}]"), e));
                 }
             }
         }
