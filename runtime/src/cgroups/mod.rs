@@ -519,8 +519,17 @@ mod tests {
 
     #[test]
     fn detect_reads_the_live_mount_table() {
-        // Whatever this host is, it has some cgroup mount.
-        assert!(detect().is_ok());
+        // The layout read from mountinfo matches what the cgroup root shows: a
+        // cgroup2 root lists its controllers; a hybrid host mounts cgroup2 beside v1.
+        let root = Path::new("/sys/fs/cgroup");
+        let expected = if root.join("cgroup.controllers").is_file() {
+            Hierarchy::Unified
+        } else if root.join("unified/cgroup.controllers").is_file() {
+            Hierarchy::Hybrid
+        } else {
+            Hierarchy::Legacy
+        };
+        assert_eq!(detect().unwrap(), expected);
     }
 
     /// The mount root is configurable: a temp dir with plain directories stands in for

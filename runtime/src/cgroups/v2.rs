@@ -537,7 +537,20 @@ mod tests {
         mgr.ensure("p", &Resources::default()).unwrap();
         // The fake never reports "frozen 1" unless told: thaw is immediate.
         mgr.freeze("p", false).unwrap();
+        assert_eq!(fs.get("p/cgroup.freeze").unwrap(), "0");
         fs.set("p/cgroup.events", "populated 1\nfrozen 1\n");
         mgr.freeze("p", true).unwrap();
+        assert_eq!(fs.get("p/cgroup.freeze").unwrap(), "1");
+        // Until the kernel reports "frozen 1", freezing is not done.
+        fs.set("p/cgroup.events", "populated 1\nfrozen 0\n");
+        match mgr.freeze("p", true) {
+            Err(CgroupError::FreezeTimeout { path, wanted, seen }) => {
+                assert_eq!(
+                    (path.as_str(), wanted.as_str(), seen.as_str()),
+                    ("p", "frozen 1", "frozen 0")
+                );
+            }
+            other => panic!("freeze without a frozen event: {other:?}"),
+        }
     }
 }
