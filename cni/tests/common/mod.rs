@@ -257,16 +257,37 @@ impl TestNetwork {
         )
     }
 
+    /// This network's masquerade rules, as the detected backend lists them. A chain
+    /// or table that does not exist holds none; any other listing failure fails
+    /// the test, so a broken listing can never read as "no rules left".
     pub fn masq_rules(&self) -> usize {
-        let out = Command::new("nft")
-            .args(["list", "chain", "ip", "podrun", "postrouting"])
-            .output();
-        match out {
-            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
-                .matches(&format!("podrun:{}:", self.name))
-                .count(),
-            _ => 0,
+        use podrun_cni::masq::Backend;
+        let tag = format!("podrun:{}:", self.name);
+        let (prog, args): (_, &[&str]) = match Backend::detect() {
+            None => return 0,
+            Some(Backend::Nft(nft)) => (nft, &["list", "chain", "ip", "podrun", "postrouting"]),
+            Some(Backend::Iptables { v4, .. }) => (v4, &["-w", "-t", "nat", "-S"]),
+        };
+        let is_iptables = args[0] == "-w";
+        let out = Command::new(&prog)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", prog.display()));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            assert!(
+                stderr.contains("No such file or directory"),
+                "listing masquerade rules with {} {args:?} failed ({}): {stderr}",
+                prog.display(),
+                out.status
+            );
+            return 0;
         }
+        // iptables tags a chain of its own per attachment; count the jumps to it.
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&tag) && (!is_iptables || l.starts_with("-A POSTROUTING ")))
+            .count()
     }
 
     /// Asserts no veth, reservation or rule is left, then removes the bridge and
