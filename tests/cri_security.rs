@@ -90,26 +90,20 @@ async fn users_groups_and_supplemental_groups() {
     let anon = a.run_container(&sb, &cfg, anon).await;
     assert_eq!(a.exec(&anon, &["id", "-u"]).await.trim(), "4242");
 
-    // An unknown user name must fail, at create or at start.
+    // An unknown user name is refused at create, naming the field and the user.
     let bad = secured(&a, "baduser", |s| s.run_as_username = "no-such-user".into());
-    match a.try_create_container(&sb, &cfg, bad).await {
-        Err(_) => {}
-        Ok(id) => assert!(
-            a.try_start_container(&id).await.is_err(),
-            "a container ran as an unknown user name"
-        ),
-    }
-    // A group without a user is an error.
+    refused_at_create(
+        a.try_create_container(&sb, &cfg, bad).await,
+        "config.linux.security_context.run_as_username: user \"no-such-user\" not found",
+    );
+    // A group without a user is refused at create.
     let bad = secured(&a, "groupnouser", |s| {
         s.run_as_group = Some(v1::Int64Value { value: 2000 })
     });
-    match a.try_create_container(&sb, &cfg, bad).await {
-        Err(_) => {}
-        Ok(id) => assert!(
-            a.try_start_container(&id).await.is_err(),
-            "run_as_group without a user was accepted"
-        ),
-    }
+    refused_at_create(
+        a.try_create_container(&sb, &cfg, bad).await,
+        "config.linux.security_context.run_as_group: set without run_as_user",
+    );
     a.finish().await;
 }
 
@@ -168,13 +162,10 @@ async fn privileged_container_needs_a_privileged_sandbox() {
     let (sb, cfg) = a.sandbox("unpriv").await;
     // A privileged container needs a privileged sandbox.
     let p = secured(&a, "priv", |s| s.privileged = true);
-    match a.try_create_container(&sb, &cfg, p).await {
-        Err(_) => {}
-        Ok(id) => assert!(
-            a.try_start_container(&id).await.is_err(),
-            "a privileged container ran in an unprivileged sandbox"
-        ),
-    }
+    refused_at_create(
+        a.try_create_container(&sb, &cfg, p).await,
+        "config.linux.security_context.privileged: no privileged container allowed in a sandbox that is not privileged",
+    );
 
     a.finish().await;
 }
@@ -342,19 +333,26 @@ async fn seccomp_runtime_default_unconfined_and_localhost() {
     assert!(err.contains("not permitted"), "{err}");
     assert_eq!(a.exec(&c, &["echo", "ok"]).await, "ok\n");
 
-    // A profile that does not exist fails the container, not silently unconfined.
+    // A profile that does not exist is refused at create, not run unconfined.
     let missing = a.env.dir.path().join("missing.json");
     let c = secured(&a, "missing", |s| {
         s.seccomp = Some(profile(ProfileType::Localhost, missing.to_str().unwrap()))
     });
-    match a.try_create_container(&sb, &cfg, c).await {
-        Err(_) => {}
-        Ok(id) => assert!(
-            a.try_start_container(&id).await.is_err(),
-            "a container ran with a missing seccomp profile"
+    refused_at_create(
+        a.try_create_container(&sb, &cfg, c).await,
+        &format!(
+            "config.linux.security_context.seccomp.localhost_ref: profile {:?} not found",
+            missing.to_str().unwrap()
         ),
-    }
+    );
     a.finish().await;
+}
+
+/// CreateContainer was refused as an invalid argument, with `cause` in the message.
+fn refused_at_create(r: Result<String, tonic::Status>, cause: &str) {
+    let e = r.expect_err("CreateContainer accepted a config it must refuse");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().contains(cause), "expected {cause:?} in: {e}");
 }
 
 fn ns_option(
