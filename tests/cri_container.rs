@@ -245,10 +245,17 @@ async fn exec_sync_output_exit_codes_and_timeout() {
         "hello from env\n"
     );
     assert_eq!(a.exec(&c, &["pwd"]).await, "/tmp\n");
-    // A command that does not exist: a failed exec, reported as an error or a non-zero exit.
-    if let Ok(r) = a.try_exec(&c, &["/no/such/binary"], 30).await {
-        assert_ne!(r.exit_code, 0);
-    }
+    // A command that does not exist fails the exec itself, naming the command and errno.
+    let e = a
+        .try_exec(&c, &["/no/such/binary"], 30)
+        .await
+        .expect_err("exec of a missing binary succeeded");
+    assert_eq!(e.code(), tonic::Code::Unknown, "{e}");
+    assert!(
+        e.message()
+            .contains("exec \"/no/such/binary\": ENOENT: No such file or directory"),
+        "{e}"
+    );
     // Large output comes back whole.
     let big = a
         .exec(
@@ -499,13 +506,20 @@ async fn host_path_mounts_readonly_and_symlinked() {
             .into_owned(),
         ..Default::default()
     }];
-    let r = a.try_create_container(&sb, &cfg, bad).await;
-    if let Ok(id) = r {
-        assert!(
-            a.try_start_container(&id).await.is_err(),
-            "a missing host path started"
-        );
-    }
+    // A host path that does not exist is refused at create, naming the mount.
+    let e = a
+        .try_create_container(&sb, &cfg, bad)
+        .await
+        .expect_err("a mount of a missing host path was created");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    let missing = a.env.dir.path().join("missing");
+    assert!(
+        e.message().contains(&format!(
+            "config.mounts[0].host_path: {}: No such file or directory",
+            missing.display()
+        )),
+        "{e}"
+    );
     a.finish().await;
 }
 
