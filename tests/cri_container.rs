@@ -110,7 +110,18 @@ async fn container_lifecycle_status_and_list_filters() {
         .await
         .unwrap()
         .into_inner();
-    let _ = full.containers_statuses;
+    let mut states: Vec<(String, i32)> = full
+        .containers_statuses
+        .iter()
+        .map(|s| (s.id.clone(), s.state))
+        .collect();
+    states.sort();
+    let mut want = vec![
+        (c1.clone(), ContainerRunning as i32),
+        (c2.clone(), ContainerCreated as i32),
+    ];
+    want.sort();
+    assert_eq!(states, want, "{:?}", full.containers_statuses);
 
     // Stop: exited, with a finish time; stopping again is fine.
     a.stop_container(&c1, 10).await;

@@ -153,16 +153,21 @@ impl Cri {
             },
         )
         .await
-        .ok()
-        .and_then(|r| r.status)
-        .unwrap_or_else(|| cri::PodSandboxStatus {
-            id: sandbox_id.to_owned(),
-            state: cri::PodSandboxState::SandboxNotready as i32,
-            ..Default::default()
-        });
-        let containers_statuses = container::statuses_in_sandbox(self, sandbox_id)
-            .await
-            .unwrap_or_default();
+        .ok();
+        let containers_statuses = match &sandbox_status {
+            Some(r) => r.containers_statuses.clone(),
+            None => container::statuses_in_sandbox(self, sandbox_id)
+                .await
+                .unwrap_or_default(),
+        };
+        let sandbox_status =
+            sandbox_status
+                .and_then(|r| r.status)
+                .unwrap_or_else(|| cri::PodSandboxStatus {
+                    id: sandbox_id.to_owned(),
+                    state: cri::PodSandboxState::SandboxNotready as i32,
+                    ..Default::default()
+                });
         let kinds: &[cri::ContainerEventType] = if missing_stop {
             &[ContainerStoppedEvent, ContainerDeletedEvent]
         } else {

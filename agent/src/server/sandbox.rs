@@ -280,7 +280,7 @@ pub async fn status(
             runtime_handler: sb.runtime_handler.clone(),
         }),
         info,
-        containers_statuses: Vec::new(),
+        containers_statuses: super::container::statuses_in_sandbox(cri, &sb.id).await?,
         timestamp: now_ns(),
     })
 }
