@@ -382,42 +382,41 @@ spec:
     env.assert_no_leaks();
 }
 
-/// How long `rm` (with the pod's own grace period) took.
-fn timed_rm(env: &Env, pod: &str) -> Duration {
-    let t = Instant::now();
-    env.ok(&["rm", pod]);
-    t.elapsed()
-}
-
 #[test]
 fn graceful_stop_waits_for_a_trapping_container() {
     require_root!();
     let env = Env::new(&["busybox"]);
+    let host = env.dir.path().join("host");
+    std::fs::create_dir(&host).unwrap();
     env.run_pod(
         "slowstop.yaml",
-        r#"
+        &format!(
+            r#"
 apiVersion: v1
 kind: Pod
-metadata: {name: slowstop}
+metadata: {{name: slowstop}}
 spec:
   terminationGracePeriodSeconds: 30
   containers:
   - name: c
     image: busybox
-    command: [sh, -c, "trap 'sleep 2; exit 0' TERM; echo up; while true; do sleep 3600 & wait $!; done"]
+    command: [sh, -c, "trap 'echo term >> /host/events; sleep 2; echo done >> /host/events; exit 0' TERM; echo up; while true; do sleep 3600 & wait $!; done"]
+    volumeMounts: [{{name: host, mountPath: /host}}]
+  volumes:
+  - name: host
+    hostPath: {{path: {}, type: Directory}}
 "#,
+            host.display()
+        ),
     );
     env.wait_for("the trap to be set", Duration::from_secs(20), || {
         env.ok(&["logs", "slowstop"]).contains("up").then_some(())
     });
-    let took = timed_rm(&env, "slowstop");
-    assert!(
-        took >= Duration::from_secs(2),
-        "rm returned before the container finished its TERM handler: {took:?}"
-    );
-    assert!(
-        took < Duration::from_secs(20),
-        "rm waited far too long: {took:?}"
+    env.ok(&["rm", "slowstop"]);
+    let events = std::fs::read_to_string(host.join("events")).unwrap();
+    assert_eq!(
+        events, "term\ndone\n",
+        "rm returns only after the TERM handler ran to its end, unkilled"
     );
     env.assert_no_leaks();
 }
@@ -426,30 +425,39 @@ spec:
 fn graceful_stop_kills_after_the_grace_period() {
     require_root!();
     let env = Env::new(&["busybox"]);
+    let host = env.dir.path().join("host");
+    std::fs::create_dir(&host).unwrap();
     env.run_pod(
         "stubborn.yaml",
-        r#"
+        &format!(
+            r#"
 apiVersion: v1
 kind: Pod
-metadata: {name: stubborn}
+metadata: {{name: stubborn}}
 spec:
-  terminationGracePeriodSeconds: 2
+  terminationGracePeriodSeconds: 3
   containers:
   - name: c
     image: busybox
-    # PID 1 without a handler: SIGTERM is ignored.
-    command: [sleep, "3600"]
+    # Notes SIGTERM, lives on well inside the grace period, and never exits by itself.
+    command: [sh, -c, "trap 'echo term >> /host/events; sleep 1; echo alive >> /host/events' TERM; echo up; while true; do sleep 3600 & wait $!; done"]
+    volumeMounts: [{{name: host, mountPath: /host}}]
+  volumes:
+  - name: host
+    hostPath: {{path: {}, type: Directory}}
 "#,
+            host.display()
+        ),
     );
-    env.wait_state("stubborn", "c", "running", Duration::from_secs(20));
-    let took = timed_rm(&env, "stubborn");
-    assert!(
-        took >= Duration::from_secs(2),
-        "killed before the grace period: {took:?}"
-    );
-    assert!(
-        took < Duration::from_secs(20),
-        "not killed after the grace period: {took:?}"
+    env.wait_for("the trap to be set", Duration::from_secs(20), || {
+        env.ok(&["logs", "stubborn"]).contains("up").then_some(())
+    });
+    // rm returns: only SIGKILL can have ended a container that ignores TERM.
+    env.ok(&["rm", "stubborn"]);
+    let events = std::fs::read_to_string(host.join("events")).unwrap();
+    assert_eq!(
+        events, "term\nalive\n",
+        "TERM comes first and the kill waits for the grace period"
     );
     env.assert_no_leaks();
 }
