@@ -405,7 +405,15 @@ async fn logs_in_cri_format_and_reopen() {
     })
     .await;
     let old = cri_common::parse_cri_log(&rotated).len();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The container keeps writing: wait for more lines in the new file, none of them
+    // in the rotated one.
+    let now = cri_common::parse_cri_log(&path).len();
+    cri_common::eventually(
+        "more lines in the new log",
+        Duration::from_secs(30),
+        || async { (cri_common::parse_cri_log(&path).len() >= now + 3).then_some(()) },
+    )
+    .await;
     assert_eq!(
         cri_common::parse_cri_log(&rotated).len(),
         old,
@@ -741,12 +749,20 @@ async fn container_and_sandbox_stats() {
             .unwrap()
     };
     let first = sample(a.rt.clone(), c.clone()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let second = sample(a.rt.clone(), c.clone()).await;
     let cum = |u: &v1::CpuUsage| u.usage_core_nano_seconds.as_ref().unwrap().value;
-    assert!(cum(&second) > cum(&first), "{first:?} {second:?}");
-    let rate = second.usage_nano_cores.as_ref().unwrap().value;
-    assert!(rate > 10_000_000, "nano cores {rate}");
+    cri_common::eventually(
+        "CPU time to grow at a busy rate",
+        Duration::from_secs(30),
+        || {
+            let (rt, c) = (a.rt.clone(), c.clone());
+            async move {
+                let second = sample(rt, c).await;
+                let rate = second.usage_nano_cores.as_ref().unwrap().value;
+                (cum(&second) > cum(&first) && rate > 10_000_000).then_some(())
+            }
+        },
+    )
+    .await;
     let pod =
         a.rt.pod_sandbox_stats(v1::PodSandboxStatsRequest {
             pod_sandbox_id: sb.clone(),
