@@ -288,18 +288,20 @@ async fn token_is_single_use() {
 
 #[tokio::test]
 async fn expired_token_is_refused() {
-    let s = StreamServer::start_with_ttl(
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::new(FakeRuntime),
-        Duration::from_millis(50),
-    )
-    .await
-    .unwrap();
+    let ttl = Duration::from_millis(50);
+    let s =
+        StreamServer::start_with_ttl("127.0.0.1:0".parse().unwrap(), Arc::new(FakeRuntime), ttl)
+            .await
+            .unwrap();
     let url = s
         .get_exec(&exec_req(&["echo", "0"], false, false))
         .unwrap()
         .url;
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    // Wait until the token is certainly older than its TTL.
+    let issued = std::time::Instant::now();
+    while issued.elapsed() <= ttl {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(matches!(
         client::exec(&url, Transport::Spdy, opts(false, false), None).await,
         Err(ClientError::Http { status: 404, .. })
