@@ -228,11 +228,19 @@ impl PtySession {
                 return t;
             }
             if let Ok(Some(st)) = self.child.try_wait() {
-                // The reader may still be draining the last output.
-                std::thread::sleep(Duration::from_millis(200));
-                let t = self.text();
-                assert!(t.contains(needle), "exited ({st}) before {needle:?}: {t:?}");
-                return t;
+                // The reader may still be draining the last output: poll it a while longer.
+                let drained = Instant::now() + Duration::from_secs(5);
+                loop {
+                    let t = self.text();
+                    if t.contains(needle) {
+                        return t;
+                    }
+                    assert!(
+                        Instant::now() < drained,
+                        "exited ({st}) before {needle:?}: {t:?}"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
             assert!(
                 Instant::now() < end,
