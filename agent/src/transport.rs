@@ -353,19 +353,9 @@ fn encode_string(s: &[u8], out: &mut Vec<u8>) {
 }
 
 /// An HPACK integer with an N-bit prefix (RFC 7541 §5.1); `first` holds the bits above it.
-fn encode_integer(mut value: usize, prefix_bits: u8, first: u8, out: &mut Vec<u8>) {
-    let max = (1usize << prefix_bits) - 1;
-    if value < max {
-        out.push(first | value as u8);
-        return;
-    }
-    out.push(first | max as u8);
-    value -= max;
-    while value >= 128 {
-        out.push((value % 128) as u8 | 0x80);
-        value /= 128;
-    }
-    out.push(value as u8);
+fn encode_integer(value: usize, prefix_bits: u8, first: u8, out: &mut Vec<u8>) {
+    // Writing to a Vec cannot fail.
+    let _ = loona_hpack::encoder::encode_integer_into(value, prefix_bits, first, out);
 }
 
 /// A HEADERS frame and as many CONTINUATION frames as `block` needs.
