@@ -31,6 +31,22 @@ async fn exec_url(a: &mut Agent, c: &str, cmd: &[&str], o: ExecOptions) -> Strin
     url
 }
 
+/// The URL of an Attach asking for the streams of `o`.
+async fn attach_url(a: &mut Agent, c: &str, o: &ExecOptions) -> String {
+    a.rt.attach(v1::AttachRequest {
+        container_id: c.to_string(),
+        tty: o.tty,
+        stdin: o.stdin,
+        stdout: o.stdout,
+        stderr: o.stderr,
+        audit_request_id: String::new(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("Attach: {e}"))
+    .into_inner()
+    .url
+}
+
 async fn with_timeout<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(60), f)
         .await
@@ -293,19 +309,7 @@ async fn tty_container_gets_a_terminal_of_its_own_and_can_be_attached() {
         stderr: false,
         tty: true,
     };
-    let url =
-        a.rt.attach(v1::AttachRequest {
-            container_id: c.clone(),
-            stdin: true,
-            tty: true,
-            stdout: true,
-            stderr: false,
-            audit_request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
+    let url = attach_url(&mut a, &c, &opts).await;
     let mut rc = with_timeout(
         "attach",
         client::RemoteCommand::connect(&url, Transport::WebSocketV5, opts),
@@ -367,19 +371,7 @@ async fn attach_to_a_container() {
         stderr: true,
         tty: false,
     };
-    let url =
-        a.rt.attach(v1::AttachRequest {
-            container_id: c.clone(),
-            stdin: true,
-            tty: false,
-            stdout: true,
-            stderr: true,
-            audit_request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
+    let url = attach_url(&mut a, &c, &opts).await;
     let mut rc = with_timeout(
         "attach",
         client::RemoteCommand::connect(&url, Transport::Spdy, opts),
@@ -427,17 +419,7 @@ async fn attach_to_a_container() {
         stderr: true,
         tty: false,
     };
-    let url =
-        a.rt.attach(v1::AttachRequest {
-            container_id: w.clone(),
-            stdout: true,
-            stderr: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
+    let url = attach_url(&mut a, &w, &out_only).await;
     let mut rc = with_timeout(
         "attach ws",
         client::RemoteCommand::connect(&url, Transport::WebSocketV5, out_only),

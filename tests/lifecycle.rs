@@ -553,6 +553,15 @@ fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> std::process
     }
 }
 
+/// `podrun run FILE` in the foreground, its stdout piped.
+fn run_in_foreground(env: &Env, f: &std::path::Path, stderr: Stdio) -> std::process::Child {
+    env.cmd(&["run", f.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
 fn fg_manifest(name: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: main\n    image: busybox\n    command: [sh, -c, \"echo hello from $HOSTNAME; {IDLE}\"]\n"
@@ -564,12 +573,7 @@ fn foreground_run_stops_on_sigint() {
     require_root!();
     let env = Env::new(&["busybox"]);
     let f = env.manifest("fg.yaml", &fg_manifest("fg"));
-    let mut child = env
-        .cmd(&["run", f.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = run_in_foreground(&env, &f, Stdio::piped());
     let rx = lines_of(child.stdout.take().unwrap());
     wait_line(&rx, "[main] hello from fg", Duration::from_secs(20));
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
@@ -586,12 +590,7 @@ fn foreground_run_stops_on_sigint() {
 /// it; returns the pids of the monitor and of the container's process.
 fn run_and_kill_foreground(env: &Env, name: &str) -> (i64, i64) {
     let f = env.manifest(&format!("{name}.yaml"), &fg_manifest(name));
-    let mut child = env
-        .cmd(&["run", f.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = run_in_foreground(env, &f, Stdio::null());
     let rx = lines_of(child.stdout.take().unwrap());
     wait_line(
         &rx,
@@ -754,12 +753,7 @@ fn foreground_run_with_a_closed_stdout_removes_the_pod_and_ends_as_sigpipe() {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: fgpipe}\nspec:\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: main\n    image: busybox\n    command: [sh, -c, \"echo hello; trap 'exit 0' TERM; while true; do echo tick; sleep 1 & wait $!; done\"]\n",
     );
     // `podrun run pod.yaml | head -1`.
-    let mut child = env
-        .cmd(&["run", f.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = run_in_foreground(&env, &f, Stdio::piped());
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
@@ -788,12 +782,7 @@ fn second_sigint_kills_the_pod_and_says_so() {
         "fgforce.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata: {name: fgforce}\nspec:\n  terminationGracePeriodSeconds: 300\n  containers:\n  - name: main\n    image: busybox\n    command: [sh, -c, \"trap '' TERM; echo up; while true; do sleep 3600 & wait $!; done\"]\n",
     );
-    let mut child = env
-        .cmd(&["run", f.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = run_in_foreground(&env, &f, Stdio::piped());
     let out = lines_of(child.stdout.take().unwrap());
     let err = lines_of(child.stderr.take().unwrap());
     wait_line(&out, "[main] up", Duration::from_secs(20));
@@ -917,12 +906,7 @@ fn foreground_run_whose_monitor_is_killed_cleans_up_and_fails() {
     require_root!();
     let env = Env::new(&["busybox"]);
     let f = env.manifest("fgmon.yaml", &fg_manifest("fgmon"));
-    let mut child = env
-        .cmd(&["run", f.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = run_in_foreground(&env, &f, Stdio::piped());
     let out = lines_of(child.stdout.take().unwrap());
     let err = lines_of(child.stderr.take().unwrap());
     wait_line(&out, "[main] hello from fgmon", Duration::from_secs(20));
