@@ -81,14 +81,7 @@ fn pod_max_pids_limits_the_processes_of_a_pod() {
     env.rm(&["forker"]);
 
     env.ok(&["--pod-max-pids", "10", "run", "-d", file]);
-    let pod_cgroup = env
-        .cgroup_dirs("pids")
-        .into_iter()
-        .find(|d| {
-            d.file_name()
-                .is_some_and(|n| n.to_string_lossy().contains("pod"))
-        })
-        .expect("the pod's pids cgroup");
+    let pod_cgroup = env.pod_cgroup("pids").expect("the pod's pids cgroup");
     assert_eq!(
         std::fs::read_to_string(pod_cgroup.join("pids.max"))
             .unwrap()

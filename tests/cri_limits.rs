@@ -15,15 +15,7 @@ async fn pod_max_pids_limits_a_sandbox() {
         .to_vec();
     let mut a = Agent::start_in(env).await;
     let (sb, cfg) = a.sandbox("forker").await;
-    let pod_cgroup = a
-        .env
-        .cgroup_dirs("pids")
-        .into_iter()
-        .find(|d| {
-            d.file_name()
-                .is_some_and(|n| n.to_string_lossy().contains("pod"))
-        })
-        .expect("the sandbox's pids cgroup");
+    let pod_cgroup = a.env.pod_cgroup("pids").expect("the sandbox's pids cgroup");
     assert_eq!(
         std::fs::read_to_string(pod_cgroup.join("pids.max"))
             .unwrap()

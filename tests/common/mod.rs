@@ -179,6 +179,14 @@ impl Env {
         }
     }
 
+    /// The cgroup directory of this instance's (only) pod in `hierarchy` (e.g. "pids").
+    pub fn pod_cgroup(&self, hierarchy: &str) -> Option<PathBuf> {
+        self.cgroup_dirs(hierarchy).into_iter().find(|d| {
+            d.file_name()
+                .is_some_and(|n| n.to_string_lossy().contains("pod"))
+        })
+    }
+
     /// Assert that nothing of this instance is left on the host: monitor and container
     /// processes, mounts, cgroups, pod state, container layers, logs.
     pub fn assert_no_leaks(&self) {
