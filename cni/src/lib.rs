@@ -9,6 +9,7 @@ pub mod exec;
 pub mod ipam;
 pub mod masq;
 pub mod netlink;
+pub mod nft;
 pub mod ns;
 pub mod portmap;
 pub mod skel;

@@ -15,6 +15,8 @@ use std::process::{Command, Stdio};
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
+use crate::nft::NftRule;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MasqError {
     #[error("failed to run {program}: {source}")]
@@ -205,39 +207,36 @@ fn iptables_chain(tag: &str) -> String {
     format!("PODRUN-MASQ-{}", &hash[..hash.len().min(16)])
 }
 
+/// The rules of podrun's `postrouting` chains, both families, read from
+/// `nft -j`; a family without the chain has none.
+fn nft_postrouting_rules(nft: &std::path::Path) -> Vec<NftRule> {
+    ["ip", "ip6"]
+        .iter()
+        .filter_map(|family| {
+            run(
+                nft,
+                &["-j", "list", "chain", family, "podrun", "postrouting"],
+                None,
+            )
+            .ok()
+        })
+        .filter_map(|listing| crate::nft::parse_rules(&listing).ok())
+        .flatten()
+        .filter(|r| r.table == "podrun" && r.chain == "postrouting")
+        .collect()
+}
+
 /// Removes the attachment's rules; rules, chains or tables already gone are fine.
 pub fn teardown_masquerade(backend: &Backend, tag: &str) -> Result<(), MasqError> {
-    let comment = format!("\"podrun:{tag}\"");
+    let comment = format!("podrun:{tag}");
     match backend {
         Backend::Nft(nft) => {
-            for family in ["ip", "ip6"] {
-                let Ok(listing) = run(
-                    nft,
-                    &["-a", "list", "chain", family, "podrun", "postrouting"],
-                    None,
-                ) else {
-                    continue;
-                };
-                for line in listing.lines().filter(|l| l.contains(&comment)) {
-                    if let Some(handle) = line.rsplit("# handle ").next().map(str::trim) {
-                        if handle.chars().all(|c| c.is_ascii_digit()) && !handle.is_empty() {
-                            // A concurrent DEL may have removed it already.
-                            let _ = run(
-                                nft,
-                                &[
-                                    "delete",
-                                    "rule",
-                                    family,
-                                    "podrun",
-                                    "postrouting",
-                                    "handle",
-                                    handle,
-                                ],
-                                None,
-                            );
-                        }
-                    }
-                }
+            for rule in nft_postrouting_rules(nft)
+                .into_iter()
+                .filter(|r| r.comment.as_deref() == Some(comment.as_str()))
+            {
+                // A concurrent DEL may have removed it already.
+                let _ = run(nft, &["-f", "-"], Some(&rule.delete_command()));
             }
             Ok(())
         }
@@ -261,28 +260,22 @@ pub fn teardown_masquerade(backend: &Backend, tag: &str) -> Result<(), MasqError
     }
 }
 
+/// The attachment tags of `network` found in the comments of nft rules.
+fn nft_network_tags<'a>(rules: &'a [NftRule], network: &str) -> impl Iterator<Item = String> + 'a {
+    let prefix = format!("{network}:");
+    rules.iter().filter_map(move |r| {
+        let tag = r.comment.as_deref()?.strip_prefix("podrun:")?;
+        tag.starts_with(&prefix).then(|| tag.to_string())
+    })
+}
+
 /// Removes the rules of `network` whose tag is not in `keep` (the GC command).
 pub fn garbage_collect(backend: &Backend, network: &str, keep: &[String]) -> Result<(), MasqError> {
     let prefix = format!("podrun:{network}:");
     let mut stale = std::collections::BTreeSet::new();
     match backend {
         Backend::Nft(nft) => {
-            for family in ["ip", "ip6"] {
-                let Ok(listing) = run(
-                    nft,
-                    &["list", "chain", family, "podrun", "postrouting"],
-                    None,
-                ) else {
-                    continue;
-                };
-                for line in listing.lines() {
-                    if let Some(rest) = line.split(&format!("comment \"{prefix}")).nth(1) {
-                        let hash: String =
-                            rest.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
-                        stale.insert(format!("{network}:{hash}"));
-                    }
-                }
-            }
+            stale.extend(nft_network_tags(&nft_postrouting_rules(nft), network));
         }
         Backend::Iptables { v4, .. } => {
             let Ok(rules) = run(v4, &["-w", "-t", "nat", "-S", "POSTROUTING"], None) else {
@@ -305,15 +298,12 @@ pub fn garbage_collect(backend: &Backend, network: &str, keep: &[String]) -> Res
 /// Whether the attachment's rules are present (for CHECK).
 pub fn has_masquerade(backend: &Backend, tag: &str) -> bool {
     match backend {
-        Backend::Nft(nft) => ["ip", "ip6"].iter().any(|family| {
-            run(
-                nft,
-                &["list", "chain", family, "podrun", "postrouting"],
-                None,
-            )
-            .map(|l| l.contains(&format!("\"podrun:{tag}\"")))
-            .unwrap_or(false)
-        }),
+        Backend::Nft(nft) => {
+            let comment = format!("podrun:{tag}");
+            nft_postrouting_rules(nft)
+                .iter()
+                .any(|r| r.comment.as_deref() == Some(comment.as_str()))
+        }
         Backend::Iptables { v4, .. } => {
             run(v4, &["-w", "-t", "nat", "-S", &iptables_chain(tag)], None).is_ok()
         }
@@ -331,5 +321,30 @@ mod tests {
         assert_ne!(a, attachment_tag("net", "c2", "eth0"));
         assert!(a.starts_with("net:"));
         assert!(iptables_chain(&a).len() <= 28);
+    }
+
+    #[test]
+    fn gc_finds_the_tags_of_one_network_in_nft_json() {
+        // `nft -j list chain ip podrun postrouting` and `nft -j list table ip6 podrun`
+        // on Debian 12 (nft 1.0.6).
+        let mut rules =
+            crate::nft::parse_rules(include_str!("../testdata/nft/masq-ip-postrouting.json"))
+                .unwrap();
+        rules.extend(
+            crate::nft::parse_rules(include_str!("../testdata/nft/masq-ip6.json")).unwrap(),
+        );
+        assert_eq!(rules.len(), 4);
+        let tags: std::collections::BTreeSet<String> = nft_network_tags(&rules, "net").collect();
+        assert_eq!(
+            tags.into_iter().collect::<Vec<_>>(),
+            ["net:0011223344556677", "net:8899aabbccddeeff"]
+        );
+        let other: Vec<String> = nft_network_tags(&rules, "other").collect();
+        assert_eq!(other, ["other:8899aabbccddeeff"]);
+        assert_eq!(nft_network_tags(&rules, "ne").count(), 0);
+        assert_eq!(
+            rules[1].delete_command(),
+            "delete rule ip podrun postrouting handle 3\n"
+        );
     }
 }

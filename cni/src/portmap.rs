@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::masq::attachment_tag;
+use crate::nft::NftRule;
 use crate::skel::{CmdArgs, Plugin};
 use crate::spec::{code, Attachment, CniError, CniResult, VALID_ATTACHMENTS_KEY};
 
@@ -198,47 +199,30 @@ fn run_nft(nft: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Result<
 fn matching_rule_deletes(nft: &std::path::Path, pred: impl Fn(&str) -> bool) -> String {
     let mut script = String::new();
     for family in ["ip", "ip6"] {
-        let Ok(listing) = run_nft(nft, &["-a", "list", "table", family, TABLE], None) else {
+        let Ok(listing) = run_nft(nft, &["-j", "list", "table", family, TABLE], None) else {
             continue; // no such table: nothing of ours in this family
         };
-        script.push_str(&deletes_from_listing(family, &listing, &pred));
+        script.push_str(&deletes_from_listing(&listing, &pred));
     }
     script
 }
 
-/// Parse `nft -a list table` output into `delete rule` lines for matching rules.
-fn deletes_from_listing(family: &str, listing: &str, pred: &impl Fn(&str) -> bool) -> String {
-    let mut script = String::new();
-    let mut chain: Option<&str> = None;
-    for line in listing.lines() {
-        let t = line.trim_start();
-        if let Some(rest) = t.strip_prefix("chain ") {
-            chain = rest
-                .split_whitespace()
-                .next()
-                .filter(|c| CHAINS.contains(c));
-            continue;
-        }
-        let Some(chain) = chain else { continue };
-        let Some(comment) = t
-            .split("comment \"")
-            .nth(1)
-            .and_then(|c| c.split('"').next())
-        else {
-            continue;
-        };
-        if !pred(comment) {
-            continue;
-        }
-        if let Some(handle) = t.rsplit("# handle ").next().map(str::trim) {
-            if !handle.is_empty() && handle.chars().all(|c| c.is_ascii_digit()) {
-                script.push_str(&format!(
-                    "delete rule {family} {TABLE} {chain} handle {handle}\n"
-                ));
-            }
-        }
-    }
-    script
+/// `delete rule` lines for the rules of a `nft -j list table` listing that sit in
+/// our chains and whose comment matches `pred`. An unreadable listing yields none.
+fn deletes_from_listing(listing: &str, pred: &impl Fn(&str) -> bool) -> String {
+    let Ok(rules) = crate::nft::parse_rules(listing) else {
+        return String::new();
+    };
+    our_rules(rules)
+        .filter(|r| r.comment.as_deref().is_some_and(pred))
+        .map(|r| r.delete_command())
+        .collect()
+}
+
+fn our_rules(rules: Vec<NftRule>) -> impl Iterator<Item = NftRule> {
+    rules
+        .into_iter()
+        .filter(|r| r.table == TABLE && CHAINS.contains(&r.chain.as_str()))
 }
 
 /// Deletes every rule whose comment matches `pred`, in one nft transaction; rules
@@ -251,15 +235,14 @@ fn delete_rules(nft: &std::path::Path, pred: impl Fn(&str) -> bool) {
 }
 
 fn rule_count(nft: &std::path::Path, tag: &str) -> usize {
-    let needle = format!("\"{TABLE}:{tag}\"");
+    let own = format!("{TABLE}:{tag}");
     ["ip", "ip6"]
         .iter()
-        .map(|family| {
-            run_nft(nft, &["list", "table", family, TABLE], None)
-                .map(|l| l.matches(&needle).count())
-                .unwrap_or(0)
-        })
-        .sum()
+        .filter_map(|family| run_nft(nft, &["-j", "list", "table", family, TABLE], None).ok())
+        .filter_map(|listing| crate::nft::parse_rules(&listing).ok())
+        .flat_map(our_rules)
+        .filter(|r| r.comment.as_deref() == Some(own.as_str()))
+        .count()
 }
 
 /// The portmap plugin.
@@ -361,25 +344,60 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// `nft -j list table ... podrun-portmap` on Debian 12 (nft 1.0.6); the ip
+    /// table also holds a rule of someone else and rules whose text form misled
+    /// the reading of `nft -a list` output.
+    const LISTING_IP: &str = include_str!("../testdata/nft/portmap-ip.json");
+    const LISTING_IP6: &str = include_str!("../testdata/nft/portmap-ip6.json");
+
     #[test]
     fn deletes_only_matching_rules_of_our_chains() {
-        let listing = r#"table ip podrun-portmap { # handle 7
-	chain prerouting { # handle 1
-		type nat hook prerouting priority dstnat; policy accept;
-		fib daddr type local tcp dport 8080 dnat to 10.0.0.2:80 comment "podrun-portmap:a" # handle 4
-		fib daddr type local tcp dport 8081 dnat to 10.0.0.3:80 comment "podrun-portmap:b" # handle 5
-	}
-	chain postrouting { # handle 3
-		ip saddr 127.0.0.0/8 ip daddr 10.0.0.2 tcp dport 80 ct status dnat masquerade comment "podrun-portmap:a" # handle 9
-	}
-}
-"#;
-        let script = deletes_from_listing("ip", listing, &|c: &str| c == "podrun-portmap:a");
+        let script = deletes_from_listing(LISTING_IP, &|c: &str| c == "podrun-portmap:net:abc");
         assert_eq!(
             script,
-            "delete rule ip podrun-portmap prerouting handle 4\ndelete rule ip podrun-portmap postrouting handle 9\n"
+            "delete rule ip podrun-portmap prerouting handle 4\n\
+             delete rule ip podrun-portmap output handle 5\n\
+             delete rule ip podrun-portmap postrouting handle 6\n\
+             delete rule ip podrun-portmap postrouting handle 7\n\
+             delete rule ip podrun-portmap postrouting handle 10\n\
+             delete rule ip podrun-portmap postrouting handle 12\n"
         );
-        assert!(deletes_from_listing("ip", listing, &|_: &str| false).is_empty());
+        assert!(deletes_from_listing(LISTING_IP, &|_: &str| false).is_empty());
+        assert_eq!(
+            deletes_from_listing(LISTING_IP6, &|c: &str| c == "podrun-portmap:net:abc"),
+            "delete rule ip6 podrun-portmap prerouting handle 4\n\
+             delete rule ip6 podrun-portmap postrouting handle 5\n"
+        );
+    }
+
+    /// In `nft -a list` text, `log prefix "hairpin comment " comment "podrun-portmap:net:abc"`
+    /// read as the comment `" "`, so DEL left that rule behind. JSON keeps the
+    /// comment, the handle and the statements in fields of their own.
+    #[test]
+    fn rule_text_that_looks_like_a_comment_or_handle_is_not_misread() {
+        let abc = deletes_from_listing(LISTING_IP, &|c: &str| c == "podrun-portmap:net:abc");
+        assert!(abc.contains("postrouting handle 10\n"));
+        let def = deletes_from_listing(LISTING_IP, &|c: &str| {
+            c.starts_with("podrun-portmap:net:def")
+        });
+        assert_eq!(def, "delete rule ip podrun-portmap prerouting handle 8\n");
+    }
+
+    #[test]
+    fn rules_of_other_tables_or_chains_are_left_alone() {
+        let json = r#"{"nftables": [
+            {"rule": {"family": "ip", "table": "nat", "chain": "prerouting", "handle": 3,
+                      "comment": "podrun-portmap:a", "expr": []}},
+            {"rule": {"family": "ip", "table": "podrun-portmap", "chain": "forward", "handle": 4,
+                      "comment": "podrun-portmap:a", "expr": []}},
+            {"rule": {"family": "ip", "table": "podrun-portmap", "chain": "output", "handle": 5,
+                      "comment": "podrun-portmap:a", "expr": []}}
+        ]}"#;
+        assert_eq!(
+            deletes_from_listing(json, &|c: &str| c == "podrun-portmap:a"),
+            "delete rule ip podrun-portmap output handle 5\n"
+        );
+        assert!(deletes_from_listing("not json", &|_: &str| true).is_empty());
     }
 
     #[test]
