@@ -117,6 +117,7 @@ pub fn spawn(
         None => {
             drop(sync_w);
             drop(err_r);
+            report_panics_to(&err_w);
             let msg = match child(&sync_r, setup, process, seccomp, &stdio) {
                 Err(msg) => msg,
                 Ok(never) => match never {},
@@ -146,6 +147,46 @@ pub fn spawn(
             Ok(pid)
         }
     }
+}
+
+/// What a start failure caused by a panic in the child says first.
+pub const SETUP_PANICKED: &str = "container setup panicked";
+
+/// Make a panic in this (child) process a start failure the monitor sees, whatever the
+/// build's panic strategy: the hook runs before any unwinding, writes
+/// "container setup panicked: <message> at <file:line>" to the error pipe and `_exit`s.
+/// Unwinding would carry the child back into the monitor's code (its loop, its
+/// destructors) in a copy of the monitor; aborting would leave the pipe empty, which
+/// reads as a successful exec.
+///
+/// What the parent can tell apart: an error return or a panic before execve (a message
+/// on the pipe), and a successful execve (the pipe closes empty). A child killed by a
+/// signal before execve (the OOM killer, a SIGKILL fault point, an abort inside the hook)
+/// also closes the pipe empty: it is indistinguishable from a container that exec'd and
+/// was then killed, and is reported as such, the container's exit by that signal
+/// (128 + n) once the monitor reaps it, so nothing is leaked and the restart policy
+/// applies.
+fn report_panics_to(err_w: &OwnedFd) {
+    let fd = err_w.as_raw_fd();
+    std::panic::set_hook(Box::new(move |info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_owned());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let msg = format!("{SETUP_PANICKED}: {what}{at}");
+        // SAFETY: the error pipe stays open in the child until execve or _exit, and
+        // the hook only ever runs in the child.
+        let pipe = unsafe { BorrowedFd::borrow_raw(fd) };
+        let _ = nix::unistd::write(pipe, msg.as_bytes());
+        // SAFETY: as after any child failure: no destructor of the monitor's copy runs.
+        unsafe { libc::_exit(128) }
+    }));
 }
 
 fn kill_and_reap(pid: Pid) {
@@ -191,6 +232,7 @@ fn child(
             unsafe { libc::signal(sig, libc::SIG_DFL) };
         }
     }
+    crate::fault::point("child:setup");
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     for (fd, target) in [(&stdio.stdin, 0), (&stdio.stdout, 1), (&stdio.stderr, 2)] {
         // SAFETY: dup2 onto the standard descriptors of this (child) process.

@@ -414,6 +414,7 @@ impl Monitor {
             loopback_up()?;
         }
         apply_sysctls(&plan.sysctls)?;
+        crate::fault::point("monitor:namespaces");
 
         let mut mask = SigSet::empty();
         for s in [
@@ -442,6 +443,7 @@ impl Monitor {
                 message: e.to_string(),
             })?;
 
+        crate::fault::point("monitor:cgroup");
         let socket = plan.state_dir.join(SOCKET_FILE);
         let _ = std::fs::remove_file(&socket);
         let listener = protocol::with_short_path(&socket, |p| UnixListener::bind(p))
@@ -449,6 +451,7 @@ impl Monitor {
         listener
             .set_nonblocking(true)
             .map_err(io("monitor socket"))?;
+        crate::fault::point("monitor:socket");
 
         // Containers of a managed plan wait for StartContainer; the others for their
         // turn in the pod's start order.
@@ -659,6 +662,7 @@ impl Monitor {
                     self.spawn_exec(idx, cmd, None, None);
                 }
                 self.status_dirty = true;
+                crate::fault::point("monitor:container-started");
                 Ok(())
             }
             Err(message) => {
@@ -1791,6 +1795,7 @@ impl Monitor {
         for idx in apps {
             self.stop_container(idx);
         }
+        crate::fault::point("monitor:stopping");
         self.status_dirty = true;
     }
 
@@ -1884,6 +1889,7 @@ impl Monitor {
         {
             warn!(pod = %self.plan.name, error = %e, "return to the host namespaces for teardown");
         }
+        crate::fault::point("monitor:teardown");
         teardown_pod(&self.plan, self.cgroups.as_ref());
     }
 }
