@@ -143,6 +143,7 @@ fn add_check_del_across_versions() {
 
 #[test]
 fn version_command() {
+    mark_ran();
     let run = invoke(
         &plugin_path(),
         &[("CNI_COMMAND", "VERSION")],

@@ -5,6 +5,10 @@
 #![allow(dead_code)]
 
 pub mod registry;
+mod ran;
+
+#[allow(unused_imports)] // each test binary uses some of them
+pub use ran::{cannot_run, mark_ran, strict};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -15,20 +19,6 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
-}
-
-/// Whether a test that cannot run here must fail rather than skip: under CI, and when
-/// `PODRUN_TEST_STRICT=1` asks for it (scripts/test.sh does).
-pub fn strict() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
-        || std::env::var_os("PODRUN_TEST_STRICT").is_some_and(|v| v == "1")
-}
-
-/// A test cannot run here because `reason`: it fails when [`strict`], and otherwise
-/// says so and is skipped by its caller.
-pub fn cannot_run(test: &str, reason: &str) {
-    assert!(!strict(), "{test} cannot run: {reason}");
-    eprintln!("skipped {test}: {reason}");
 }
 
 /// Skip when not root (these tests need namespaces, mounts and cgroups); fail instead
@@ -70,6 +60,8 @@ pub struct Env {
 impl Env {
     /// A fresh podrun instance with the given images loaded.
     pub fn new(images: &[&str]) -> Env {
+        // Every test that drives podrun starts here, past its root and tool checks.
+        mark_ran();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         // Short on purpose: the monitor socket lives at
         // <state>/pods/<64-hex id>/monitor.sock, and a unix socket path must fit in

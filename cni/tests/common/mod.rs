@@ -11,24 +11,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{json, Value};
 
+// One implementation for both crates' integration tests.
+#[path = "../../../tests/common/ran.rs"]
+mod ran;
+
+#[allow(unused_imports)] // each test binary uses some of them
+pub use ran::{cannot_run, mark_ran, strict};
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
-}
-
-/// Whether a test that cannot run here must fail rather than skip: under CI, and when
-/// `PODRUN_TEST_STRICT=1` asks for it (scripts/test.sh does).
-pub fn strict() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
-        || std::env::var_os("PODRUN_TEST_STRICT").is_some_and(|v| v == "1")
-}
-
-/// A test cannot run here because `reason`: it fails when [`strict`], and otherwise
-/// says so and is skipped by its caller.
-pub fn cannot_run(test: &str, reason: &str) {
-    assert!(!strict(), "{test} cannot run: {reason}");
-    eprintln!("skipping {test}: {reason}");
 }
 
 /// Returns false (and says why) when the test cannot run here; fails instead when
@@ -180,6 +173,8 @@ pub struct TestNetwork {
 
 impl TestNetwork {
     pub fn new(subnet: &str) -> TestNetwork {
+        // Every test that attaches anything starts here, past its root and tool checks.
+        mark_ran();
         let n = unique();
         let pid = std::process::id() % 100000;
         TestNetwork {
