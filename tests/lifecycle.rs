@@ -232,6 +232,23 @@ spec:
   volumes: [{name: w, emptyDir: {}}]
 "#;
 
+/// A timestamp of a container status (RFC 3339).
+fn timestamp(v: &serde_json::Value) -> chrono::DateTime<chrono::FixedOffset> {
+    let text = v.as_str().unwrap_or_else(|| panic!("no timestamp: {v}"));
+    chrono::DateTime::parse_from_rfc3339(text).unwrap_or_else(|e| panic!("{text:?}: {e}"))
+}
+
+/// When the latest run a container status shows started: the running one, or the one
+/// that ended last.
+fn latest_run_start(c: &serde_json::Value) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    let (kind, d) = state_of(c);
+    let started = match kind.as_str() {
+        "running" | "terminated" => detail(&d, "startedAt"),
+        _ => detail(&c["lastState"]["terminated"], "startedAt"),
+    };
+    (!started.is_null()).then(|| timestamp(started))
+}
+
 /// How many times the container has been started: the CRI log files of its runs
 /// (<log root>/<ns>_<pod>_<uid>/<container>/<restart>.log, as kubelet lays them out).
 fn runs(env: &Env, container: &str) -> usize {
@@ -263,7 +280,6 @@ fn crash_loop_back_off_delays_restarts() {
         let (kind, d) = state_of(&c);
         (kind == "waiting" && d["reason"] == "CrashLoopBackOff").then_some(c)
     });
-    let t0 = Instant::now();
     assert_eq!(
         detail(&waiting["lastState"]["terminated"], "exitCode"),
         1,
@@ -277,13 +293,28 @@ fn crash_loop_back_off_delays_restarts() {
     let pods = env.ok(&["pods"]);
     assert!(pods.contains("CrashLoopBackOff"), "{pods}");
     assert_eq!(runs(&env, "c"), 2);
+    // The status announces the back-off, as kubelet words it.
+    let (_, state) = state_of(&waiting);
+    let message = state["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("back-off 10s restarting failed container=c pod=crash"),
+        "{waiting}"
+    );
+    let second_ended = timestamp(detail(&waiting["lastState"]["terminated"], "finishedAt"));
 
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(runs(&env, "c"), 2, "the third run waits for the back-off");
-    env.wait_for("the third run", Duration::from_secs(30), || {
-        (runs(&env, "c") >= 3).then_some(())
+    // The third run starts once the back-off has passed: by the runtime's own clock, not
+    // before 10 s after the second run ended.
+    let third = env.wait_for("the third run", Duration::from_secs(40), || {
+        let c = env.container_status("crash", "c")?;
+        (c["restartCount"] == 2).then_some(c)
     });
-    assert!(t0.elapsed() >= Duration::from_secs(3));
+    let third_started = latest_run_start(&third).expect("the third run's start");
+    assert!(
+        third_started >= second_ended + chrono::TimeDelta::seconds(10),
+        "the third run started at {third_started}, within the back-off after the second \
+         ended at {second_ended}: {third}"
+    );
+    assert_eq!(runs(&env, "c"), 3);
     // `logs -p` shows the output of one earlier run.
     env.wait_for("back-off again", Duration::from_secs(10), || {
         let c = env.container_status("crash", "c")?;
@@ -318,14 +349,21 @@ fn restart_count_counts_restarts_not_exits() {
     // The current container is the last run (it exited); -p is the one before.
     assert_eq!(env.ok(&["logs", "crash"]), "run 2\n");
     assert_eq!(env.ok(&["logs", "-p", "crash"]), "run 1\n");
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(
-        restart_count(&env, "crash", "c") < 2,
-        "the second restart waits for the back-off"
-    );
-    env.wait_for("second restart", Duration::from_secs(30), || {
-        (restart_count(&env, "crash", "c") >= 2).then_some(())
+    // Every status until the second restart, through the whole back-off, still shows the
+    // second run as the latest and counts 1; the count becomes 2 with a run that started
+    // later.
+    let second_started = latest_run_start(&waiting).expect("the second run's start");
+    let restarted = env.wait_for("second restart", Duration::from_secs(40), || {
+        let c = env.container_status("crash", "c")?;
+        if c["restartCount"] == 2 {
+            return Some(c);
+        }
+        assert_eq!(c["restartCount"], 1, "{c}");
+        assert_eq!(latest_run_start(&c), Some(second_started), "{c}");
+        None
     });
+    let third_started = latest_run_start(&restarted).expect("the third run's start");
+    assert!(third_started > second_started, "{restarted}");
     env.rm(&["crash"]);
     env.assert_no_leaks();
 }
