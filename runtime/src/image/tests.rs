@@ -1,6 +1,7 @@
 //! Store and unpack tests. Archives and hostile layers are built in memory, so these run
 //! without root and without network; privileged operations go to `RecordingLayerOps`.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
