@@ -14,6 +14,7 @@ pub mod names;
 pub mod network;
 pub mod oci;
 pub mod plan;
+pub mod planner;
 pub mod pod;
 pub mod process;
 pub mod procfs;

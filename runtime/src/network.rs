@@ -206,30 +206,6 @@ pub fn teardown_orphan(mode: &NetworkMode, pod_id: &str, netns: &Path) {
     unpin_netns(netns);
 }
 
-/// The `portMappings` runtime capability from the pod's container ports with a hostPort.
-pub fn port_mappings(pod: &k8s_openapi::api::core::v1::Pod) -> serde_json::Value {
-    let mut out = Vec::new();
-    let spec = pod.spec.as_ref();
-    let containers = spec.map(|s| {
-        s.containers
-            .iter()
-            .chain(s.init_containers.iter().flatten())
-    });
-    for c in containers.into_iter().flatten() {
-        for p in c.ports.iter().flatten() {
-            if let Some(host_port) = p.host_port.filter(|h| *h > 0) {
-                out.push(serde_json::json!({
-                    "hostPort": host_port,
-                    "containerPort": p.container_port,
-                    "protocol": p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
-                    "hostIP": p.host_ip.clone().unwrap_or_default(),
-                }));
-            }
-        }
-    }
-    serde_json::json!({ "portMappings": out })
-}
-
 /// Pinned namespaces under `dir` that no pod in `live_ids` owns (left by a crash).
 pub fn orphaned_netns(dir: &Path, live_ids: &[String]) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
@@ -248,25 +224,6 @@ pub fn orphaned_netns(dir: &Path, live_ids: &[String]) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn port_mappings_from_host_ports() {
-        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "p"},
-            "spec": {"containers": [
-                {"name": "a", "ports": [{"containerPort": 80, "hostPort": 8080}, {"containerPort": 81}]},
-                {"name": "b", "ports": [{"containerPort": 53, "hostPort": 5353, "protocol": "UDP", "hostIP": "127.0.0.1"}]}
-            ]}
-        }))
-        .unwrap();
-        let v = port_mappings(&pod);
-        let pm = v["portMappings"].as_array().unwrap();
-        assert_eq!(pm.len(), 2);
-        assert_eq!(pm[0]["hostPort"], 8080);
-        assert_eq!(pm[0]["protocol"], "tcp");
-        assert_eq!(pm[1]["protocol"], "udp");
-        assert_eq!(pm[1]["hostIP"], "127.0.0.1");
-    }
 
     #[test]
     fn default_network_is_installed_once() {

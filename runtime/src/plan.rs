@@ -30,12 +30,13 @@ impl RestartPolicy {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum ContainerKind {
     /// Runs to completion, in order, before the app containers.
     Init,
     /// Init container with `restartPolicy: Always`: started in init order, keeps running.
     Sidecar,
+    #[default]
     App,
 }
 

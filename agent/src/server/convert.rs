@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use podrun_cri_proto::v1 as cri;
-use podrun_runtime::cgroups::Resources;
+use podrun_runtime::cgroups::{QosClass, Resources};
+use podrun_runtime::plan::ContainerKind;
 use podrun_runtime::rootfs::Propagation;
 use podrun_runtime::sandbox::{
     ContainerSpec, DeviceSpec, DnsSpec, MountSpec, NamespaceMode, PortMapping, SandboxSpec,
@@ -142,10 +143,14 @@ pub fn sandbox_spec(c: &cri::PodSandboxConfig) -> Result<SandboxSpec, Status> {
             searches: d.searches.clone(),
             options: d.options.clone(),
         }),
+        // kubelet writes the pod's /etc/hosts, aliases included, and mounts it.
+        host_aliases: Vec::new(),
         port_mappings,
         labels: c.labels.clone().into_iter().collect(),
         annotations: c.annotations.clone().into_iter().collect(),
         cgroup_parent: Some(linux.cgroup_parent.clone()).filter(|s| !s.is_empty()),
+        // Only without a cgroup parent: the pod cgroup then goes under podrun's own.
+        qos: QosClass::BestEffort,
         network: ns_mode(ns.network, &format!("{field}.network"))?,
         pid: ns_mode(ns.pid, &format!("{field}.pid"))?,
         ipc: ns_mode(ns.ipc, &format!("{field}.ipc"))?,
@@ -313,6 +318,7 @@ pub fn container_spec(
     let res = linux.resources.as_ref();
     Ok(ContainerSpec {
         name: m.name.clone(),
+        kind: ContainerKind::App,
         attempt: m.attempt,
         image,
         command: c.command.clone(),
@@ -339,6 +345,8 @@ pub fn container_spec(
             run_as_username: Some(sc.run_as_username.clone()).filter(|s| !s.is_empty()),
             run_as_group: sc.run_as_group.as_ref().map(|v| v.value),
             supplemental_groups,
+            // kubelet verifies runAsNonRoot itself, from the image's user.
+            run_as_non_root: false,
             readonly_rootfs: sc.readonly_rootfs,
             no_new_privs: sc.no_new_privs,
             masked_paths: (!sc.masked_paths.is_empty() || sc.privileged)
@@ -348,6 +356,10 @@ pub fn container_spec(
             #[allow(deprecated)]
             seccomp: seccomp(sc.seccomp.as_ref(), &sc.seccomp_profile_path)?,
         },
+        // kubelet runs hooks through ExecSync and mounts the termination log itself.
+        post_start: None,
+        pre_stop: None,
+        termination_message_path: None,
     })
 }
 

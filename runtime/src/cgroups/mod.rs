@@ -136,10 +136,11 @@ impl FromStr for Driver {
 }
 
 /// Kubernetes pod QoS class, which decides the pod cgroup's parent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum QosClass {
     Guaranteed,
     Burstable,
+    #[default]
     BestEffort,
 }
 

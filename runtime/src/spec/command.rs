@@ -62,6 +62,20 @@ pub fn effective_command(
     image_cmd: &[String],
     env: &[(String, String)],
 ) -> Result<Vec<String>, SpecError> {
+    let (command, args) = expand_command(container, env);
+    crate::planner::argv(&command, &args, image_entrypoint, image_cmd).ok_or_else(|| {
+        SpecError::NoCommand {
+            container: container.name.clone(),
+        }
+    })
+}
+
+/// The container's command and args with `$(VAR)` expanded from `env` (the last
+/// definition of a name wins).
+pub fn expand_command(
+    container: &Container,
+    env: &[(String, String)],
+) -> (Vec<String>, Vec<String>) {
     let lookup = |name: &str| {
         env.iter()
             .rev()
@@ -70,25 +84,10 @@ pub fn effective_command(
     };
     let expand_all =
         |v: &[String]| -> Vec<String> { v.iter().map(|s| expand(s, lookup)).collect() };
-    let command = container.command.as_deref().unwrap_or_default();
-    let args = container.args.as_deref().unwrap_or_default();
-    let argv: Vec<String> = if !command.is_empty() {
-        let mut v = expand_all(command);
-        v.extend(expand_all(args));
-        v
-    } else if !args.is_empty() {
-        let mut v = image_entrypoint.to_vec();
-        v.extend(expand_all(args));
-        v
-    } else {
-        image_entrypoint.iter().chain(image_cmd).cloned().collect()
-    };
-    if argv.is_empty() {
-        return Err(SpecError::NoCommand {
-            container: container.name.clone(),
-        });
-    }
-    Ok(argv)
+    (
+        expand_all(container.command.as_deref().unwrap_or_default()),
+        expand_all(container.args.as_deref().unwrap_or_default()),
+    )
 }
 
 #[cfg(test)]
