@@ -1,7 +1,7 @@
 //! Removing images and collecting the blobs, layers and temp files no image uses.
 
 use std::collections::BTreeSet;
-use std::fs::{self};
+use std::fs;
 use std::path::Path;
 
 use nix::fcntl::FlockArg;
