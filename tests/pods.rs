@@ -522,6 +522,27 @@ spec:
         );
         assert_ne!(private.trim(), host, "pod {kind} namespace");
     }
+    // One hostname per pod, whichever way a process asks: the node's with hostNetwork
+    // (UTS, /etc/hostname and $HOSTNAME alike), the pod's name otherwise.
+    let names = |pod: &str| {
+        env.exec_ok(
+            pod,
+            "c",
+            &["sh", "-c", "echo \"$HOSTNAME $(hostname) $(cat /etc/hostname)\""],
+        )
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect::<Vec<_>>()
+    };
+    let node = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    assert_eq!(names("hostns"), vec![node.clone(), node.clone(), node]);
+    assert_eq!(names("podns"), vec!["podns"; 3]);
+    // hostIPC shares the host's /dev/shm too, not only its IPC namespace.
+    use std::os::unix::fs::MetadataExt;
+    let shm_dev = |pod: &str| env.exec_ok(pod, "c", &["stat", "-c", "%d", "/dev/shm"]);
+    let host_shm = std::fs::metadata("/dev/shm").unwrap().dev().to_string();
+    assert_eq!(shm_dev("hostns").trim(), host_shm, "hostIPC: the host's /dev/shm");
+    assert_ne!(shm_dev("podns").trim(), host_shm, "a pod's own /dev/shm");
     // With hostPID the container sees this test process.
     let me = std::process::id().to_string();
     // (Asked for directly: a listing of /proc races with host processes exiting.)
