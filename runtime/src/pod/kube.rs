@@ -175,7 +175,9 @@ impl Translator<'_> {
             let name = &c.name;
             let at = match f {
                 Field::Image | Field::ImageUser => format!("{field}.image"),
-                Field::Command => return self.invalid(format!("{field}.command: {name}: {message}")),
+                Field::Command => {
+                    return self.invalid(format!("{field}.command: {name}: {message}"))
+                }
                 Field::RunAsUser => format!("{field}.securityContext.runAsUser"),
                 Field::RunAsGroup => format!("{field}.securityContext.runAsGroup"),
                 Field::RunAsNonRoot => format!("{field}.securityContext.runAsNonRoot"),
