@@ -284,7 +284,13 @@ pub(crate) fn plain(status: StatusCode, msg: impl Into<String>) -> HttpResponse 
 
 /// Every value of a (possibly repeated, comma separated) request header, in order.
 pub(crate) fn header_list(req: &Request<Incoming>, name: &str) -> Vec<String> {
-    req.headers()
+    header_values(req.headers(), name)
+}
+
+/// Every value of a (possibly repeated, comma separated) header of `headers`, in order;
+/// values that are not visible ASCII are skipped.
+pub fn header_values(headers: &http::HeaderMap, name: &str) -> Vec<String> {
+    headers
         .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -342,7 +348,7 @@ fn handle(
 
 /// The first of the client's `offered` sub-protocols that the server `supported`, as
 /// Kubernetes' handshake picks it.
-pub(crate) fn negotiate(offered: &[String], supported: &[&'static str]) -> Option<&'static str> {
+pub fn negotiate(offered: &[String], supported: &[&'static str]) -> Option<&'static str> {
     offered
         .iter()
         .find_map(|o| supported.iter().copied().find(|s| *s == o.as_str()))

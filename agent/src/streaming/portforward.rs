@@ -120,11 +120,7 @@ async fn forward_spdy(
     mut data: Stream,
     error: Stream,
 ) {
-    let port = data
-        .header("port")
-        .and_then(|p| p.parse::<u16>().ok())
-        .filter(|p| *p > 0);
-    let Some(port) = port else {
+    let Some(port) = port_from_header(data.header("port")) else {
         let _ = error
             .writer
             .write_all(format!("invalid port {:?}", data.header("port").unwrap_or("")).as_bytes())
@@ -180,27 +176,48 @@ async fn forward_spdy(
 /// two per port.
 pub const MAX_WEBSOCKET_PORTS: usize = 128;
 
+/// The port a SPDY data stream's `port` header names, if it is one (1-65535).
+pub fn port_from_header(value: Option<&str>) -> Option<u16> {
+    value.and_then(|p| p.parse::<u16>().ok()).filter(|p| *p > 0)
+}
+
+/// The ports of a WebSocket port-forward request's query: `ports=80,443` (the comma may
+/// be escaped) or repeated `port=`. Empty when the query names none; the error is the
+/// message for the client.
+pub fn ports_from_query(query: &str) -> Result<Vec<u16>, String> {
+    let mut ports: Vec<u16> = Vec::new();
+    for kv in query.split('&') {
+        let Some(v) = kv
+            .strip_prefix("ports=")
+            .or_else(|| kv.strip_prefix("port="))
+        else {
+            continue;
+        };
+        let v = v.replace("%2C", ",").replace("%2c", ",");
+        for p in v.split(',') {
+            match p.parse::<u16>() {
+                Ok(p) if p > 0 => ports.push(p),
+                _ => return Err(format!("invalid port {p:?}")),
+            }
+            if ports.len() > MAX_WEBSOCKET_PORTS {
+                return Err(format!(
+                    "more than {MAX_WEBSOCKET_PORTS} ports requested: at most {MAX_WEBSOCKET_PORTS} fit one connection"
+                ));
+            }
+        }
+    }
+    Ok(ports)
+}
+
 pub(crate) fn serve_websocket(
     req: Request<Incoming>,
     pf: PortForwardRequest,
     runtime: Arc<dyn StreamRuntime>,
 ) -> HttpResponse {
-    let mut ports: Vec<u16> = Vec::new();
-    let query = req.uri().query().unwrap_or("");
-    for kv in query.split('&') {
-        if let Some(v) = kv
-            .strip_prefix("ports=")
-            .or_else(|| kv.strip_prefix("port="))
-        {
-            let v = v.replace("%2C", ",").replace("%2c", ",");
-            for p in v.split(',') {
-                match p.parse::<u16>() {
-                    Ok(p) if p > 0 => ports.push(p),
-                    _ => return plain(StatusCode::BAD_REQUEST, format!("invalid port {p:?}")),
-                }
-            }
-        }
-    }
+    let mut ports = match ports_from_query(req.uri().query().unwrap_or("")) {
+        Ok(p) => p,
+        Err(msg) => return plain(StatusCode::BAD_REQUEST, msg),
+    };
     if ports.is_empty() {
         ports = pf
             .port

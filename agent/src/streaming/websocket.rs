@@ -57,10 +57,11 @@ pub fn decode(msg: &Message) -> Option<(u8, Bytes)> {
     match msg {
         Message::Binary(b) if !b.is_empty() => Some((b[0], b.slice(1..))),
         Message::Text(t) if !t.is_empty() => {
-            let t = t.as_str();
-            let ch = t.as_bytes()[0].checked_sub(b'0')?;
+            // Bytes, not str slicing: the first character may be wider than one byte.
+            let (first, rest) = t.as_bytes().split_first()?;
+            let ch = first.checked_sub(b'0')?;
             let data = base64::engine::general_purpose::STANDARD
-                .decode(&t[1..])
+                .decode(rest)
                 .ok()?;
             Some((ch, Bytes::from(data)))
         }

@@ -174,8 +174,16 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         if len > MAX_FRAME {
             return Err(SpdyError::Protocol(format!("frame of {len} bytes")));
         }
-        let mut body = vec![0u8; len];
-        r.read_exact(&mut body).await?;
+        // Grow with the bytes that arrive, not with what the length field claims.
+        let mut body = Vec::with_capacity(len.min(64 * 1024));
+        (&mut *r).take(len as u64).read_to_end(&mut body).await?;
+        if body.len() < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("frame of {len} bytes ends after {}", body.len()),
+            )
+            .into());
+        }
         if word0 & 0x8000_0000 == 0 {
             return Ok(Some(Frame::Data {
                 stream_id: word0 & 0x7fff_ffff,

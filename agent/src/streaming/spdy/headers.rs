@@ -3,7 +3,13 @@
 use bytes::{Buf, BufMut};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 
-use super::{Headers, SpdyError, MAX_FRAME};
+use super::{Headers, SpdyError};
+
+/// Most bytes a header block may inflate to, and its names and values may add up to
+/// (Kubernetes' streams carry a handful of short headers).
+const MAX_HEADER_BLOCK: usize = 1024 * 1024;
+/// Most headers one block may carry, counting each NUL-separated value.
+const MAX_HEADERS: usize = 1024;
 
 /// The SPDY/3 header compression dictionary (SPDY/3 section 2.6.10.1): a list of
 /// length-prefixed words followed by a run of common values. It must be byte-exact or
@@ -176,17 +182,25 @@ impl HeaderDecoder {
     }
 
     pub fn decode(&mut self, block: &[u8]) -> Result<Headers, SpdyError> {
-        let mut out: Vec<u8> = Vec::with_capacity(block.len() * 4 + 64);
+        let mut out: Vec<u8> = Vec::with_capacity((block.len() * 4 + 64).min(MAX_HEADER_BLOCK));
         let mut input = block;
         loop {
             if out.capacity() - out.len() < 256 {
                 out.reserve(out.capacity().max(1024));
             }
-            let before = self.z.total_in();
+            let (in_before, out_before) = (self.z.total_in(), out.len());
             let res = self
                 .z
                 .decompress_vec(input, &mut out, FlushDecompress::Sync);
-            input = &input[(self.z.total_in() - before) as usize..];
+            input = &input[(self.z.total_in() - in_before) as usize..];
+            // A stream the peer ended (or garbage after it) yields neither: give up rather
+            // than spin.
+            let stuck = self.z.total_in() == in_before && out.len() == out_before;
+            if res.is_ok() && stuck && !input.is_empty() {
+                return Err(SpdyError::Compression(
+                    "header block has data after the end of the compressed stream".into(),
+                ));
+            }
             match res {
                 Ok(_) => {}
                 Err(e) if e.needs_dictionary().is_some() => {
@@ -200,8 +214,10 @@ impl HeaderDecoder {
             if input.is_empty() && out.len() < out.capacity() {
                 break;
             }
-            if out.len() > MAX_FRAME {
-                return Err(SpdyError::Compression("header block too large".into()));
+            if out.len() > MAX_HEADER_BLOCK {
+                return Err(SpdyError::Compression(format!(
+                    "header block inflates to more than {MAX_HEADER_BLOCK} bytes"
+                )));
             }
         }
         parse_header_block(&out)
@@ -227,11 +243,19 @@ fn parse_header_block(mut b: &[u8]) -> Result<Headers, SpdyError> {
     }
     let n = b.get_u32() as usize;
     let mut headers = Vec::with_capacity(n.min(64));
+    // Splitting values multiplies names: bound what the block expands to, not only its size.
+    let mut expanded = 0usize;
     for _ in 0..n {
         let k = take_str(&mut b)?;
         let v = take_str(&mut b)?;
         // Several values of one name travel NUL-separated in one value.
         for v in v.split('\0') {
+            expanded += k.len() + v.len();
+            if headers.len() >= MAX_HEADERS || expanded > MAX_HEADER_BLOCK {
+                return Err(SpdyError::Protocol(format!(
+                    "header block expands past {MAX_HEADERS} headers or {MAX_HEADER_BLOCK} bytes"
+                )));
+            }
             headers.push((k.clone(), v.to_string()));
         }
     }
