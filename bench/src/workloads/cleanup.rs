@@ -4,7 +4,7 @@ use std::process::Command;
 
 use super::pods::podrun_pods;
 use super::Ctx;
-use crate::sys::{self};
+use crate::sys;
 
 pub fn remove_podrun_pods(ctx: &Ctx) {
     if let Ok(pods) = podrun_pods(ctx) {

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use super::{ms, Ctx};
 use crate::report::{Report, Series, Skipped};
-use crate::sys::{self};
+use crate::sys;
 
 /// `<runtime> run --bundle B ID`: the whole lifecycle in one foreground command.
 fn oci_run(ctx: &Ctx, system: &str, id: &str) -> Command {

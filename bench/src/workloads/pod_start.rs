@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{ms, Ctx};
 use crate::report::{Report, Series, Skipped};
-use crate::sys::{self};
+use crate::sys;
 
 struct PodSystem<'a> {
     name: &'static str,

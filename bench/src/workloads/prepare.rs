@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use super::Ctx;
-use crate::sys::{self};
+use crate::sys;
 
 const IMAGES: [&str; 3] = ["busybox", "nginx", "curl"];
 

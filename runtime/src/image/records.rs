@@ -1,7 +1,7 @@
 //! Image records: writing and reading them, resolving a reference to one, and what an
 //! image hands the runtime (its config and layer directories).
 
-use std::fs::{self};
+use std::fs;
 use std::io;
 use std::path::PathBuf;
 
