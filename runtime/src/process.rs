@@ -34,6 +34,13 @@ pub enum ProcessError {
     Start(String),
     #[error("seccomp: {0}")]
     Seccomp(String),
+    /// The child of a clone from a process with other threads runs ordinary Rust before
+    /// execve, and would hang on any lock (the allocator's) another thread held then.
+    #[error(
+        "refusing to clone a container process from a process with {threads} threads: \
+         it must be single-threaded"
+    )]
+    MultiThreaded { threads: usize },
 }
 
 fn sys(step: &'static str) -> impl FnOnce(nix::Error) -> ProcessError {
@@ -111,6 +118,9 @@ pub fn spawn(
     stdio: Stdio,
     before_release: &mut dyn FnMut(Pid) -> Result<(), String>,
 ) -> Result<Pid, ProcessError> {
+    if let Some(threads) = thread_count().filter(|n| *n > 1) {
+        return Err(ProcessError::MultiThreaded { threads });
+    }
     let (sync_r, sync_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     match clone_fork(clone_flags).map_err(sys("clone"))? {
@@ -187,6 +197,13 @@ fn report_panics_to(err_w: &OwnedFd) {
         // SAFETY: as after any child failure: no destructor of the monitor's copy runs.
         unsafe { libc::_exit(128) }
     }));
+}
+
+/// Threads of this process (entries of /proc/self/task); None when /proc cannot tell.
+pub fn thread_count() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()
+        .map(|d| d.flatten().count())
 }
 
 fn kill_and_reap(pid: Pid) {

@@ -145,7 +145,8 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
                 .cgroup_driver
                 .parse()
                 .map_err(|e| anyhow::anyhow!("--cgroup-driver: {e}"))?;
-            let cgroups = podrun_runtime::cgroups::new_manager(driver)?;
+            // This process clones the container: it must stay single-threaded.
+            let cgroups = podrun_runtime::cgroups::new_manager_single_threaded(driver)?;
             let code = podrun_runtime::oci::run_bundle(bundle, id, cgroups.as_ref())?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }

@@ -26,7 +26,7 @@ pub mod v2;
 
 pub use fs::{CgroupFs, FakeFs, HostFs};
 pub use mountinfo::{MountTable, UnifiedMount, V1Mount};
-pub use systemd::{SystemdBus, SystemdManager};
+pub use systemd::{BusAccess, SystemdBus, SystemdManager};
 pub use v1::V1Manager;
 pub use v2::V2Manager;
 
@@ -427,6 +427,21 @@ pub fn new_manager_with(
     driver: Driver,
     config: &ManagerConfig,
 ) -> Result<Box<dyn CgroupManager>, CgroupError> {
+    build_manager(driver, config, BusAccess::InProcess)
+}
+
+/// `new_manager` for a process that clones container processes (the pod monitor,
+/// `podrun oci run`) and so must stay single-threaded: the systemd driver speaks D-Bus
+/// from a helper process. Call it while this process has one thread.
+pub fn new_manager_single_threaded(driver: Driver) -> Result<Box<dyn CgroupManager>, CgroupError> {
+    build_manager(driver, &ManagerConfig::default(), BusAccess::Helper)
+}
+
+fn build_manager(
+    driver: Driver,
+    config: &ManagerConfig,
+    bus: BusAccess,
+) -> Result<Box<dyn CgroupManager>, CgroupError> {
     let text = read_mountinfo(&config.mountinfo)?;
     let (hierarchy, table) = detect_from(&text)?;
     tracing::debug!(driver = %driver, hierarchy = %hierarchy, "cgroup layout detected");
@@ -434,10 +449,7 @@ pub fn new_manager_with(
     let backend = CgroupfsBackend::from_mounts(hierarchy, &table, &config.mount_root, fs)?;
     match driver {
         Driver::Cgroupfs => Ok(backend.into_manager()),
-        Driver::Systemd => {
-            let bus = systemd::ZbusSystemd::connect()?;
-            Ok(Box::new(SystemdManager::new(Box::new(bus), backend)))
-        }
+        Driver::Systemd => Ok(Box::new(SystemdManager::new(bus.connect()?, backend))),
     }
 }
 

@@ -431,10 +431,13 @@ impl Monitor {
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .map_err(sys("signalfd"))?;
 
+        // The monitor clones container processes: it must stay single-threaded.
         let cgroups =
-            crate::cgroups::new_manager(plan.cgroup_driver).map_err(|e| MonitorError::Cgroup {
-                path: plan.cgroup_path.clone(),
-                message: e.to_string(),
+            crate::cgroups::new_manager_single_threaded(plan.cgroup_driver).map_err(|e| {
+                MonitorError::Cgroup {
+                    path: plan.cgroup_path.clone(),
+                    message: e.to_string(),
+                }
             })?;
         cgroups
             .ensure(&plan.cgroup_path, &plan.pod_resources)

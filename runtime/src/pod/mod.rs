@@ -536,7 +536,8 @@ pub(crate) fn launch_monitor(plan: &PodPlan, exe: &Path) -> Result<(), PodError>
         .collect();
     let log_c = std::ffi::CString::new(log.as_os_str().as_encoded_bytes()).unwrap();
     let env: Vec<std::ffi::CString> = std::env::vars()
-        .filter(|(k, _)| k == "RUST_LOG" || k == "PATH")
+        // The monitor must reach the systemd this process reaches.
+        .filter(|(k, _)| k == "RUST_LOG" || k == "PATH" || k == "DBUS_SYSTEM_BUS_ADDRESS")
         .map(|(k, v)| std::ffi::CString::new(format!("{k}={v}")).unwrap())
         .collect();
     // Everything the child needs is allocated here: after the clone of a multi-threaded
