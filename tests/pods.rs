@@ -528,7 +528,11 @@ spec:
         env.exec_ok(
             pod,
             "c",
-            &["sh", "-c", "echo \"$HOSTNAME $(hostname) $(cat /etc/hostname)\""],
+            &[
+                "sh",
+                "-c",
+                "echo \"$HOSTNAME $(hostname) $(cat /etc/hostname)\"",
+            ],
         )
         .split_whitespace()
         .map(str::to_owned)
@@ -541,7 +545,11 @@ spec:
     use std::os::unix::fs::MetadataExt;
     let shm_dev = |pod: &str| env.exec_ok(pod, "c", &["stat", "-c", "%d", "/dev/shm"]);
     let host_shm = std::fs::metadata("/dev/shm").unwrap().dev().to_string();
-    assert_eq!(shm_dev("hostns").trim(), host_shm, "hostIPC: the host's /dev/shm");
+    assert_eq!(
+        shm_dev("hostns").trim(),
+        host_shm,
+        "hostIPC: the host's /dev/shm"
+    );
     assert_ne!(shm_dev("podns").trim(), host_shm, "a pod's own /dev/shm");
     // With hostPID the container sees this test process.
     let me = std::process::id().to_string();
