@@ -40,6 +40,8 @@ pub fn run(cli: &Cli, file: &Path, detach: bool, pull: &str) -> Result<ExitCode>
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let status = rt.status(&pod);
+            // The status file of a monitor that died still says Waiting: only its answer counts.
+            let status = status.filter(|_| Client::connect(&pod.socket()).is_ok());
             if let Some(s) = &status {
                 let failed = s
                     .containers

@@ -475,3 +475,46 @@ pub fn test_network(env: &mut Env, tag: &str, second: u8) -> TestNet {
         ipam_dir,
     }
 }
+
+impl TestNet {
+    /// What pods of `env` left on this network: veths on the bridge, IP reservations
+    /// and network namespaces pinned under the instance's state dir. Empty when clean.
+    pub fn leftovers(&self, env: &Env) -> Vec<String> {
+        let mut left = Vec::new();
+        let ports = Command::new("ip")
+            .args(["-o", "link", "show", "master", &self.bridge])
+            .output()
+            .unwrap();
+        let ports = String::from_utf8_lossy(&ports.stdout).trim().to_owned();
+        if !ports.is_empty() {
+            left.push(format!("veths on {}: {ports}", self.bridge));
+        }
+        let mut dirs = vec![self.ipam_dir.clone()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if e.path().is_dir() {
+                    dirs.push(e.path());
+                } else if name.parse::<std::net::IpAddr>().is_ok() {
+                    left.push(format!("IP reservation {}", e.path().display()));
+                }
+            }
+        }
+        for e in std::fs::read_dir(env.state.join("netns"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            left.push(format!("pinned netns {}", e.path().display()));
+        }
+        left
+    }
+
+    /// Delete the test's bridge.
+    pub fn remove(&self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}

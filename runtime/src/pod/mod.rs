@@ -377,15 +377,19 @@ impl PodRuntime {
         if self.find(&namespace, &name).is_ok() {
             return Err(exists());
         }
+        crate::fault::point("run:name");
         let draft = self.prepare(m)?;
         let plan = &draft.plan;
         reservation.set_holder(&plan.id).map_err(|e| PodError::Io {
             step: "write name reservation".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
+        crate::fault::point("run:prepared");
         let undo = Rollback::new(|| monitor::teardown_pod(plan, self.cgroups.as_ref()));
         state::write_json(&plan.state_dir.join(PLAN_FILE), plan)?;
+        crate::fault::point("run:plan");
         launch_monitor(plan, &self.config.monitor_exe)?;
+        crate::fault::point("run:monitor");
         undo.disarm();
         let plan = draft.commit();
         reservation.keep();
@@ -538,6 +542,7 @@ pub(crate) fn launch_monitor(plan: &PodPlan, exe: &Path) -> Result<(), PodError>
     let env: Vec<std::ffi::CString> = std::env::vars()
         // The monitor must reach the systemd this process reaches.
         .filter(|(k, _)| k == "RUST_LOG" || k == "PATH" || k == "DBUS_SYSTEM_BUS_ADDRESS")
+        .chain(crate::fault::inherited())
         .map(|(k, v)| std::ffi::CString::new(format!("{k}={v}")).unwrap())
         .collect();
     // Everything the child needs is allocated here: after the clone of a multi-threaded
