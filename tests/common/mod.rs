@@ -4,8 +4,8 @@
 
 #![allow(dead_code)]
 
-pub mod registry;
 mod ran;
+pub mod registry;
 
 #[allow(unused_imports)] // each test binary uses some of them
 pub use ran::{cannot_run, mark_ran, strict};
