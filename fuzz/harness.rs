@@ -165,6 +165,16 @@ fn metered(target: Target, f: impl FnOnce() -> Result<(), String>) -> Result<(),
     Ok(())
 }
 
+/// `Ok` for a parser's error that says what is wrong; the error a check returns for one
+/// with an empty message.
+pub fn clear_error(e: impl std::fmt::Display) -> Result<(), String> {
+    if e.to_string().trim().is_empty() {
+        Err("an error without a message".into())
+    } else {
+        Ok(())
+    }
+}
+
 /// Renders bytes for a failure message.
 pub fn show(input: &[u8]) -> String {
     input.escape_ascii().to_string()
