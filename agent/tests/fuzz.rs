@@ -7,6 +7,7 @@ mod harness;
 
 use bytes::{Bytes, BytesMut};
 use harness::{check_strategy, clear_error, fuzz, show, Target};
+use podrun_agent::streaming::remotecommand::ResizeDecoder;
 use podrun_agent::streaming::spdy::{
     encode_frame, read_frame, Frame, HeaderDecoder, HeaderEncoder, Headers,
 };
@@ -257,5 +258,33 @@ fn portforward_port_header() {
             Some(0) => Err(format!("port 0 from {}", show(input))),
             _ => Ok(()),
         }
+    });
+}
+
+/// The first byte sets the chunk size the rest arrives in; the events must not depend on
+/// how the stream was split.
+#[test]
+fn resize_events() {
+    fuzz(Target::new("resize_events"), |input| {
+        let Some((size, stream)) = input.split_first() else {
+            return Ok(());
+        };
+        let mut chunked = ResizeDecoder::default();
+        let mut events = Vec::new();
+        let mut chunked_ok = true;
+        for chunk in stream.chunks(usize::from(size % 64) + 1) {
+            let (got, status) = chunked.push(chunk);
+            events.extend(got);
+            if let Err(e) = status {
+                clear_error(e)?;
+                chunked_ok = false;
+                break;
+            }
+        }
+        let (whole, status) = ResizeDecoder::default().push(stream);
+        if chunked_ok && status.is_ok() && whole != events {
+            return Err(format!("whole {whole:?}, chunked {events:?}"));
+        }
+        Ok(())
     });
 }

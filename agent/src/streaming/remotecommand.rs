@@ -304,49 +304,73 @@ fn pump_out(
     (Box::new(w), h)
 }
 
-/// Decodes the resize stream: a sequence of `{"Width":w,"Height":h}` JSON objects.
-fn pump_resize(mut src: Source) -> mpsc::Receiver<TerminalSize> {
-    #[derive(serde::Deserialize)]
-    struct Size {
-        #[serde(rename = "Width")]
-        width: u16,
-        #[serde(rename = "Height")]
-        height: u16,
-    }
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(async move {
-        let mut buf: Vec<u8> = Vec::new();
-        while let Some(b) = src.next().await {
-            buf.extend_from_slice(&b);
-            let mut it = serde_json::Deserializer::from_slice(&buf).into_iter::<Size>();
-            let mut consumed = 0;
-            loop {
-                match it.next() {
-                    Some(Ok(s)) => {
-                        consumed = it.byte_offset();
-                        if tx
-                            .send(TerminalSize {
-                                width: s.width,
-                                height: s.height,
-                            })
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Some(Err(e)) if e.is_eof() => break,
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "bad resize event");
-                        return;
-                    }
-                    None => {
-                        consumed = buf.len();
-                        break;
-                    }
+/// Longest resize event accepted: a real one is about 30 bytes, and a peer that never
+/// closes its object must not grow the buffer without end.
+const MAX_RESIZE_EVENT: usize = 4096;
+
+/// Decodes the resize stream, a sequence of `{"Width":w,"Height":h}` JSON objects that
+/// may arrive split across chunks.
+#[derive(Default)]
+pub struct ResizeDecoder {
+    buf: Vec<u8>,
+}
+
+impl ResizeDecoder {
+    /// Adds a chunk and returns the events it completes, then `Err` if the stream
+    /// turned bad (the events before the bad one still count).
+    pub fn push(&mut self, chunk: &[u8]) -> (Vec<TerminalSize>, Result<(), String>) {
+        #[derive(serde::Deserialize)]
+        struct Size {
+            #[serde(rename = "Width")]
+            width: u16,
+            #[serde(rename = "Height")]
+            height: u16,
+        }
+        self.buf.extend_from_slice(chunk);
+        let mut it = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Size>();
+        let mut events = Vec::new();
+        let mut consumed = 0;
+        loop {
+            match it.next() {
+                Some(Ok(s)) => {
+                    consumed = it.byte_offset();
+                    events.push(TerminalSize {
+                        width: s.width,
+                        height: s.height,
+                    });
+                }
+                Some(Err(e)) if e.is_eof() => break,
+                Some(Err(e)) => return (events, Err(e.to_string())),
+                None => {
+                    consumed = self.buf.len();
+                    break;
                 }
             }
-            buf.drain(..consumed);
+        }
+        self.buf.drain(..consumed);
+        if self.buf.len() > MAX_RESIZE_EVENT {
+            let e = format!("resize event longer than {MAX_RESIZE_EVENT} bytes");
+            return (events, Err(e));
+        }
+        (events, Ok(()))
+    }
+}
+
+fn pump_resize(mut src: Source) -> mpsc::Receiver<TerminalSize> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut decoder = ResizeDecoder::default();
+        while let Some(b) = src.next().await {
+            let (events, status) = decoder.push(&b);
+            for size in events {
+                if tx.send(size).await.is_err() {
+                    return;
+                }
+            }
+            if let Err(e) = status {
+                tracing::debug!(error = %e, "bad resize event");
+                return;
+            }
         }
     });
     rx
