@@ -13,7 +13,7 @@ use harness::{clear_error, corpus, fuzz, Target};
 use podrun_runtime::image::archive::sha256_digest;
 use podrun_runtime::image::unpack::unpack_layer;
 use podrun_runtime::image::ImageStore;
-use podrun_runtime::spec::parse_manifest;
+use podrun_runtime::spec::{self, parse_manifest};
 
 /// Absolute paths the hostile seeds aim at.
 const ESCAPE_CANARIES: &[&str] = &["/tmp/podrun-fuzz-escape", "/etc/podrun-fuzz-escaped"];
@@ -206,10 +206,28 @@ fn docker_archive(img: &Image, manifest: &[u8]) -> Vec<u8> {
 fn pod_yaml() {
     fuzz(Target::new("pod_yaml"), |input| {
         let text = String::from_utf8_lossy(input);
-        match parse_manifest(&text, Path::new("fuzz.yaml")) {
-            Ok(_) => Ok(()),
-            Err(e) => clear_error(e),
+        let mut m = match parse_manifest(&text, Path::new("fuzz.yaml")) {
+            Ok(m) => m,
+            Err(e) => return clear_error(e),
+        };
+        // What `podrun run` does next with an accepted pod, short of running it.
+        spec::apply_defaults(&mut m, Some("fuzz"));
+        let _ = spec::qos_class(&m.pod);
+        let _ = spec::pod_resources(&m.pod);
+        let env = [("A".to_string(), "b".to_string())];
+        for c in m.containers_in_start_order() {
+            let _ = spec::container_resources(c);
+            if let Err(e) = spec::effective_command(c, &[], &["sh".to_string()], &env) {
+                clear_error(e)?;
+            }
         }
+        let volumes = m.pod.spec.as_ref().and_then(|s| s.volumes.clone());
+        for v in volumes.unwrap_or_default() {
+            if let Err(e) = spec::volume_files(&v, &m) {
+                clear_error(e)?;
+            }
+        }
+        Ok(())
     });
 }
 
