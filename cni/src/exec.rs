@@ -70,23 +70,40 @@ pub fn exec_plugin(
     stdin: &[u8],
 ) -> Result<Vec<u8>, CniError> {
     let path = std::env::join_paths(&inv.path).unwrap_or_default();
-    let mut child = Process::new(plugin)
-        .env("CNI_COMMAND", command.as_str())
-        .env("CNI_CONTAINERID", &inv.container_id)
-        .env("CNI_NETNS", &inv.netns)
-        .env("CNI_IFNAME", &inv.ifname)
-        .env("CNI_ARGS", &inv.args)
-        .env("CNI_PATH", path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            CniError::new(
-                code::IO_FAILURE,
-                format!("failed to run plugin {}: {e}", plugin.display()),
-            )
-        })?;
+    let spawn = || {
+        Process::new(plugin)
+            .env("CNI_COMMAND", command.as_str())
+            .env("CNI_CONTAINERID", &inv.container_id)
+            .env("CNI_NETNS", &inv.netns)
+            .env("CNI_IFNAME", &inv.ifname)
+            .env("CNI_ARGS", &inv.args)
+            .env("CNI_PATH", &path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    // ETXTBSY: the plugin file is open for writing somewhere, usually only for an instant
+    // (a plugin being installed, or a descriptor inherited by a process that another
+    // thread forked and that is about to exec). Retried a few times, as libcni does.
+    let mut delay = std::time::Duration::from_millis(10);
+    let mut attempt = spawn();
+    for _ in 0..5 {
+        match &attempt {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(delay);
+                delay *= 2;
+                attempt = spawn();
+            }
+            _ => break,
+        }
+    }
+    let mut child = attempt.map_err(|e| {
+        CniError::new(
+            code::IO_FAILURE,
+            format!("failed to run plugin {}: {e}", plugin.display()),
+        )
+    })?;
     if let Some(mut pipe) = child.stdin.take() {
         // A plugin may exit without reading stdin (VERSION); a broken pipe is fine.
         let _ = pipe.write_all(stdin);
@@ -133,6 +150,22 @@ mod tests {
         assert_eq!(find_plugin("fake", &path).unwrap(), dir.path().join("fake"));
         assert!(find_plugin("notexec", &path).is_err());
         assert!(find_plugin("../fake", &path).is_err());
+    }
+
+    #[test]
+    fn a_plugin_held_open_for_writing_is_retried_then_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = script(dir.path(), "writing", "true");
+        // Open for writing for as long as the test runs: every exec sees ETXTBSY.
+        let _writer = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        let e = exec_plugin(&p, Command::Add, &Invocation::default(), b"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("failed to run plugin") && e.contains("writing"),
+            "{e}"
+        );
+        assert!(e.contains("busy"), "names the cause: {e}");
     }
 
     #[test]
