@@ -17,13 +17,14 @@ mkdir "$work/ran"
 
 # The integration tests that run as root, listed before the run as
 # <test binary>::<test>: every test of the binaries built from tests/*.rs and
-# cni/tests/*.rs (not the unit tests, nor other crates' tests that need no root). Tests
-# marked #[ignore] are listed apart: the run below does not run them.
+# cni/tests/*.rs (not the unit tests, the fuzz tests, nor other crates' tests that need
+# no root). Tests marked #[ignore] are listed apart: the run below does not run them.
 cargo test --locked --workspace --test '*' --no-run --message-format=json-render-diagnostics \
   | grep '"reason":"compiler-artifact"' | grep '"kind":\["test"\]' \
   | sed -n 's/.*"src_path":"\([^"]*\)".*"executable":"\([^"]*\)".*/\1 \2/p' \
   | while read -r src exe; do
       case "${src#"$(pwd -P)"/}" in
+        */fuzz.rs) ;; # property tests of parsers (fuzz/README.md): no root, nothing to skip
         tests/*.rs | cni/tests/*.rs) echo "$exe" ;;
       esac
     done | sort -u > "$work/binaries"
