@@ -1,1 +1,31 @@
-//! (in progress)
+//! The four patch types kube-apiserver takes: JSON patch (RFC 6902), JSON merge patch
+//! (RFC 7386), strategic merge patch, and server-side apply.
+
+/// What a strategic merge patch needs to know of a field: where the schema says so, a
+/// list is merged by a key (`containers` by `name`) or as a set of primitives, and
+/// `retainKeys` clears the fields a patch does not name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FieldMeta {
+    /// The schema type of the field's value, or of a list's items or a map's values:
+    /// an OpenAPI v2 definition name such as `io.k8s.api.core.v1.Container`, None for
+    /// primitives and free-form objects.
+    pub type_name: Option<String>,
+    pub is_list: bool,
+    /// A map with free keys (`labels`): its values are never merged by key.
+    pub is_map: bool,
+    /// `x-kubernetes-patch-merge-key`.
+    pub merge_key: Option<String>,
+    /// `x-kubernetes-patch-strategy`, split at commas: "merge", "retainKeys", "replace".
+    pub strategies: Vec<String>,
+    /// `x-kubernetes-list-type` ("atomic", "set", "map") and `x-kubernetes-list-map-keys`,
+    /// which server-side apply uses.
+    pub list_type: Option<String>,
+    pub list_map_keys: Vec<String>,
+}
+
+/// The schema a patch is merged against: the OpenAPI definitions of the served types.
+pub trait PatchSchema: Send + Sync {
+    /// The field `field` of definition `type_name`, None when the definition has no such
+    /// field (the patch then treats the value as opaque).
+    fn field(&self, type_name: &str, field: &str) -> Option<FieldMeta>;
+}
