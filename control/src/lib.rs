@@ -7,6 +7,8 @@
 //! - `store`: the storage trait, the embedded backend and the etcd backend.
 
 pub mod api;
+pub mod controllers;
 pub mod printers;
 pub mod registry;
+pub mod server;
 pub mod store;

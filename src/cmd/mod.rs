@@ -6,6 +6,7 @@ pub mod image;
 mod logs;
 mod output;
 mod run;
+mod server;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
@@ -107,6 +108,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run { .. }
             | Command::Exec { .. }
             | Command::Agent { .. }
+            | Command::Server { .. }
             | Command::Monitor { .. }
             | Command::Oci { .. }
     ) {
@@ -117,6 +119,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             socket,
             stream_addr,
         } => agent::agent(&cli, socket, stream_addr),
+        Command::Server { .. } => server::server(&cli),
         Command::Monitor {
             ready_fd,
             state_dir,

@@ -1,1 +1,490 @@
-//! Label and field selectors.
+//! Label and field selectors as kube-apiserver parses them: the string forms of the
+//! `labelSelector` and `fieldSelector` query parameters, and metav1.LabelSelector objects.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SelectorError(pub String);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Op {
+    Eq(String),
+    NotEq(String),
+    In(Vec<String>),
+    NotIn(Vec<String>),
+    Exists,
+    DoesNotExist,
+    Gt(i64),
+    Lt(i64),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Requirement {
+    key: String,
+    op: Op,
+}
+
+/// A conjunction of requirements; the empty selector matches everything.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct LabelSelector {
+    reqs: Vec<Requirement>,
+    /// A null metav1.LabelSelector: matches nothing.
+    nothing: bool,
+}
+
+fn check_key(k: &str) -> Result<(), SelectorError> {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
+    });
+    if name_ok && prefix_ok {
+        Ok(())
+    } else {
+        Err(SelectorError(format!(
+            "invalid label key \"{k}\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+        )))
+    }
+}
+
+fn check_value(v: &str) -> Result<(), SelectorError> {
+    let ok = v.is_empty()
+        || (v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && v.as_bytes()[0].is_ascii_alphanumeric()
+            && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(SelectorError(format!(
+            "invalid label value: \"{v}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+        )))
+    }
+}
+
+/// Splits at commas outside parentheses.
+fn split_top(s: &str) -> Result<Vec<&str>, SelectorError> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth < 0 {
+                    return Err(SelectorError(format!("unexpected ')' in \"{s}\"")));
+                }
+            }
+            ',' if depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err(SelectorError(format!(
+            "found '(', expected: ')' in \"{s}\""
+        )));
+    }
+    parts.push(&s[start..]);
+    Ok(parts)
+}
+
+fn set_values(s: &str) -> Result<Vec<String>, SelectorError> {
+    let inner = s
+        .trim()
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+        .ok_or_else(|| SelectorError(format!("found '{s}', expected: '('")))?;
+    let mut vals: Vec<String> = inner.split(',').map(|v| v.trim().to_string()).collect();
+    if vals.len() == 1 && vals[0].is_empty() {
+        return Err(SelectorError(
+            "for 'in', 'notin' operators, values set can't be empty".into(),
+        ));
+    }
+    for v in &vals {
+        check_value(v)?;
+    }
+    vals.sort();
+    vals.dedup();
+    Ok(vals)
+}
+
+fn parse_requirement(part: &str) -> Result<Requirement, SelectorError> {
+    let p = part.trim();
+    if p.is_empty() {
+        return Err(SelectorError("found '', expected: identifier".into()));
+    }
+    if let Some(key) = p.strip_prefix('!') {
+        let key = key.trim();
+        check_key(key)?;
+        return Ok(Requirement {
+            key: key.into(),
+            op: Op::DoesNotExist,
+        });
+    }
+    // Set-based: `key in (…)`, `key notin (…)`.
+    let words: Vec<&str> = p.splitn(2, char::is_whitespace).collect();
+    if words.len() == 2 {
+        let rest = words[1].trim_start();
+        for (kw, notin) in [("notin", true), ("in", false)] {
+            if let Some(vals) = rest.strip_prefix(kw) {
+                if vals.trim_start().starts_with('(') {
+                    check_key(words[0])?;
+                    let vals = set_values(vals)?;
+                    let op = if notin { Op::NotIn(vals) } else { Op::In(vals) };
+                    return Ok(Requirement {
+                        key: words[0].into(),
+                        op,
+                    });
+                }
+            }
+        }
+    }
+    for (tok, kind) in [("!=", 0), ("==", 1), ("=", 1), (">", 2), ("<", 3)] {
+        if let Some((k, v)) = p.split_once(tok) {
+            let (k, v) = (k.trim(), v.trim());
+            check_key(k)?;
+            let op = match kind {
+                0 => {
+                    check_value(v)?;
+                    Op::NotEq(v.into())
+                }
+                1 => {
+                    check_value(v)?;
+                    Op::Eq(v.into())
+                }
+                _ => {
+                    let n: i64 = v.parse().map_err(|_| {
+                        SelectorError(format!(
+                            "for 'Gt', 'Lt' operators, the value must be an integer: \"{v}\""
+                        ))
+                    })?;
+                    if kind == 2 {
+                        Op::Gt(n)
+                    } else {
+                        Op::Lt(n)
+                    }
+                }
+            };
+            return Ok(Requirement { key: k.into(), op });
+        }
+    }
+    if p.contains(char::is_whitespace) {
+        return Err(SelectorError(format!(
+            "found '{p}', expected: in, notin, =, ==, !=, gt, lt"
+        )));
+    }
+    check_key(p)?;
+    Ok(Requirement {
+        key: p.into(),
+        op: Op::Exists,
+    })
+}
+
+impl LabelSelector {
+    pub fn parse(s: &str) -> Result<LabelSelector, SelectorError> {
+        if s.trim().is_empty() {
+            return Ok(LabelSelector::default());
+        }
+        let reqs = split_top(s)?
+            .into_iter()
+            .map(parse_requirement)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(LabelSelector {
+            reqs,
+            nothing: false,
+        })
+    }
+
+    /// A metav1.LabelSelector: matchLabels and matchExpressions (In, NotIn, Exists,
+    /// DoesNotExist). `{}` matches everything; null or absent matches nothing, as
+    /// LabelSelectorAsSelector makes them.
+    pub fn from_json(v: &Value) -> Result<LabelSelector, SelectorError> {
+        if v.is_null() {
+            return Ok(LabelSelector {
+                reqs: vec![],
+                nothing: true,
+            });
+        }
+        let mut reqs = Vec::new();
+        if let Some(m) = v["matchLabels"].as_object() {
+            for (k, val) in m {
+                check_key(k)?;
+                let val = val.as_str().unwrap_or_default();
+                check_value(val)?;
+                reqs.push(Requirement {
+                    key: k.clone(),
+                    op: Op::Eq(val.into()),
+                });
+            }
+        }
+        for e in v["matchExpressions"].as_array().into_iter().flatten() {
+            let key = e["key"].as_str().unwrap_or_default().to_string();
+            check_key(&key)?;
+            let values: Vec<String> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect();
+            let op = match e["operator"].as_str().unwrap_or_default() {
+                "In" => Op::In(values),
+                "NotIn" => Op::NotIn(values),
+                "Exists" => Op::Exists,
+                "DoesNotExist" => Op::DoesNotExist,
+                other => {
+                    return Err(SelectorError(format!(
+                        "\"{other}\" is not a valid label selector operator"
+                    )))
+                }
+            };
+            reqs.push(Requirement { key, op });
+        }
+        Ok(LabelSelector {
+            reqs,
+            nothing: false,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.reqs.is_empty() && !self.nothing
+    }
+
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        if self.nothing {
+            return false;
+        }
+        self.reqs.iter().all(|r| {
+            let v = labels.get(&r.key);
+            match &r.op {
+                Op::Eq(x) => v == Some(x),
+                Op::NotEq(x) => v != Some(x),
+                Op::In(xs) => v.is_some_and(|v| xs.contains(v)),
+                Op::NotIn(xs) => v.is_none_or(|v| !xs.contains(v)),
+                Op::Exists => v.is_some(),
+                Op::DoesNotExist => v.is_none(),
+                Op::Gt(n) => v
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .is_some_and(|v| v > *n),
+                Op::Lt(n) => v
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .is_some_and(|v| v < *n),
+            }
+        })
+    }
+}
+
+impl fmt::Display for LabelSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .reqs
+            .iter()
+            .map(|r| match &r.op {
+                Op::Eq(v) => format!("{}={v}", r.key),
+                Op::NotEq(v) => format!("{}!={v}", r.key),
+                Op::In(v) => format!("{} in ({})", r.key, v.join(",")),
+                Op::NotIn(v) => format!("{} notin ({})", r.key, v.join(",")),
+                Op::Exists => r.key.clone(),
+                Op::DoesNotExist => format!("!{}", r.key),
+                Op::Gt(n) => format!("{}>{n}", r.key),
+                Op::Lt(n) => format!("{}<{n}", r.key),
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// `field=value`, `field==value`, `field!=value`, joined by commas; `\` escapes.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct FieldSelector {
+    terms: Vec<(String, bool, String)>,
+}
+
+fn unescape_split(s: &str, sep: char) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                out.last_mut().expect("never empty").push('\\');
+                if let Some(n) = chars.next() {
+                    out.last_mut().expect("never empty").push(n);
+                }
+            }
+            c if c == sep => out.push(String::new()),
+            c => out.last_mut().expect("never empty").push(c),
+        }
+    }
+    out
+}
+
+fn unescape(s: &str) -> Result<String, SelectorError> {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some(n @ ('\\' | ',' | '=')) => out.push(n),
+                Some(n) => return Err(SelectorError(format!("invalid escape sequence: \\{n}"))),
+                None => return Err(SelectorError("unterminated escape sequence".into())),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+impl FieldSelector {
+    pub fn parse(s: &str) -> Result<FieldSelector, SelectorError> {
+        let mut terms = Vec::new();
+        if s.trim().is_empty() {
+            return Ok(FieldSelector { terms });
+        }
+        for part in unescape_split(s, ',') {
+            let (k, eq, v) = if let Some((k, v)) = part.split_once("!=") {
+                (k, false, v)
+            } else if let Some((k, v)) = part.split_once("==") {
+                (k, true, v)
+            } else if let Some((k, v)) = part.split_once('=') {
+                (k, true, v)
+            } else {
+                return Err(SelectorError(format!(
+                    "invalid selector: '{s}'; can't understand '{part}'"
+                )));
+            };
+            let k = k.trim();
+            if k.is_empty() {
+                return Err(SelectorError(format!(
+                    "invalid selector: '{s}'; a field name is missing"
+                )));
+            }
+            terms.push((k.to_string(), eq, unescape(v)?));
+        }
+        Ok(FieldSelector { terms })
+    }
+
+    pub fn fields(&self) -> Vec<&str> {
+        self.terms.iter().map(|(k, _, _)| k.as_str()).collect()
+    }
+
+    /// The value a term requires of a field, for `field=value` terms.
+    pub fn required(&self, field: &str) -> Option<&str> {
+        self.terms
+            .iter()
+            .find(|(k, eq, _)| k == field && *eq)
+            .map(|(_, _, v)| v.as_str())
+    }
+
+    pub fn matches(&self, get: &dyn Fn(&str) -> Option<String>) -> bool {
+        self.terms.iter().all(|(k, eq, v)| {
+            let have = get(k).unwrap_or_default();
+            (have == *v) == *eq
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn every_operator_of_the_string_form() {
+        let s = LabelSelector::parse(
+            "app=web,tier!=db,env in (prod, stage),zone notin (a),team,!legacy,gen>2",
+        )
+        .unwrap();
+        let good = labels(&[
+            ("app", "web"),
+            ("tier", "front"),
+            ("env", "prod"),
+            ("zone", "b"),
+            ("team", "x"),
+            ("gen", "3"),
+        ]);
+        assert!(s.matches(&good));
+        let mut bad = good.clone();
+        bad.insert("legacy".into(), "1".into());
+        assert!(!s.matches(&bad));
+        let mut bad = good.clone();
+        bad.insert("env".into(), "dev".into());
+        assert!(!s.matches(&bad));
+        let mut bad = good;
+        bad.insert("gen".into(), "2".into());
+        assert!(!s.matches(&bad));
+        assert!(LabelSelector::parse("a==b")
+            .unwrap()
+            .matches(&labels(&[("a", "b")])));
+        assert!(LabelSelector::parse("").unwrap().matches(&labels(&[])));
+    }
+
+    #[test]
+    fn bad_selectors_are_errors_and_display_round_trips() {
+        for bad in ["a in (", "a in ()", "Bad Key", "a=b c", "-a=b", "a=(b"] {
+            assert!(LabelSelector::parse(bad).is_err(), "{bad}");
+        }
+        let s = LabelSelector::parse("x in (b,a),!y,z=1").unwrap();
+        assert_eq!(s.to_string(), "x in (a,b),!y,z=1");
+        assert_eq!(LabelSelector::parse(&s.to_string()).unwrap(), s);
+    }
+
+    #[test]
+    fn json_selectors_and_the_null_one() {
+        let v = serde_json::json!({ "matchLabels": { "app": "web" }, "matchExpressions": [{ "key": "tier", "operator": "NotIn", "values": ["db"] }] });
+        let s = LabelSelector::from_json(&v).unwrap();
+        assert!(s.matches(&labels(&[("app", "web")])));
+        assert!(!s.matches(&labels(&[("app", "web"), ("tier", "db")])));
+        assert!(LabelSelector::from_json(&serde_json::json!({}))
+            .unwrap()
+            .matches(&labels(&[])));
+        assert!(!LabelSelector::from_json(&Value::Null)
+            .unwrap()
+            .matches(&labels(&[])));
+    }
+
+    #[test]
+    fn field_selectors_with_escapes() {
+        let f = FieldSelector::parse("spec.nodeName=w1,status.phase!=Failed,metadata.name=a\\,b")
+            .unwrap();
+        assert_eq!(
+            f.fields(),
+            ["spec.nodeName", "status.phase", "metadata.name"]
+        );
+        let get = |k: &str| match k {
+            "spec.nodeName" => Some("w1".to_string()),
+            "status.phase" => Some("Running".to_string()),
+            "metadata.name" => Some("a,b".to_string()),
+            _ => None,
+        };
+        assert!(f.matches(&get));
+        assert_eq!(f.required("spec.nodeName"), Some("w1"));
+        assert!(FieldSelector::parse("nofield").is_err());
+        assert!(FieldSelector::parse("a=\\x").is_err());
+    }
+}

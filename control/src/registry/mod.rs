@@ -73,3 +73,43 @@ pub trait Strategy: Send + Sync + 'static {
     /// "status.phase", ...), or None when the resource does not support that field.
     fn field(&self, obj: &Value, path: &str) -> Option<String>;
 }
+
+mod configmap;
+mod deployment;
+mod endpoints;
+mod endpointslice;
+mod event;
+pub mod generic;
+mod lease;
+pub mod meta;
+mod namespace;
+mod node;
+mod pod;
+mod poddisruptionbudget;
+mod replicaset;
+mod secret;
+mod service;
+mod serviceaccount;
+
+/// Every resource podrun serves.
+pub fn all() -> Vec<Box<dyn Strategy>> {
+    [
+        &namespace::DEF,
+        &pod::DEF,
+        &node::DEF,
+        &service::DEF,
+        &endpoints::DEF,
+        &configmap::DEF,
+        &secret::DEF,
+        &serviceaccount::DEF,
+        &event::DEF,
+        &replicaset::DEF,
+        &deployment::DEF,
+        &lease::DEF,
+        &endpointslice::DEF,
+        &poddisruptionbudget::DEF,
+    ]
+    .into_iter()
+    .map(|d| Box::new(generic::Static(d)) as Box<dyn Strategy>)
+    .collect()
+}

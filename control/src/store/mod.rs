@@ -113,3 +113,14 @@ pub trait Store: Send + Sync + 'static {
     /// The current store revision.
     fn revision(&self) -> BoxFuture<'_, Result<Revision>>;
 }
+
+pub mod embedded;
+pub mod etcd;
+pub mod memory;
+#[doc(hidden)]
+pub mod testsuite;
+mod watchers;
+
+pub use embedded::EmbeddedStore;
+pub use etcd::EtcdStore;
+pub use memory::MemoryStore;

@@ -29,3 +29,45 @@ pub trait PatchSchema: Send + Sync {
     /// field (the patch then treats the value as opaque).
     fn field(&self, type_name: &str, field: &str) -> Option<FieldMeta>;
 }
+
+mod apply;
+mod strategic;
+
+pub use apply::{apply, record_update, ApplyError, Conflict};
+pub use strategic::strategic_merge_patch;
+
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatchError {
+    #[error("the patch is not valid JSON: {0}")]
+    Syntax(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn parse(patch: &[u8]) -> Result<Value, PatchError> {
+    serde_json::from_slice(patch).map_err(|e| PatchError::Syntax(e.to_string()))
+}
+
+/// RFC 6902.
+pub fn json_patch(doc: &Value, patch: &[u8]) -> Result<Value, PatchError> {
+    let ops: json_patch::Patch =
+        serde_json::from_slice(patch).map_err(|e| PatchError::Syntax(e.to_string()))?;
+    let mut out = doc.clone();
+    json_patch::patch(&mut out, &ops).map_err(|e| PatchError::Invalid(e.to_string()))?;
+    Ok(out)
+}
+
+/// RFC 7386; kube-apiserver takes only an object as the patch.
+pub fn merge_patch(doc: &Value, patch: &[u8]) -> Result<Value, PatchError> {
+    let p = parse(patch)?;
+    if !p.is_object() {
+        return Err(PatchError::Invalid(
+            "a merge patch must be a JSON object".into(),
+        ));
+    }
+    let mut out = doc.clone();
+    json_patch::merge(&mut out, &p);
+    Ok(out)
+}

@@ -1,0 +1,4 @@
+//! Controllers that run inside `podrun server`: reconcile loops that are idempotent and
+//! look at the state, not at what changed.
+
+pub mod namespace;

@@ -1,0 +1,49 @@
+//! ConfigMaps: keys checked, and nothing changes once `immutable` is set.
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use serde_json::Value;
+
+use super::generic::{self, Def};
+use super::meta::{check_config_keys, forbidden};
+use super::{Cause, ResourceInfo};
+
+pub static DEF: Def = Def {
+    info: ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "ConfigMap",
+        plural: "configmaps",
+        singular: "configmap",
+        namespaced: true,
+        short_names: &["cm"],
+        categories: &[],
+        subresources: &[],
+    },
+    decode: generic::decode::<ConfigMap>,
+    default: generic::no_defaults,
+    validate: |o| check_config_keys("data", &[&o["data"], &o["binaryData"]]),
+    validate_update,
+    status: false,
+    generation: false,
+    initial_status: generic::empty_status,
+    fields: &[],
+};
+
+/// Shared with Secrets: data and the flag itself are frozen once `immutable` is true.
+pub fn validate_update(obj: &Value, old: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    if old["immutable"] == true {
+        if obj["immutable"] != true {
+            causes.push(forbidden(
+                "immutable",
+                "field is immutable when `immutable` is set",
+            ));
+        }
+        for f in ["data", "binaryData", "stringData"] {
+            if obj[f] != old[f] && !(f == "stringData" && obj[f].is_null()) {
+                causes.push(forbidden(f, "field is immutable when `immutable` is set"));
+            }
+        }
+    }
+    causes
+}

@@ -1,0 +1,39 @@
+//! Endpoints.
+
+use k8s_openapi::api::core::v1::Endpoints;
+use serde_json::{json, Value};
+
+use super::generic::{self, Def};
+use super::ResourceInfo;
+
+pub static DEF: Def = Def {
+    info: ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "Endpoints",
+        plural: "endpoints",
+        singular: "endpoints",
+        namespaced: true,
+        short_names: &["ep"],
+        categories: &[],
+        subresources: &[],
+    },
+    decode: generic::decode::<Endpoints>,
+    default,
+    validate: generic::no_checks,
+    validate_update: generic::no_update_checks,
+    status: false,
+    generation: false,
+    initial_status: generic::empty_status,
+    fields: &[],
+};
+
+fn default(obj: &mut Value) {
+    for s in obj["subsets"].as_array_mut().into_iter().flatten() {
+        for p in s["ports"].as_array_mut().into_iter().flatten() {
+            if p["protocol"].is_null() {
+                p["protocol"] = json!("TCP");
+            }
+        }
+    }
+}

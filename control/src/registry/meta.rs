@@ -1,0 +1,249 @@
+//! ObjectMeta validation and the causes every resource's checks use, with the messages
+//! kube-apiserver writes.
+
+use serde_json::Value;
+
+use super::{Cause, ResourceInfo};
+
+pub const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+pub const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+pub const DNS1035_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
+
+pub fn required(field: &str) -> Cause {
+    Cause {
+        field: field.into(),
+        reason: "FieldValueRequired",
+        message: "Required value".into(),
+    }
+}
+
+/// `Invalid value: "x": why`, the value quoted as Go's %q does for strings.
+pub fn invalid(field: &str, value: &Value, why: &str) -> Cause {
+    let shown = match value {
+        Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    };
+    Cause {
+        field: field.into(),
+        reason: "FieldValueInvalid",
+        message: format!("Invalid value: {shown}: {why}"),
+    }
+}
+
+pub fn not_supported(field: &str, value: &str, supported: &[&str]) -> Cause {
+    let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
+    Cause {
+        field: field.into(),
+        reason: "FieldValueNotSupported",
+        message: format!(
+            "Unsupported value: \"{value}\": supported values: {}",
+            list.join(", ")
+        ),
+    }
+}
+
+pub fn duplicate(field: &str, value: &Value) -> Cause {
+    Cause {
+        field: field.into(),
+        reason: "FieldValueDuplicate",
+        message: format!("Duplicate value: {value}"),
+    }
+}
+
+pub fn forbidden(field: &str, why: &str) -> Cause {
+    Cause {
+        field: field.into(),
+        reason: "FieldValueForbidden",
+        message: format!("Forbidden: {why}"),
+    }
+}
+
+pub fn immutable(field: &str, value: &Value) -> Cause {
+    invalid(field, value, "field is immutable")
+}
+
+fn label_ok(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.as_bytes()[0] != b'-'
+        && s.as_bytes()[s.len() - 1] != b'-'
+}
+
+pub fn is_dns1123_label(s: &str) -> bool {
+    label_ok(s, 63)
+}
+
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(|p| label_ok(p, 253))
+}
+
+pub fn is_dns1035_label(s: &str) -> bool {
+    label_ok(s, 63) && s.as_bytes()[0].is_ascii_lowercase()
+}
+
+/// The causes of a name that is not a DNS-1123 subdomain.
+pub fn check_subdomain(field: &str, s: &str) -> Option<Cause> {
+    if is_dns1123_subdomain(s) {
+        return None;
+    }
+    if s.len() > 253 {
+        return Some(invalid(
+            field,
+            &Value::from(s),
+            "must be no more than 253 characters",
+        ));
+    }
+    Some(invalid(field, &Value::from(s), SUBDOMAIN_MSG))
+}
+
+pub fn check_label(field: &str, s: &str) -> Option<Cause> {
+    if is_dns1123_label(s) {
+        return None;
+    }
+    if s.len() > 63 {
+        return Some(invalid(
+            field,
+            &Value::from(s),
+            "must be no more than 63 characters",
+        ));
+    }
+    Some(invalid(field, &Value::from(s), LABEL_MSG))
+}
+
+/// A qualified name: an optional DNS subdomain prefix and a name of at most 63
+/// characters (label and annotation keys).
+pub fn check_qualified_name(field: &str, key: &str) -> Option<Cause> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    if !name_ok {
+        return Some(invalid(field, &Value::from(key), "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"));
+    }
+    if let Some(p) = prefix {
+        if !is_dns1123_subdomain(p) {
+            return Some(invalid(
+                field,
+                &Value::from(key),
+                &format!("prefix part {SUBDOMAIN_MSG}"),
+            ));
+        }
+    }
+    None
+}
+
+pub fn check_label_value(field: &str, v: &str) -> Option<Cause> {
+    let ok = v.is_empty()
+        || (v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && v.as_bytes()[0].is_ascii_alphanumeric()
+            && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric());
+    (!ok).then(|| invalid(field, &Value::from(v), "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"))
+}
+
+/// How each resource's names are checked.
+fn name_check(info: &ResourceInfo) -> fn(&str, &str) -> Option<Cause> {
+    match (info.group, info.kind) {
+        ("", "Namespace") => check_label,
+        ("", "Service") => |f: &str, s: &str| {
+            (!is_dns1035_label(s)).then(|| invalid(f, &Value::from(s), DNS1035_MSG))
+        },
+        _ => check_subdomain,
+    }
+}
+
+/// Labels (qualified names and label values) of a map field.
+pub fn check_labels(field: &str, v: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    for (k, val) in v.as_object().into_iter().flatten() {
+        causes.extend(check_qualified_name(field, k));
+        match val.as_str() {
+            Some(s) => causes.extend(check_label_value(&format!("{field}.{k}"), s)),
+            None => causes.push(invalid(&format!("{field}.{k}"), val, "must be a string")),
+        }
+    }
+    causes
+}
+
+pub fn validate_object_meta(obj: &Value, info: &ResourceInfo) -> Vec<Cause> {
+    let m = &obj["metadata"];
+    let mut causes = Vec::new();
+    match m["name"].as_str() {
+        Some(n) if !n.is_empty() => causes.extend(name_check(info)("metadata.name", n)),
+        _ => causes.push(Cause {
+            message: "Required value: name or generateName is required".into(),
+            ..required("metadata.name")
+        }),
+    }
+    if info.namespaced && m["namespace"].as_str().is_none_or(str::is_empty) {
+        causes.push(required("metadata.namespace"));
+    }
+    causes.extend(check_labels("metadata.labels", &m["labels"]));
+    let mut size = 0;
+    for (k, v) in m["annotations"].as_object().into_iter().flatten() {
+        causes.extend(check_qualified_name("metadata.annotations", k));
+        size += k.len() + v.as_str().map(str::len).unwrap_or(0);
+    }
+    if size > 256 * 1024 {
+        causes.push(Cause {
+            field: "metadata.annotations".into(),
+            reason: "FieldValueTooLong",
+            message: format!("Too long: may not be more than 262144 bytes (it is {size})"),
+        });
+    }
+    causes
+}
+
+/// Keys of a ConfigMap's or Secret's data: `[-._a-zA-Z0-9]+`, not "." or "..".
+pub fn check_config_keys(field: &str, maps: &[&Value]) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for m in maps {
+        for k in m.as_object().into_iter().flatten().map(|(k, _)| k) {
+            let ok = !k.is_empty()
+                && k.len() <= 253
+                && k != "."
+                && k != ".."
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !ok {
+                causes.push(invalid(field, &Value::from(k.as_str()), "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
+            }
+            if !seen.insert(k.clone()) {
+                causes.push(duplicate(field, &Value::from(k.as_str())));
+            }
+        }
+    }
+    causes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn names_get_kube_apiserver_messages() {
+        let c = check_subdomain("metadata.name", "Bad_Name").unwrap();
+        assert_eq!(
+            c.message,
+            format!("Invalid value: \"Bad_Name\": {SUBDOMAIN_MSG}")
+        );
+        assert!(check_subdomain("metadata.name", "a.b-c").is_none());
+        assert!(check_label("metadata.name", "a.b").is_some());
+        assert!(is_dns1035_label("web") && !is_dns1035_label("1web"));
+        let labels = json!({ "app": "web", "bad key": "x", "k": "-v" });
+        let causes = check_labels("metadata.labels", &labels);
+        assert_eq!(causes.len(), 2, "{causes:?}");
+    }
+}

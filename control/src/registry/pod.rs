@@ -1,0 +1,393 @@
+//! Pods: the defaults of SetDefaults_PodSpec and the admission plugins every cluster
+//! runs (ServiceAccount, DefaultTolerationSeconds, Priority), spec validation shared
+//! with the templates of workloads, and the narrow set of fields an update may change.
+
+use std::collections::HashSet;
+
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{json, Value};
+
+use super::generic::{self, Def};
+use super::meta::{self, duplicate, invalid, not_supported, required};
+use super::{Cause, ResourceInfo};
+
+pub static DEF: Def = Def {
+    info: ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "Pod",
+        plural: "pods",
+        singular: "pod",
+        namespaced: true,
+        short_names: &["po"],
+        categories: &["all"],
+        subresources: &[
+            "status",
+            "log",
+            "exec",
+            "attach",
+            "portforward",
+            "binding",
+            "eviction",
+        ],
+    },
+    decode: generic::decode::<Pod>,
+    default: default_pod,
+    validate,
+    validate_update,
+    status: true,
+    generation: false,
+    initial_status,
+    fields: &[
+        "spec.nodeName",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "spec.serviceAccountName",
+        "spec.hostNetwork",
+        "status.phase",
+        "status.podIP",
+        "status.nominatedNodeName",
+    ],
+};
+
+fn set_default(obj: &mut Value, key: &str, v: Value) {
+    if let Some(o) = obj.as_object_mut() {
+        if o.get(key).is_none_or(Value::is_null) {
+            o.insert(key.into(), v);
+        }
+    }
+}
+
+/// The pull policy kubelet gets when none is given: Always for `:latest` or no tag.
+fn pull_policy(image: &str) -> &'static str {
+    let name = image.split('@').next().unwrap_or(image);
+    let last = name.rsplit('/').next().unwrap_or(name);
+    match last.rsplit_once(':') {
+        _ if image.contains('@') => "IfNotPresent",
+        Some((_, "latest")) | None => "Always",
+        Some(_) => "IfNotPresent",
+    }
+}
+
+fn default_container(c: &mut Value) {
+    set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
+    set_default(c, "terminationMessagePolicy", json!("File"));
+    let image = c["image"].as_str().unwrap_or("").to_string();
+    set_default(c, "imagePullPolicy", json!(pull_policy(&image)));
+    set_default(c, "resources", json!({}));
+    for p in c["ports"].as_array_mut().into_iter().flatten() {
+        set_default(p, "protocol", json!("TCP"));
+    }
+    for e in c["env"].as_array_mut().into_iter().flatten() {
+        if e["valueFrom"]["fieldRef"].is_object() {
+            set_default(&mut e["valueFrom"]["fieldRef"], "apiVersion", json!("v1"));
+        }
+    }
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if c[probe].is_object() {
+            let p = &mut c[probe];
+            set_default(p, "timeoutSeconds", json!(1));
+            set_default(p, "periodSeconds", json!(10));
+            set_default(p, "successThreshold", json!(1));
+            set_default(p, "failureThreshold", json!(3));
+            if p["httpGet"].is_object() {
+                set_default(&mut p["httpGet"], "path", json!("/"));
+                set_default(&mut p["httpGet"], "scheme", json!("HTTP"));
+            }
+        }
+    }
+}
+
+/// SetDefaults_PodSpec and its containers and volumes: for pods and templates alike.
+pub fn default_pod_spec(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    set_default(spec, "restartPolicy", json!("Always"));
+    set_default(spec, "terminationGracePeriodSeconds", json!(30));
+    set_default(spec, "dnsPolicy", json!("ClusterFirst"));
+    set_default(spec, "schedulerName", json!("default-scheduler"));
+    set_default(spec, "securityContext", json!({}));
+    set_default(spec, "enableServiceLinks", json!(true));
+    for list in ["containers", "initContainers"] {
+        for c in spec[list].as_array_mut().into_iter().flatten() {
+            default_container(c);
+        }
+    }
+    for v in spec["volumes"].as_array_mut().into_iter().flatten() {
+        for kind in ["secret", "configMap", "projected", "downwardAPI"] {
+            if v[kind].is_object() {
+                set_default(&mut v[kind], "defaultMode", json!(420));
+            }
+        }
+        if v["hostPath"].is_object() {
+            set_default(&mut v["hostPath"], "type", json!(""));
+        }
+    }
+}
+
+fn default_pod(obj: &mut Value) {
+    let spec = &mut obj["spec"];
+    default_pod_spec(spec);
+    // Admission: ServiceAccount, Priority, DefaultTolerationSeconds.
+    if spec.is_object() {
+        let sa = spec["serviceAccountName"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default")
+            .to_string();
+        spec["serviceAccountName"] = json!(sa);
+        spec["serviceAccount"] = json!(sa);
+        set_default(spec, "priority", json!(0));
+        set_default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
+        let mut tolerations = spec["tolerations"].as_array().cloned().unwrap_or_default();
+        for key in [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unreachable",
+        ] {
+            let has = tolerations.iter().any(|t| {
+                (t["key"] == key || t["key"].is_null() && t["operator"] == "Exists")
+                    && (t["effect"] == "NoExecute" || t["effect"].is_null())
+            });
+            if !has {
+                tolerations.push(json!({ "key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300 }));
+            }
+        }
+        spec["tolerations"] = json!(tolerations);
+    }
+}
+
+/// Guaranteed, Burstable or BestEffort, as the QoS class of the pod's containers'
+/// requests and limits.
+pub fn qos_class(spec: &Value) -> &'static str {
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(spec["initContainers"].as_array().into_iter().flatten())
+    {
+        let req = &c["resources"]["requests"];
+        let lim = &c["resources"]["limits"];
+        for r in ["cpu", "memory"] {
+            let (q, l) = (req[r].as_str().or(lim[r].as_str()), lim[r].as_str());
+            if q.is_some() || l.is_some() {
+                any = true;
+            }
+            if l.is_none() || q != l {
+                guaranteed = false;
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
+    }
+}
+
+fn initial_status(obj: &Value) -> Value {
+    json!({ "phase": "Pending", "qosClass": qos_class(&obj["spec"]) })
+}
+
+fn check_port(field: &str, p: &Value) -> Option<Cause> {
+    match p.as_i64() {
+        Some(n) if (1..=65535).contains(&n) => None,
+        _ => Some(invalid(field, p, "must be between 1 and 65535, inclusive")),
+    }
+}
+
+/// A pod spec's checks: for pods at `spec`, for templates at `spec.template.spec`.
+pub fn validate_pod_spec(spec: &Value, at: &str) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let containers = spec["containers"].as_array().cloned().unwrap_or_default();
+    if containers.is_empty() {
+        causes.push(required(&format!("{at}.containers")));
+    }
+    let mut names = HashSet::new();
+    for (list, items) in [
+        (
+            "initContainers",
+            spec["initContainers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        ),
+        ("containers", containers),
+    ] {
+        for (i, c) in items.iter().enumerate() {
+            let f = format!("{at}.{list}[{i}]");
+            match c["name"].as_str() {
+                None | Some("") => causes.push(required(&format!("{f}.name"))),
+                Some(n) => {
+                    causes.extend(meta::check_label(&format!("{f}.name"), n));
+                    if !names.insert(n.to_string()) {
+                        causes.push(duplicate(&format!("{f}.name"), &json!(n)));
+                    }
+                }
+            }
+            if c["image"].as_str().is_none_or(|i| i.trim().is_empty()) {
+                causes.push(required(&format!("{f}.image")));
+            }
+            if let Some(p) = c["imagePullPolicy"].as_str() {
+                if !["Always", "IfNotPresent", "Never"].contains(&p) {
+                    causes.push(not_supported(
+                        &format!("{f}.imagePullPolicy"),
+                        p,
+                        &["Always", "IfNotPresent", "Never"],
+                    ));
+                }
+            }
+            for (j, p) in c["ports"].as_array().into_iter().flatten().enumerate() {
+                causes.extend(check_port(
+                    &format!("{f}.ports[{j}].containerPort"),
+                    &p["containerPort"],
+                ));
+                if !p["hostPort"].is_null() && p["hostPort"] != 0 {
+                    causes.extend(check_port(
+                        &format!("{f}.ports[{j}].hostPort"),
+                        &p["hostPort"],
+                    ));
+                }
+                if let Some(proto) = p["protocol"].as_str() {
+                    if !["TCP", "UDP", "SCTP"].contains(&proto) {
+                        causes.push(not_supported(
+                            &format!("{f}.ports[{j}].protocol"),
+                            proto,
+                            &["SCTP", "TCP", "UDP"],
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(r) = spec["restartPolicy"].as_str() {
+        if !["Always", "OnFailure", "Never"].contains(&r) {
+            causes.push(not_supported(
+                &format!("{at}.restartPolicy"),
+                r,
+                &["Always", "OnFailure", "Never"],
+            ));
+        }
+    }
+    if let Some(d) = spec["dnsPolicy"].as_str() {
+        if !["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"].contains(&d) {
+            causes.push(not_supported(
+                &format!("{at}.dnsPolicy"),
+                d,
+                &["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"],
+            ));
+        }
+    }
+    let mut vols = HashSet::new();
+    for (i, v) in spec["volumes"].as_array().into_iter().flatten().enumerate() {
+        let n = v["name"].as_str().unwrap_or("");
+        let f = format!("{at}.volumes[{i}].name");
+        if n.is_empty() {
+            causes.push(required(&f));
+        } else if !vols.insert(n.to_string()) {
+            causes.push(duplicate(&f, &json!(n)));
+        }
+    }
+    causes
+}
+
+fn validate(obj: &Value) -> Vec<Cause> {
+    validate_pod_spec(&obj["spec"], "spec")
+}
+
+/// The spec with what an update may change blanked out.
+fn frozen(spec: &Value, old_node: bool) -> Value {
+    let mut s = spec.clone();
+    for list in ["containers", "initContainers"] {
+        for c in s[list].as_array_mut().into_iter().flatten() {
+            c["image"] = Value::Null;
+        }
+    }
+    if let Some(o) = s.as_object_mut() {
+        o.remove("activeDeadlineSeconds");
+        o.remove("tolerations");
+        // Binding sets the node once.
+        if !old_node {
+            o.remove("nodeName");
+        }
+    }
+    s
+}
+
+fn validate_update(obj: &Value, old: &Value) -> Vec<Cause> {
+    let old_node = old["spec"]["nodeName"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty());
+    if frozen(&obj["spec"], old_node) != frozen(&old["spec"], old_node) {
+        return vec![meta::forbidden(
+            "spec",
+            "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
+        )];
+    }
+    Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Strategy;
+
+    fn pod() -> Value {
+        json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "p", "namespace": "d" },
+                "spec": { "containers": [{ "name": "web", "image": "nginx" }, { "name": "s", "image": "busybox:1.36", "ports": [{ "containerPort": 80 }] }] } })
+    }
+
+    #[test]
+    fn defaults_are_those_kube_apiserver_applies() {
+        let s = generic::Static(&DEF);
+        let mut p = pod();
+        s.default(&mut p);
+        s.prepare_for_create(&mut p);
+        assert_eq!(p["spec"]["restartPolicy"], "Always");
+        assert_eq!(p["spec"]["terminationGracePeriodSeconds"], 30);
+        assert_eq!(p["spec"]["containers"][0]["imagePullPolicy"], "Always");
+        assert_eq!(
+            p["spec"]["containers"][1]["imagePullPolicy"],
+            "IfNotPresent"
+        );
+        assert_eq!(p["spec"]["containers"][1]["ports"][0]["protocol"], "TCP");
+        assert_eq!(p["spec"]["serviceAccountName"], "default");
+        assert_eq!(p["spec"]["tolerations"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            p["status"],
+            json!({ "phase": "Pending", "qosClass": "BestEffort" })
+        );
+        assert!(s.validate(&p).is_empty(), "{:?}", s.validate(&p));
+    }
+
+    #[test]
+    fn bad_pods_get_causes_naming_the_field() {
+        let s = generic::Static(&DEF);
+        let mut p = pod();
+        p["spec"]["containers"][1]["name"] = json!("web");
+        p["spec"]["containers"][0]["image"] = json!("");
+        p["spec"]["restartPolicy"] = json!("Sometimes");
+        let fields: Vec<String> = s.validate(&p).into_iter().map(|c| c.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.containers[0].image",
+                "spec.containers[1].name",
+                "spec.restartPolicy"
+            ]
+        );
+    }
+
+    #[test]
+    fn updates_may_change_images_but_not_the_rest() {
+        let s = generic::Static(&DEF);
+        let old = pod();
+        let mut new = pod();
+        new["spec"]["containers"][0]["image"] = json!("nginx:2");
+        assert!(s.validate_update(&new, &old).is_empty());
+        new["spec"]["containers"][0]["name"] = json!("other");
+        assert_eq!(s.validate_update(&new, &old)[0].field, "spec");
+    }
+}
