@@ -183,10 +183,28 @@ async fn exit_codes_reasons_and_stop_grace_period() {
             &cfg,
             a.container_config(
                 "stubborn",
-                &["sh", "-c", "trap '' TERM; while true; do sleep 1; done"],
+                &[
+                    "sh",
+                    "-c",
+                    "trap '' TERM; touch /tmp/trapped; while true; do sleep 1; done",
+                ],
             ),
         )
         .await;
+    // A SIGTERM that comes before the shell has set its trap would end it with 143.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while a
+        .exec_any(&stubborn, &["test", "-e", "/tmp/trapped"])
+        .await
+        .0
+        != 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container never set its TERM trap"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     a.stop_container(&stubborn, 1).await;
     let st = a.wait_container_state(&stubborn, ContainerExited).await;
     assert_eq!(st.exit_code, 137, "{st:?}");
