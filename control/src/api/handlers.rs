@@ -118,20 +118,23 @@ fn decode_continue(token: &str) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::bad_request("continue key is not valid"))
 }
 
+/// The `dryRun` query parameter: None when absent; "All" is the only value there is.
+pub(super) fn dry_run(q: &Query) -> Result<Option<bool>, ApiError> {
+    match q.get("dryRun") {
+        None => Ok(None),
+        Some("All") => Ok(Some(true)),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "dryRun may only be \"All\", not {other:?}"
+        ))),
+    }
+}
+
 fn write_options(
     q: &Query,
     headers: &HeaderMap,
     user: &auth::User,
 ) -> Result<WriteOptions, ApiError> {
-    let dry_run = match q.get("dryRun") {
-        None => false,
-        Some("All") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "dryRun may only be \"All\", not {other:?}"
-            )))
-        }
-    };
+    let dry_run = dry_run(q)?.unwrap_or(false);
     let manager = match q.get("fieldManager") {
         Some(m) if m.len() > 128 => {
             return Err(ApiError::bad_request(
@@ -713,16 +716,11 @@ fn delete_options(q: &Query, headers: &HeaderMap, body: &[u8]) -> Result<DeleteO
                 _ => None,
             }
         });
-    let dry_run = match q.get("dryRun") {
-        Some("All") => true,
+    let dry_run = match dry_run(q)? {
+        Some(d) => d,
         None => b["dryRun"]
             .as_array()
             .is_some_and(|d| d.iter().any(|x| x == "All")),
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "dryRun may only be \"All\", not {other:?}"
-            )))
-        }
     };
     Ok(DeleteOptions {
         grace_period: grace,

@@ -37,24 +37,7 @@ pub struct LabelSelector {
 }
 
 fn check_key(k: &str) -> Result<(), SelectorError> {
-    let (prefix, name) = match k.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, k),
-    };
-    let name_ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
-    let prefix_ok = prefix.is_none_or(|p| {
-        !p.is_empty()
-            && p.len() <= 253
-            && p.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
-    });
-    if name_ok && prefix_ok {
+    if crate::registry::meta::is_qualified_name(k) {
         Ok(())
     } else {
         Err(SelectorError(format!(
@@ -64,13 +47,7 @@ fn check_key(k: &str) -> Result<(), SelectorError> {
 }
 
 fn check_value(v: &str) -> Result<(), SelectorError> {
-    let ok = v.is_empty()
-        || (v.len() <= 63
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-            && v.as_bytes()[0].is_ascii_alphanumeric()
-            && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric());
-    if ok {
+    if crate::registry::meta::is_label_value(v) {
         Ok(())
     } else {
         Err(SelectorError(format!(

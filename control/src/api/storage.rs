@@ -180,6 +180,15 @@ fn required(field: &str) -> Cause {
 }
 
 impl Api {
+    /// The stored object at `k`: 404 naming `t` when there is none.
+    async fn read(&self, k: &str, t: &Target) -> Result<KeyValue, ApiError> {
+        self.store
+            .get(k)
+            .await
+            .map_err(|e| status::from_store(e, t))?
+            .ok_or_else(|| ApiError::not_found(t))
+    }
+
     pub async fn get_object(
         &self,
         s: &dyn Strategy,
@@ -187,12 +196,8 @@ impl Api {
         name: &str,
     ) -> Result<Value, ApiError> {
         let info = s.info();
-        let t = target(info, name);
-        match self.store.get(&key(info, ns, name)).await {
-            Ok(Some(kv)) => decode(info, &kv),
-            Ok(None) => Err(ApiError::not_found(&t)),
-            Err(e) => Err(status::from_store(e, &t)),
-        }
+        let kv = self.read(&key(info, ns, name), &target(info, name)).await?;
+        decode(info, &kv)
     }
 
     /// Fails with 404 when the namespace does not exist, 403 when it is being deleted.
@@ -204,12 +209,7 @@ impl Api {
             name: ns.into(),
             ..Default::default()
         };
-        let kv = self
-            .store
-            .get(&k)
-            .await
-            .map_err(|e| status::from_store(e, &t))?
-            .ok_or_else(|| ApiError::not_found(&t))?;
+        let kv = self.read(&k, &t).await?;
         if for_create {
             let v: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
             if object::deletion_timestamp(&v).is_some() {
@@ -356,12 +356,7 @@ impl Api {
         }
         check_fields(s, &obj, name, opts, warnings)?;
         let k = key(info, ns, name);
-        let kv = self
-            .store
-            .get(&k)
-            .await
-            .map_err(|e| status::from_store(e, &t))?
-            .ok_or_else(|| ApiError::not_found(&t))?;
+        let kv = self.read(&k, &t).await?;
         let old = decode(info, &kv)?;
         if let Some(rv) = object::resource_version(&obj) {
             if rv != kv.mod_revision.to_string() {
@@ -483,12 +478,7 @@ impl Api {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let kv = self
-                .store
-                .get(&k)
-                .await
-                .map_err(|e| status::from_store(e, &t))?
-                .ok_or_else(|| ApiError::not_found(&t))?;
+            let kv = self.read(&k, &t).await?;
             let old = decode(info, &kv)?;
             let mut new = change(&old)?;
             meta_mut(&mut new).remove("resourceVersion");
@@ -516,12 +506,7 @@ impl Api {
         let t = target(info, name);
         let k = key(info, ns, name);
         loop {
-            let kv = self
-                .store
-                .get(&k)
-                .await
-                .map_err(|e| status::from_store(e, &t))?
-                .ok_or_else(|| ApiError::not_found(&t))?;
+            let kv = self.read(&k, &t).await?;
             let mut obj = decode(info, &kv)?;
             if let (Some(want), Some(have)) = (&opts.uid, object::uid(&obj)) {
                 if want != have {

@@ -100,7 +100,7 @@ impl Api {
                 .get("fieldManager")
                 .unwrap_or(user.name.as_str())
                 .to_string(),
-            dry_run: q.get("dryRun") == Some("All"),
+            dry_run: super::handlers::dry_run(q)?.unwrap_or(false),
             ..Default::default()
         };
         let updated = self

@@ -112,21 +112,38 @@ pub fn check_label(field: &str, s: &str) -> Option<Cause> {
     Some(invalid(field, &Value::from(s), LABEL_MSG))
 }
 
-/// A qualified name: an optional DNS subdomain prefix and a name of at most 63
-/// characters (label and annotation keys).
+/// At most 63 of `[-A-Za-z0-9_.]`, alphanumeric at both ends: the name part of a
+/// qualified name, and a non-empty label value.
+fn is_name_part(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
+}
+
+/// A label value: empty, or a name part.
+pub fn is_label_value(v: &str) -> bool {
+    v.is_empty() || is_name_part(v)
+}
+
+/// A qualified name (label and annotation keys): an optional DNS subdomain prefix and a
+/// name part.
+pub fn is_qualified_name(key: &str) -> bool {
+    match key.rsplit_once('/') {
+        Some((p, n)) => is_dns1123_subdomain(p) && is_name_part(n),
+        None => is_name_part(key),
+    }
+}
+
+/// A qualified name, with kube-apiserver's message for the part that is wrong.
 pub fn check_qualified_name(field: &str, key: &str) -> Option<Cause> {
     let (prefix, name) = match key.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
     };
-    let name_ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
-    if !name_ok {
+    if !is_name_part(name) {
         return Some(invalid(field, &Value::from(key), "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"));
     }
     if let Some(p) = prefix {
@@ -142,13 +159,7 @@ pub fn check_qualified_name(field: &str, key: &str) -> Option<Cause> {
 }
 
 pub fn check_label_value(field: &str, v: &str) -> Option<Cause> {
-    let ok = v.is_empty()
-        || (v.len() <= 63
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-            && v.as_bytes()[0].is_ascii_alphanumeric()
-            && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric());
-    (!ok).then(|| invalid(field, &Value::from(v), "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"))
+    (!is_label_value(v)).then(|| invalid(field, &Value::from(v), "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"))
 }
 
 /// How each resource's names are checked.

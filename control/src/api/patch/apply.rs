@@ -504,6 +504,24 @@ mod tests {
     use super::super::strategic::tests::TestSchema;
     use super::*;
 
+    /// An apply against the test schema's Deployment.
+    fn apply_as(
+        live: Option<&Value>,
+        applied: &Value,
+        manager: &str,
+        force: bool,
+    ) -> Result<Value, ApplyError> {
+        apply(
+            live,
+            applied,
+            manager,
+            force,
+            &TestSchema,
+            "Deployment",
+            "t",
+        )
+    }
+
     fn deploy(replicas: i64, image: &str) -> Value {
         json!({ "apiVersion": "apps/v1", "kind": "Deployment", "metadata": { "name": "d", "labels": { "app": "d" } },
                 "spec": { "replicas": replicas, "template": { "spec": { "containers": [{ "name": "nginx", "image": image }] } } } })
@@ -511,17 +529,7 @@ mod tests {
 
     #[test]
     fn apply_creates_with_ownership_and_detects_conflicts() {
-        let s = TestSchema;
-        let live = apply(
-            None,
-            &deploy(1, "nginx:1"),
-            "mgr-a",
-            false,
-            &s,
-            "Deployment",
-            "t",
-        )
-        .unwrap();
+        let live = apply_as(None, &deploy(1, "nginx:1"), "mgr-a", false).unwrap();
         let mf = &live["metadata"]["managedFields"][0];
         assert_eq!(
             (mf["manager"].as_str(), mf["operation"].as_str()),
@@ -535,31 +543,13 @@ mod tests {
         );
         assert!(mf["fieldsV1"]["f:metadata"].get("f:name").is_none());
 
-        let err = apply(
-            Some(&live),
-            &deploy(3, "nginx:1"),
-            "mgr-b",
-            false,
-            &s,
-            "Deployment",
-            "t",
-        )
-        .unwrap_err();
+        let err = apply_as(Some(&live), &deploy(3, "nginx:1"), "mgr-b", false).unwrap_err();
         assert_eq!(
             err.to_string(),
             "Apply failed with 1 conflict: conflict with \"mgr-a\": .spec.replicas"
         );
         // The same value is shared ownership, not a conflict.
-        let shared = apply(
-            Some(&live),
-            &deploy(1, "nginx:1"),
-            "mgr-b",
-            false,
-            &s,
-            "Deployment",
-            "t",
-        )
-        .unwrap();
+        let shared = apply_as(Some(&live), &deploy(1, "nginx:1"), "mgr-b", false).unwrap();
         assert_eq!(
             shared["metadata"]["managedFields"]
                 .as_array()
@@ -567,16 +557,7 @@ mod tests {
                 .len(),
             2
         );
-        let forced = apply(
-            Some(&live),
-            &deploy(3, "nginx:2"),
-            "mgr-b",
-            true,
-            &s,
-            "Deployment",
-            "t",
-        )
-        .unwrap();
+        let forced = apply_as(Some(&live), &deploy(3, "nginx:2"), "mgr-b", true).unwrap();
         assert_eq!(forced["spec"]["replicas"], 3);
         let a = forced["metadata"]["managedFields"]
             .as_array()
@@ -592,37 +573,17 @@ mod tests {
 
     #[test]
     fn fields_no_longer_applied_are_removed_unless_someone_else_owns_them() {
-        let s = TestSchema;
         let mut first = deploy(1, "nginx:1");
         first["metadata"]["labels"]["extra"] = json!("yes");
-        let live = apply(None, &first, "mgr-a", false, &s, "Deployment", "t").unwrap();
-        let out = apply(
-            Some(&live),
-            &deploy(1, "nginx:1"),
-            "mgr-a",
-            false,
-            &s,
-            "Deployment",
-            "t",
-        )
-        .unwrap();
+        let live = apply_as(None, &first, "mgr-a", false).unwrap();
+        let out = apply_as(Some(&live), &deploy(1, "nginx:1"), "mgr-a", false).unwrap();
         assert!(out["metadata"]["labels"].get("extra").is_none());
         assert_eq!(out["metadata"]["labels"]["app"], "d");
     }
 
     #[test]
     fn ordinary_updates_take_the_fields_they_change() {
-        let s = TestSchema;
-        let live = apply(
-            None,
-            &deploy(1, "nginx:1"),
-            "mgr-a",
-            false,
-            &s,
-            "Deployment",
-            "t",
-        )
-        .unwrap();
+        let live = apply_as(None, &deploy(1, "nginx:1"), "mgr-a", false).unwrap();
         let mut new = live.clone();
         new["spec"]["replicas"] = json!(5);
         record_update(
@@ -631,7 +592,7 @@ mod tests {
             "kubectl-scale",
             "apps/v1",
             "t2",
-            &s,
+            &TestSchema,
             "Deployment",
         );
         let mf = new["metadata"]["managedFields"].as_array().unwrap();
