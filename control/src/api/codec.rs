@@ -1,4 +1,4 @@
-//! Bodies in and out: request decoding (JSON or YAML, bounded), content negotiation of
+//! Bodies in and out: request decoding (JSON, YAML or Kubernetes protobuf, bounded), content negotiation of
 //! the response (plain objects, Table, PartialObjectMetadata), and response building.
 
 use bytes::Bytes;
@@ -49,7 +49,8 @@ fn media_type(headers: &HeaderMap) -> String {
         .to_ascii_lowercase()
 }
 
-/// The request's body as JSON: application/json, or application/yaml (one document).
+/// The request's body as JSON: application/json, application/yaml (one document), or
+/// application/vnd.kubernetes.protobuf.
 pub fn decode_object(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     let mt = media_type(headers);
     let v: Value = match mt.as_str() {
@@ -59,6 +60,9 @@ pub fn decode_object(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError
         "application/yaml" | "application/x-yaml" | "text/yaml" => serde_norway::from_slice(body)
             .map_err(|e| {
             ApiError::bad_request(format!("the request body is not valid YAML: {e}"))
+        })?,
+        super::protobuf::CONTENT_TYPE => super::protobuf::decode(body).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid protobuf: {e}"))
         })?,
         other => return Err(ApiError::unsupported_media_type(other)),
     };

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod object;
 pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod request;
 pub mod selector;
 pub mod status;
