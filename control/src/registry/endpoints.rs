@@ -29,8 +29,18 @@ pub static DEF: Def = Def {
 };
 
 fn default(obj: &mut Value) {
-    for s in obj["subsets"].as_array_mut().into_iter().flatten() {
-        for p in s["ports"].as_array_mut().into_iter().flatten() {
+    for s in obj
+        .get_mut("subsets")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        for p in s
+            .get_mut("ports")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
             if p["protocol"].is_null() {
                 p["protocol"] = json!("TCP");
             }

@@ -30,7 +30,12 @@ pub static DEF: Def = Def {
 };
 
 fn default(obj: &mut Value) {
-    for p in obj["ports"].as_array_mut().into_iter().flatten() {
+    for p in obj
+        .get_mut("ports")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
         if p["protocol"].is_null() {
             p["protocol"] = json!("TCP");
         }

@@ -75,10 +75,20 @@ fn default_container(c: &mut Value) {
     let image = c["image"].as_str().unwrap_or("").to_string();
     set_default(c, "imagePullPolicy", json!(pull_policy(&image)));
     set_default(c, "resources", json!({}));
-    for p in c["ports"].as_array_mut().into_iter().flatten() {
+    for p in c
+        .get_mut("ports")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
         set_default(p, "protocol", json!("TCP"));
     }
-    for e in c["env"].as_array_mut().into_iter().flatten() {
+    for e in c
+        .get_mut("env")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
         if e["valueFrom"]["fieldRef"].is_object() {
             set_default(&mut e["valueFrom"]["fieldRef"], "apiVersion", json!("v1"));
         }
@@ -110,11 +120,21 @@ pub fn default_pod_spec(spec: &mut Value) {
     set_default(spec, "securityContext", json!({}));
     set_default(spec, "enableServiceLinks", json!(true));
     for list in ["containers", "initContainers"] {
-        for c in spec[list].as_array_mut().into_iter().flatten() {
+        for c in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
             default_container(c);
         }
     }
-    for v in spec["volumes"].as_array_mut().into_iter().flatten() {
+    for v in spec
+        .get_mut("volumes")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
         for kind in ["secret", "configMap", "projected", "downwardAPI"] {
             if v[kind].is_object() {
                 set_default(&mut v[kind], "defaultMode", json!(420));
@@ -301,7 +321,12 @@ fn validate(obj: &Value) -> Vec<Cause> {
 fn frozen(spec: &Value, old_node: bool) -> Value {
     let mut s = spec.clone();
     for list in ["containers", "initContainers"] {
-        for c in s[list].as_array_mut().into_iter().flatten() {
+        for c in s
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
             c["image"] = Value::Null;
         }
     }
@@ -354,6 +379,14 @@ mod tests {
         );
         assert_eq!(p["spec"]["containers"][1]["ports"][0]["protocol"], "TCP");
         assert_eq!(p["spec"]["serviceAccountName"], "default");
+        // Defaulting adds no null members for lists the pod does not have.
+        let c0 = p["spec"]["containers"][0].as_object().unwrap();
+        assert!(
+            !c0.contains_key("ports") && !c0.contains_key("env"),
+            "{c0:?}"
+        );
+        let spec = p["spec"].as_object().unwrap();
+        assert!(!spec.contains_key("volumes") && !spec.contains_key("initContainers"));
         assert_eq!(p["spec"]["tolerations"].as_array().unwrap().len(), 2);
         assert_eq!(
             p["status"],

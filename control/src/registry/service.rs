@@ -45,7 +45,12 @@ fn default(obj: &mut Value) {
     if spec["sessionAffinity"].is_null() {
         spec["sessionAffinity"] = json!("None");
     }
-    for p in spec["ports"].as_array_mut().into_iter().flatten() {
+    for p in spec
+        .get_mut("ports")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
         if p["protocol"].is_null() {
             p["protocol"] = json!("TCP");
         }
