@@ -77,13 +77,32 @@ fn advertise(config: &ServerConfig) -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
+/// How long the server waits for etcd to answer at start.
+const ETCD_START_WAIT: Duration = Duration::from_secs(60);
+
 pub async fn open_store(config: &ServerConfig) -> Result<(Arc<dyn Store>, String), ServerError> {
     if config.etcd_servers.is_empty() {
         let path = config.root.join("state.redb");
         let s = store::embedded::EmbeddedStore::open(&path)?;
         Ok((Arc::new(s), format!("embedded ({})", path.display())))
     } else {
-        let s = store::etcd::EtcdStore::connect(&config.etcd_servers).await?;
+        // As kube-apiserver does, wait for etcd to come up (a cluster starting with the
+        // server, a leader being elected) rather than fail at once.
+        let deadline = tokio::time::Instant::now() + ETCD_START_WAIT;
+        let mut said = false;
+        let s = loop {
+            match store::etcd::EtcdStore::connect(&config.etcd_servers).await {
+                Ok(s) => break s,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    if !said {
+                        tracing::info!("waiting up to {ETCD_START_WAIT:?} for etcd: {e}");
+                        said = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         Ok((
             Arc::new(s),
             format!("etcd ({})", config.etcd_servers.join(",")),

@@ -40,6 +40,9 @@ const MAX_MESSAGE: usize = 256 << 20;
 /// Room for events a watcher has not read yet; past it the watch ends with an error.
 const WATCH_BUFFER: usize = 1024;
 
+/// How long one request may wait for a member's answer before the next member is asked.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A store on etcd; clones share the connections.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -182,18 +185,26 @@ impl EtcdStore {
         for i in 0..n {
             let index = (first + i) % n;
             let (url, channel) = &self.inner.endpoints[index];
-            match call(channel.clone()).await {
-                Ok(v) => {
+            // A member that has lost its quorum may hold a request without answering:
+            // give up on it after a while and ask the next one.
+            match tokio::time::timeout(REQUEST_TIMEOUT, call(channel.clone())).await {
+                Ok(Ok(v)) => {
                     self.inner.current.store(index, Ordering::Relaxed);
                     return Ok(v);
                 }
-                Err(status) => {
+                Ok(Err(status)) => {
                     let err = status_error(url, &status);
                     if !matches!(err, StoreError::Unavailable(_)) {
                         return Err(err);
                     }
                     tracing::warn!(endpoint = %url, error = %status.message(), "etcd member unavailable");
                     last = Some(err);
+                }
+                Err(_) => {
+                    tracing::warn!(endpoint = %url, "etcd member did not answer within {REQUEST_TIMEOUT:?}");
+                    last = Some(StoreError::Unavailable(format!(
+                        "etcd {url}: no answer within {REQUEST_TIMEOUT:?}"
+                    )));
                 }
             }
         }
