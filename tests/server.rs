@@ -4,7 +4,7 @@
 
 mod server_common;
 
-use server_common::{kubectls, lines_with, mark_ran, unique, wait_until, Server, WAIT};
+use server_common::{kubectls, lines_with, mark_ran, unique, wait_until, Etcd, Server, WAIT};
 
 macro_rules! setup {
     ($test:expr) => {{
@@ -108,6 +108,18 @@ fn discovery_system_objects_and_authentication() {
     server.stop();
 }
 
+/// A server on the embedded store, or on a one-member etcd of its own.
+fn start(test: &str, on_etcd: bool) -> (Server, Option<Etcd>) {
+    if !on_etcd {
+        return (Server::start(&[]), None);
+    }
+    let Some(etcd) = Etcd::start(test) else {
+        // Not installed, outside strict mode (where cannot_run has already failed).
+        panic!("{test}: etcd is required");
+    };
+    (Server::start(&etcd.endpoints), Some(etcd))
+}
+
 fn k_with(
     k: &server_common::Kubectl,
     kubeconfig: &std::path::Path,
@@ -128,8 +140,20 @@ fn pod_yaml(name: &str, label: &str) -> String {
 
 #[test]
 fn pods_apply_get_label_patch_edit_delete() {
-    let kubectls = setup!("pods_apply_get_label_patch_edit_delete");
-    let mut server = Server::start(&[]);
+    pods_apply_get_label_patch_edit_delete_on("pods_apply_get_label_patch_edit_delete", false);
+}
+
+#[test]
+fn pods_apply_get_label_patch_edit_delete_on_etcd() {
+    pods_apply_get_label_patch_edit_delete_on(
+        "pods_apply_get_label_patch_edit_delete_on_etcd",
+        true,
+    );
+}
+
+fn pods_apply_get_label_patch_edit_delete_on(test: &str, on_etcd: bool) {
+    let kubectls = setup!(test);
+    let (mut server, mut etcd) = start(test, on_etcd);
     for k in &kubectls {
         let name = unique("web").replace('_', "-");
         let file = server.write(&format!("{name}.yaml"), &pod_yaml(&name, "web"));
@@ -283,12 +307,30 @@ fn pods_apply_get_label_patch_edit_delete() {
         assert!(err.contains(&format!("pods \"{name}\" not found")), "{err}");
     }
     server.stop();
+    if let Some(e) = etcd.as_mut() {
+        e.stop();
+    }
 }
 
 #[test]
 fn deployments_scale_set_image_and_validation_errors() {
-    let kubectls = setup!("deployments_scale_set_image_and_validation_errors");
-    let mut server = Server::start(&[]);
+    deployments_scale_set_image_and_validation_errors_on(
+        "deployments_scale_set_image_and_validation_errors",
+        false,
+    );
+}
+
+#[test]
+fn deployments_scale_set_image_and_validation_errors_on_etcd() {
+    deployments_scale_set_image_and_validation_errors_on(
+        "deployments_scale_set_image_and_validation_errors_on_etcd",
+        true,
+    );
+}
+
+fn deployments_scale_set_image_and_validation_errors_on(test: &str, on_etcd: bool) {
+    let kubectls = setup!(test);
+    let (mut server, mut etcd) = start(test, on_etcd);
     for k in &kubectls {
         let name = unique("echo").replace('_', "-");
         server.ok(k, &["create", "deployment", &name, "--image=nginx:1.25"]);
@@ -403,12 +445,30 @@ fn deployments_scale_set_image_and_validation_errors() {
         );
     }
     server.stop();
+    if let Some(e) = etcd.as_mut() {
+        e.stop();
+    }
 }
 
 #[test]
 fn watch_streams_changes_and_a_restart_loses_nothing() {
-    let kubectls = setup!("watch_streams_changes_and_a_restart_loses_nothing");
-    let mut server = Server::start(&[]);
+    watch_streams_changes_and_a_restart_loses_nothing_on(
+        "watch_streams_changes_and_a_restart_loses_nothing",
+        false,
+    );
+}
+
+#[test]
+fn watch_streams_changes_and_a_restart_loses_nothing_on_etcd() {
+    watch_streams_changes_and_a_restart_loses_nothing_on(
+        "watch_streams_changes_and_a_restart_loses_nothing_on_etcd",
+        true,
+    );
+}
+
+fn watch_streams_changes_and_a_restart_loses_nothing_on(test: &str, on_etcd: bool) {
+    let kubectls = setup!(test);
+    let (mut server, mut etcd) = start(test, on_etcd);
     for k in &kubectls {
         let name = unique("watched").replace('_', "-");
         let mut watch = std::process::Command::new(&k.path)
@@ -518,4 +578,96 @@ fn watch_streams_changes_and_a_restart_loses_nothing() {
         (!out.status.success()).then_some(())
     });
     server.stop();
+    if let Some(e) = etcd.as_mut() {
+        e.stop();
+    }
+}
+
+/// Two servers on one 3-member etcd cluster serve the same cluster: what one writes the
+/// other lists and watches. With one etcd member and one server killed, kubectl through
+/// the other server keeps working.
+#[test]
+fn two_servers_on_one_etcd_cluster_outlive_a_dead_member_and_a_dead_server() {
+    let test = "two_servers_on_one_etcd_cluster_outlive_a_dead_member_and_a_dead_server";
+    let kubectls = setup!(test);
+    let Some(mut etcd) = Etcd::cluster(test, 3) else {
+        panic!("{test}: etcd is required");
+    };
+    let mut a = Server::start(&etcd.endpoints);
+    let mut b = Server::start(&etcd.endpoints);
+    let k = kubectls.last().expect("kubectl 1.37");
+    let name = unique("ha").replace('_', "-");
+
+    // A watch through b sees what is written through a.
+    let mut watch = std::process::Command::new(&k.path)
+        .env("KUBECONFIG", &b.kubeconfig)
+        .args(["get", "configmaps", "-w", "--output-watch-events"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    a.ok(k, &["create", "configmap", &name, "--from-literal=k=v"]);
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("ADDED") && l.contains(&name))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("a watch through the other server never saw {name}: {seen:?}"),
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(
+        b.ok(k, &["get", "cm", &name, "-o", "jsonpath={.data.k}"]),
+        "v"
+    );
+    // Both servers bootstrapped the same system objects without stepping on each other.
+    let ns = b.ok(k, &["get", "ns", "-o", "name"]);
+    for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(ns.contains(&format!("namespace/{n}")), "{ns}");
+    }
+
+    // The first member (the first endpoint each server tries) and server a die.
+    etcd.kill_member(0);
+    a.kill();
+    wait_until(
+        "the surviving server to answer through the surviving members",
+        WAIT,
+        || {
+            b.kubectl(k, &["get", "cm", &name])
+                .status
+                .success()
+                .then_some(())
+        },
+    );
+    let deploy = unique("ha-web").replace('_', "-");
+    b.ok(k, &["create", "deployment", &deploy, "--image=nginx"]);
+    b.ok(k, &["scale", "deployment", &deploy, "--replicas=4"]);
+    assert_eq!(
+        b.ok(
+            k,
+            &["get", "deploy", &deploy, "-o", "jsonpath={.spec.replicas}"]
+        ),
+        "4"
+    );
+    b.ok(k, &["delete", "cm", &name]);
+    b.stop();
+    etcd.stop();
 }

@@ -82,6 +82,26 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
     }
 }
 
+/// wait_until, whose failure shows `context()` (a log, say) as it is at that moment.
+pub fn wait_until_or<T>(
+    timeout: Duration,
+    context: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out; context:\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub struct Server {
     child: Option<Child>,
     pub root: PathBuf,
@@ -138,22 +158,27 @@ impl Server {
             .stderr(log);
         self.child = Some(cmd.spawn().expect("start podrun server"));
         let kubeconfig = self.kubeconfig.clone();
-        let port = wait_until("the server's admin.conf", WAIT, || {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("podrun server exited with {st}:\n{}", self.log_text());
-            }
-            let text = std::fs::read_to_string(&kubeconfig).ok()?;
-            let server = text
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("server: "))?
-                .to_string();
-            server
-                .rsplit(':')
-                .next()?
-                .trim_matches('/')
-                .parse::<u16>()
-                .ok()
-        });
+        let log = self.log.clone();
+        let port = wait_until_or(
+            WAIT,
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+            || {
+                if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                    panic!("podrun server exited with {st}:\n{}", self.log_text());
+                }
+                let text = std::fs::read_to_string(&kubeconfig).ok()?;
+                let server = text
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("server: "))?
+                    .to_string();
+                server
+                    .rsplit(':')
+                    .next()?
+                    .trim_matches('/')
+                    .parse::<u16>()
+                    .ok()
+            },
+        );
         self.port = port;
         wait_until("the server to answer /readyz", WAIT, || {
             TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
@@ -256,6 +281,14 @@ impl Server {
         );
     }
 
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill the server");
+            c.wait().expect("reap the server");
+        }
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
@@ -271,10 +304,12 @@ impl Drop for Server {
     }
 }
 
-/// A real etcd (Debian's etcd-server) on free loopback ports, in its own directory.
+/// A real etcd (Debian's etcd-server): one member or a cluster, on free loopback ports,
+/// in its own directory.
 pub struct Etcd {
-    child: Option<Child>,
-    pub endpoint: String,
+    members: Vec<Option<Child>>,
+    /// The client URL of each member.
+    pub endpoints: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -287,7 +322,13 @@ fn free_port() -> u16 {
 }
 
 impl Etcd {
+    /// One member. None (after cannot_run) when etcd is not installed.
     pub fn start(test: &str) -> Option<Etcd> {
+        Etcd::cluster(test, 1)
+    }
+
+    /// `size` members forming one cluster.
+    pub fn cluster(test: &str, size: usize) -> Option<Etcd> {
         let bin = std::env::var_os("PODRUN_ETCD")
             .map(PathBuf::from)
             .unwrap_or_else(|| "/usr/bin/etcd".into());
@@ -305,50 +346,77 @@ impl Etcd {
             .prefix("podrun-etcd-")
             .tempdir()
             .unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let child = Command::new(&bin)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--name", "default"])
-            .arg(format!("--listen-client-urls={endpoint}"))
-            .arg(format!("--advertise-client-urls={endpoint}"))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-            .arg(format!(
-                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-            ))
-            .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap())
-            .spawn()
-            .expect("start etcd");
-        let e = Etcd {
-            child: Some(child),
-            endpoint,
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = unique("podrun");
+        let mut e = Etcd {
+            members: Vec::new(),
+            endpoints: Vec::new(),
             _dir: dir,
         };
-        wait_until("etcd to listen", WAIT, || {
-            TcpStream::connect(("127.0.0.1", client)).ok().map(|_| ())
-        });
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let endpoint = format!("http://127.0.0.1:{client}");
+            let child = Command::new(&bin)
+                .arg("--data-dir")
+                .arg(e._dir.path().join(format!("m{i}")))
+                .arg(format!("--name=m{i}"))
+                .arg(format!("--listen-client-urls={endpoint}"))
+                .arg(format!("--advertise-client-urls={endpoint}"))
+                .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+                .arg(format!(
+                    "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+                ))
+                .arg(format!("--initial-cluster={initial}"))
+                .arg("--initial-cluster-state=new")
+                .arg(format!("--initial-cluster-token={token}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(e._dir.path().join(format!("m{i}.log"))).unwrap())
+                .spawn()
+                .expect("start etcd");
+            e.members.push(Some(child));
+            e.endpoints.push(endpoint);
+        }
+        for (client, _) in &ports {
+            wait_until("etcd to listen", WAIT, || {
+                TcpStream::connect(("127.0.0.1", *client)).ok().map(|_| ())
+            });
+        }
         Some(e)
     }
 
+    /// Kills member `i` outright (SIGKILL, by its PID), as a crash would.
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].take() {
+            c.kill().expect("kill the etcd member");
+            c.wait().expect("reap the etcd member");
+        }
+    }
+
+    /// SIGTERM to every member still running, and each must exit.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let st = wait_until("etcd to exit", WAIT, || c.try_wait().unwrap());
-            let _ = st;
+        for m in &mut self.members {
+            if let Some(mut c) = m.take() {
+                let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                wait_until("etcd to exit", WAIT, || c.try_wait().unwrap());
+            }
         }
     }
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        for m in &mut self.members {
+            if let Some(mut c) = m.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
     }
 }
