@@ -369,6 +369,21 @@ fn deployments_scale_set_image_and_validation_errors_on(test: &str, on_etcd: boo
             ],
         );
         assert_eq!(image, "nginx:1.26");
+        // Each writer owns the fields it set, as managedFields records them.
+        let managers = server.ok(
+            k,
+            &[
+                "get",
+                "deploy",
+                &name,
+                "-o",
+                "jsonpath={.metadata.managedFields[*].manager}/{.metadata.managedFields[*].operation}",
+            ],
+        );
+        assert_eq!(
+            managers,
+            "kubectl-create kubectl kubectl-set/Update Update Update"
+        );
         let table = server.ok(k, &["get", "deployments"]);
         assert_eq!(
             table

@@ -248,15 +248,30 @@ impl Api {
             .map(|ip| ip.to_string())
     }
 
-    /// managedFields for ordinary writes, once server-side apply's bookkeeping is wired.
+    /// managedFields after an ordinary write (create, update, any patch but apply), as
+    /// kube-apiserver keeps them: the writer's Update entry takes the fields it set or
+    /// changed. An apply has recorded its own entry already.
     pub(super) fn track_fields(
         &self,
-        _old: Option<&Value>,
-        _obj: &mut Value,
-        _manager: &str,
-        _operation: &str,
-        _info: &ResourceInfo,
+        old: Option<&Value>,
+        obj: &mut Value,
+        opts: &WriteOptions,
+        info: &ResourceInfo,
     ) {
+        if opts.apply {
+            return;
+        }
+        let doc = super::openapi::get();
+        let type_name = doc
+            .definition_name(info.group, info.version, info.kind)
+            .unwrap_or(info.kind);
+        let api_version = if info.group.is_empty() {
+            info.version.to_string()
+        } else {
+            format!("{}/{}", info.group, info.version)
+        };
+        let now = object::timestamp(chrono::Utc::now());
+        super::patch::record_update(old, obj, &opts.manager, &api_version, &now, doc, type_name);
     }
 }
 

@@ -129,7 +129,7 @@ pub(super) fn dry_run(q: &Query) -> Result<Option<bool>, ApiError> {
     }
 }
 
-fn write_options(
+pub(super) fn write_options(
     q: &Query,
     headers: &HeaderMap,
     user: &auth::User,
@@ -157,6 +157,7 @@ fn write_options(
         dry_run,
         field_validation: FieldValidation::parse(q.get("fieldValidation"))?,
         manager,
+        apply: false,
     })
 }
 
@@ -577,6 +578,10 @@ impl Api {
         let force = q.flag("force");
         let doc = super::openapi::get();
         let now = object::timestamp(Utc::now());
+        let opts = &WriteOptions {
+            apply: true,
+            ..opts.clone()
+        };
         match self.get_object(s, ns, name).await {
             Err(e) if e.reason == "NotFound" && subresource.is_none() => {
                 let mut obj =

@@ -41,6 +41,8 @@ pub struct WriteOptions {
     pub field_validation: FieldValidation,
     /// The field manager recorded in managedFields.
     pub manager: String,
+    /// A server-side apply: its managedFields are already recorded, as an Apply entry.
+    pub apply: bool,
 }
 
 /// What a write wants the client told: `Warning: 299 - "..."` headers.
@@ -298,7 +300,7 @@ impl Api {
             self.check_namespace(ns, true).await?;
         }
         self.admit_create(info, &mut obj).await?;
-        self.track_fields(None, &mut obj, &opts.manager, "Update", info);
+        self.track_fields(None, &mut obj, opts, info);
         let k = key(info, ns, &name);
         if opts.dry_run {
             if self.store.get(&k).await.ok().flatten().is_some() {
@@ -426,7 +428,7 @@ impl Api {
             return Err(ApiError::invalid(&t, &causes));
         }
         self.admit_update(info, &mut obj, &old).await?;
-        self.track_fields(Some(&old), &mut obj, &opts.manager, "Update", info);
+        self.track_fields(Some(&old), &mut obj, opts, info);
         let k = key(info, ns, name);
         let finishing = object::deletion_timestamp(&obj).is_some()
             && object::finalizers(&obj).is_empty()

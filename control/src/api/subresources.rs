@@ -95,14 +95,7 @@ impl Api {
         } else {
             None
         };
-        let opts = WriteOptions {
-            manager: q
-                .get("fieldManager")
-                .unwrap_or(user.name.as_str())
-                .to_string(),
-            dry_run: super::handlers::dry_run(q)?.unwrap_or(false),
-            ..Default::default()
-        };
+        let opts = super::handlers::write_options(q, headers, user)?;
         let updated = self
             .guaranteed_update(s, ns, name, None, &opts, |old| {
                 let cur = scale_of(old);
