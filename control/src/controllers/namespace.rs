@@ -19,6 +19,8 @@ const RECHECK: Duration = Duration::from_secs(2);
 pub async fn run(api: Arc<Api>) {
     let mut shutdown = api.shutdown.clone();
     loop {
+        // The revision before looking: a change made while reconciling wakes the next round.
+        let rev = api.store.revision().await.unwrap_or(0);
         let pending = match reconcile_all(&api).await {
             Ok(p) => p,
             Err(e) => {
@@ -27,7 +29,6 @@ pub async fn run(api: Arc<Api>) {
             }
         };
         // Wake on any namespace change, or soon when something is still draining.
-        let rev = api.store.revision().await.unwrap_or(0);
         let mut events = match api.store.watch("/registry/core/namespaces/", rev).await {
             Ok(w) => w,
             Err(_) => {
