@@ -30,6 +30,7 @@ SERVED = {
         "events": [],
     },
     "apis/apps/v1": {"replicasets": [], "deployments": ["status", "scale"]},
+    "apis/certificates.k8s.io/v1": {"certificatesigningrequests": ["status", "approval"]},
     "apis/coordination.k8s.io/v1": {"leases": []},
     "apis/discovery.k8s.io/v1": {"endpointslices": []},
     "apis/policy/v1": {"poddisruptionbudgets": ["status"]},

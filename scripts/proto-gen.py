@@ -32,6 +32,7 @@ API_PACKAGES = {
     "k8s.io.api.core.v1": ("core/v1", "v1"),
     "k8s.io.api.apps.v1": ("apps/v1", "apps/v1"),
     "k8s.io.api.autoscaling.v1": ("autoscaling/v1", "autoscaling/v1"),
+    "k8s.io.api.certificates.v1": ("certificates/v1", "certificates.k8s.io/v1"),
     "k8s.io.api.policy.v1": ("policy/v1", "policy/v1"),
     "k8s.io.api.coordination.v1": ("coordination/v1", "coordination.k8s.io/v1"),
     "k8s.io.api.discovery.v1": ("discovery/v1", "discovery.k8s.io/v1"),

@@ -170,7 +170,9 @@ pub async fn run(config: ServerConfig, stop: impl Future<Output = ()>) -> Result
     api.bootstrap()
         .await
         .map_err(|e| ServerError::Bootstrap(e.message))?;
+    let pki = Arc::new(pki);
     let controllers = tokio::spawn(crate::controllers::namespace::run(api.clone()));
+    let signer = tokio::spawn(crate::controllers::csr::run(api.clone(), pki.clone()));
 
     info!(
         "podrun server: serving {url} (listening on {}), store {store_desc}, kubeconfig {}",
@@ -237,5 +239,6 @@ pub async fn run(config: ServerConfig, stop: impl Future<Output = ()>) -> Result
         warn!("connections still open after 10 s; closing them");
     }
     controllers.abort();
+    signer.abort();
     Ok(())
 }

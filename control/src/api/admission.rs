@@ -23,9 +23,27 @@ impl Api {
         &self,
         info: &ResourceInfo,
         obj: &mut Value,
+        opts: &WriteOptions,
     ) -> Result<(), ApiError> {
         if is(info, "", "Service") {
             self.allocate_service(obj, None).await?;
+        }
+        if is(info, "certificates.k8s.io", "CertificateSigningRequest") {
+            // Who asked is the server's to say, whatever the request claims.
+            let spec = &mut obj["spec"];
+            let (name, groups) = match &opts.user {
+                Some(u) => (u.name.clone(), u.groups.clone()),
+                None => (
+                    "system:apiserver".to_string(),
+                    vec!["system:masters".to_string()],
+                ),
+            };
+            spec["username"] = json!(name);
+            spec["groups"] = json!(groups);
+            if let Some(m) = spec.as_object_mut() {
+                m.remove("uid");
+                m.remove("extra");
+            }
         }
         Ok(())
     }

@@ -158,6 +158,7 @@ pub(super) fn write_options(
         field_validation: FieldValidation::parse(q.get("fieldValidation"))?,
         manager,
         apply: false,
+        user: Some(user.clone()),
     })
 }
 
@@ -207,7 +208,7 @@ impl Api {
             })
         };
         match (r.verb, r.subresource.as_deref(), r.name.as_deref()) {
-            (Verb::Get, None | Some("status"), Some(name)) => {
+            (Verb::Get, None | Some("status" | "approval"), Some(name)) => {
                 let obj = self.get_object(s, ns, name).await?;
                 self.render_one(s, obj, output, q)
             }
@@ -235,7 +236,7 @@ impl Api {
                 let created = self.create_object(s, ns, obj, &opts, &mut w).await?;
                 Ok(with_warnings(respond(StatusCode::CREATED, &created)?, &w))
             }
-            (Verb::Update, None | Some("status"), Some(name)) => {
+            (Verb::Update, None | Some("status" | "approval"), Some(name)) => {
                 let body = codec::read_body(body).await?;
                 let obj = codec::decode_object(&headers, &body)?;
                 let opts = write_options(q, &headers, user)?;
@@ -259,7 +260,7 @@ impl Api {
                     .await?;
                 respond(StatusCode::OK, &updated)
             }
-            (Verb::Patch, None | Some("status"), Some(name)) => {
+            (Verb::Patch, None | Some("status" | "approval"), Some(name)) => {
                 let kind = codec::patch_kind(&headers)?;
                 let body = codec::read_body(body).await?;
                 let opts = write_options(q, &headers, user)?;

@@ -43,6 +43,8 @@ pub struct WriteOptions {
     pub manager: String,
     /// A server-side apply: its managedFields are already recorded, as an Apply entry.
     pub apply: bool,
+    /// Who writes; None for the server's own writes.
+    pub user: Option<super::auth::User>,
 }
 
 /// What a write wants the client told: `Warning: 299 - "..."` headers.
@@ -299,7 +301,7 @@ impl Api {
         if let (true, Some(ns)) = (info.namespaced, ns) {
             self.check_namespace(ns, true).await?;
         }
-        self.admit_create(info, &mut obj).await?;
+        self.admit_create(info, &mut obj, opts).await?;
         self.track_fields(None, &mut obj, opts, info);
         let k = key(info, ns, &name);
         if opts.dry_run {
@@ -420,6 +422,18 @@ impl Api {
         s.default(&mut obj);
         match subresource {
             Some("status") => s.prepare_for_status_update(&mut obj, &old),
+            // A CertificateSigningRequest's approval: its conditions, nothing else.
+            Some("approval") => {
+                s.prepare_for_status_update(&mut obj, &old);
+                match old["status"].get("certificate") {
+                    Some(c) => obj["status"]["certificate"] = c.clone(),
+                    None => {
+                        if let Some(st) = obj["status"].as_object_mut() {
+                            st.remove("certificate");
+                        }
+                    }
+                }
+            }
             _ => s.prepare_for_update(&mut obj, &old),
         }
         let mut causes = s.validate(&obj);

@@ -93,8 +93,47 @@ const PDB: &[Column] = &[
     AGE,
 ];
 
+const CSR: &[Column] = &[
+    NAME,
+    AGE,
+    col(
+        "SignerName",
+        "Only use certificates from the specified signer.",
+    ),
+    col("Requestor", "Name of the user who created the request."),
+    col(
+        "RequestedDuration",
+        "The duration of certificate that was requested.",
+    ),
+    col(
+        "Condition",
+        "The approval and issuance state of the request.",
+    ),
+];
+
+/// A CertificateSigningRequest's state as kubectl shows it: Approved,Issued, Pending...
+fn csr_condition(o: &Value) -> String {
+    let mut parts: Vec<String> = o["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["type"].as_str().map(str::to_string))
+        .collect();
+    if parts.is_empty() {
+        parts.push("Pending".into());
+    }
+    if o["status"]["certificate"]
+        .as_str()
+        .is_some_and(|c| !c.is_empty())
+    {
+        parts.push("Issued".into());
+    }
+    parts.join(",")
+}
+
 pub fn columns(kind: &str) -> Option<&'static [Column]> {
     Some(match kind {
+        "CertificateSigningRequest" => CSR,
         "Deployment" => DEPLOYMENT,
         "ReplicaSet" => REPLICASET,
         "Lease" => LEASE,
@@ -129,6 +168,17 @@ fn int_or_na(v: &Value) -> Value {
 pub fn cells(kind: &str, o: &Value, now: DateTime<Utc>) -> Option<Vec<Value>> {
     let st = &o["status"];
     Some(match kind {
+        "CertificateSigningRequest" => vec![
+            json!(name(o)),
+            age(o, now),
+            o["spec"]["signerName"].clone(),
+            o["spec"]["username"].clone(),
+            json!(o["spec"]["expirationSeconds"]
+                .as_i64()
+                .map(|s| super::human_duration(chrono::Duration::seconds(s)))
+                .unwrap_or_else(|| "<none>".into())),
+            json!(csr_condition(o)),
+        ],
         "Deployment" => {
             let (c, i) = containers_and_images(o);
             vec![

@@ -64,9 +64,10 @@ const DEFAULT: &[Column] = &[
 pub fn columns(group: &str, kind: &str) -> &'static [Column] {
     match (group, kind) {
         ("", "Pod") => pod::COLUMNS,
-        ("apps", _) | ("policy", _) | ("coordination.k8s.io", _) | ("discovery.k8s.io", _) => {
-            apps::columns(kind).unwrap_or(DEFAULT)
-        }
+        (
+            "apps" | "policy" | "coordination.k8s.io" | "discovery.k8s.io" | "certificates.k8s.io",
+            _,
+        ) => apps::columns(kind).unwrap_or(DEFAULT),
         ("", k) => core::columns(k).unwrap_or(DEFAULT),
         _ => DEFAULT,
     }
@@ -75,9 +76,10 @@ pub fn columns(group: &str, kind: &str) -> &'static [Column] {
 pub fn cells(group: &str, kind: &str, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
     let known = match (group, kind) {
         ("", "Pod") => Some(pod::cells(obj, now)),
-        ("apps", _) | ("policy", _) | ("coordination.k8s.io", _) | ("discovery.k8s.io", _) => {
-            apps::cells(kind, obj, now)
-        }
+        (
+            "apps" | "policy" | "coordination.k8s.io" | "discovery.k8s.io" | "certificates.k8s.io",
+            _,
+        ) => apps::cells(kind, obj, now),
         ("", k) => core::cells(k, obj, now),
         _ => None,
     };

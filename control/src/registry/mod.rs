@@ -74,6 +74,7 @@ pub trait Strategy: Send + Sync + 'static {
     fn field(&self, obj: &Value, path: &str) -> Option<String>;
 }
 
+pub mod certificatesigningrequest;
 mod configmap;
 mod deployment;
 mod endpoints;
@@ -108,6 +109,7 @@ pub fn all() -> Vec<Box<dyn Strategy>> {
         &lease::DEF,
         &endpointslice::DEF,
         &poddisruptionbudget::DEF,
+        &certificatesigningrequest::DEF,
     ]
     .into_iter()
     .map(|d| Box::new(generic::Static(d)) as Box<dyn Strategy>)

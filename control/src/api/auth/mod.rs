@@ -161,6 +161,10 @@ pub fn authorize(user: &User, a: &RequestAttributes) -> Decision {
             ("", "pods", "status") => matches!(a.verb.as_str(), "get" | "update" | "patch"),
             // Deleting its pods (graceful deletion ends on the node) and mirror pods.
             ("", "pods", "") => matches!(a.verb.as_str(), "create" | "delete"),
+            // Renewing its own client certificate.
+            ("certificates.k8s.io", "certificatesigningrequests", "") => {
+                matches!(a.verb.as_str(), "create" | "get" | "list" | "watch")
+            }
             ("", "events", "") | ("events.k8s.io", "events", "") => {
                 matches!(a.verb.as_str(), "create" | "update" | "patch")
             }

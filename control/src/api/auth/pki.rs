@@ -181,6 +181,32 @@ impl Pki {
         )
     }
 
+    /// Signs a PKCS#10 request (PEM) as a client certificate valid for `seconds`,
+    /// keeping its subject and public key. What the subject may be is the caller's check.
+    pub fn sign_client_request(
+        &self,
+        request_pem: &str,
+        seconds: i64,
+    ) -> Result<String, AuthError> {
+        let mut req = rcgen::CertificateSigningRequestParams::from_pem(request_pem)
+            .map_err(rc("the certificate signing request"))?;
+        let p = &mut req.params;
+        p.is_ca = rcgen::IsCa::NoCa;
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = OffsetDateTime::now_utc();
+        // As kube-controller-manager's signer: a little back-dated for clock skew.
+        p.not_before = now - Duration::minutes(5);
+        p.not_after = now + Duration::seconds(seconds);
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&rand::random::<[u8; 16]>()));
+        let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, &self.ca_key).map_err(rc("ca.crt"))?;
+        let cert = req.signed_by(&issuer).map_err(rc("signing the request"))?;
+        Ok(cert.pem())
+    }
+
     fn issue(
         &self,
         cn: &str,

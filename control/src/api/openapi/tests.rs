@@ -192,6 +192,7 @@ fn v3_index_lists_served_group_versions_and_refs_resolve() {
     let want = BTreeSet::from([
         "api/v1",
         "apis/apps/v1",
+        "apis/certificates.k8s.io/v1",
         "apis/coordination.k8s.io/v1",
         "apis/discovery.k8s.io/v1",
         "apis/policy/v1",
