@@ -152,6 +152,7 @@ pub async fn run(config: ServerConfig, stop: impl Future<Output = ()>) -> Result
         .await
         .map_err(|e| ServerError::Bootstrap(e.message))?;
     let controllers = tokio::spawn(crate::controllers::namespace::run(api.clone()));
+    let token_cleaner = tokio::spawn(crate::controllers::tokencleaner::run(api.clone()));
 
     info!(
         "podrun server: serving {url} (listening on {}), store {store_desc}, kubeconfig {}",
@@ -197,10 +198,17 @@ pub async fn run(config: ServerConfig, stop: impl Future<Output = ()>) -> Result
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(auth::user_from_client_cert);
-            let svc = service_fn(move |req| {
+            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let api = api.clone();
-                let user = user.clone();
-                async move { Ok::<_, std::convert::Infallible>(api.handle(req, user).await) }
+                let cert_user = user.clone();
+                async move {
+                    let response =
+                        match auth::authenticate(&api, cert_user.as_ref(), req.headers()).await {
+                            Ok(user) => api.handle(req, user).await,
+                            Err(e) => crate::api::codec::error_response(&e),
+                        };
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
@@ -218,5 +226,6 @@ pub async fn run(config: ServerConfig, stop: impl Future<Output = ()>) -> Result
         warn!("connections still open after 10 s; closing them");
     }
     controllers.abort();
+    token_cleaner.abort();
     Ok(())
 }

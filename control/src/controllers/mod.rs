@@ -2,3 +2,4 @@
 //! look at the state, not at what changed.
 
 pub mod namespace;
+pub mod tokencleaner;
