@@ -213,10 +213,16 @@ pub fn forbidden_message(user: &User, a: &RequestAttributes) -> String {
     } else {
         format!("in the namespace \"{}\"", a.namespace)
     };
-    let kind = if a.name.is_empty() {
-        format!("{} \"{}\" is forbidden", resource, a.name)
+    // The resource as apierrors.NewForbidden names it: "pods", "deployments.apps".
+    let qualified = if a.api_group.is_empty() {
+        a.resource.clone()
     } else {
-        format!("{} \"{}\" is forbidden", a.resource, a.name)
+        format!("{}.{}", a.resource, a.api_group)
+    };
+    let kind = if a.name.is_empty() {
+        format!("{qualified} is forbidden")
+    } else {
+        format!("{qualified} \"{}\" is forbidden", a.name)
     };
     format!(
         "{kind}: User \"{}\" cannot {} resource \"{resource}\" in API group \"{}\" {scope}",
@@ -289,9 +295,19 @@ mod tests {
         else {
             panic!()
         };
-        assert!(
-            m.contains("User \"system:node:w1\" cannot update resource \"nodes/status\""),
-            "{m}"
+        assert_eq!(
+            m,
+            "nodes \"w2\" is forbidden: User \"system:node:w1\" cannot update resource \"nodes/status\" in API group \"\" at the cluster scope"
+        );
+        let Decision::Deny(m) = authorize(
+            &w1,
+            &attrs("create", "apps", "deployments", "", "default", ""),
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            m,
+            "deployments.apps is forbidden: User \"system:node:w1\" cannot create resource \"deployments\" in API group \"apps\" in the namespace \"default\""
         );
         assert!(matches!(
             authorize(
