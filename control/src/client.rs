@@ -34,7 +34,7 @@ pub enum ClientError {
         message: String,
     },
     /// The server answered with an error status.
-    #[error("{kubeconfig}: {method} {url}: {code} {reason}: {message}")]
+    #[error("{kubeconfig}: {method} {url}: {} {reason}: {message}", .code.as_u16())]
     Status {
         kubeconfig: PathBuf,
         method: Method,

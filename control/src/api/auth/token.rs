@@ -85,7 +85,7 @@ impl BootstrapToken {
     }
 
     pub fn secret_name(&self) -> String {
-        format!("{SECRET_PREFIX}{}", self.id)
+        secret_name(&self.id)
     }
 
     /// The Secret that holds the token, expiring at `expires`.
@@ -159,6 +159,11 @@ impl BootstrapToken {
             groups,
         })
     }
+}
+
+/// The name of the Secret of the token with this id.
+pub fn secret_name(id: &str) -> String {
+    format!("{SECRET_PREFIX}{id}")
 }
 
 /// A data field of a token Secret, decoded.
