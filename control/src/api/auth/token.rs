@@ -23,7 +23,7 @@ pub const DEFAULT_GROUP: &str = "system:bootstrappers:podrun:default-node-token"
 /// The namespace the token Secrets live in.
 pub const NAMESPACE: &str = "kube-system";
 const SECRET_PREFIX: &str = "bootstrap-token-";
-/// The description `podrun server token create` gives a token when asked for none.
+/// The description of the Secrets `BootstrapToken::to_secret` makes.
 pub const DEFAULT_DESCRIPTION: &str = "node join token made by podrun server token create";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
