@@ -197,6 +197,7 @@ enum Command {
     },
     /// The control plane: a Kubernetes API server that kubectl drives, on an embedded
     /// store (under --root, in server/) or etcd.
+    #[command(args_conflicts_with_subcommands = true)]
     Server {
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0")]
@@ -217,6 +218,8 @@ enum Command {
         /// NodePort range of Services, inclusive.
         #[arg(long, default_value = "30000-32767")]
         service_node_port_range: String,
+        #[command(subcommand)]
+        action: Option<ServerAction>,
     },
     /// The per-pod monitor (started by podrun itself).
     #[command(hide = true)]
@@ -224,6 +227,38 @@ enum Command {
         #[arg(long)]
         ready_fd: Option<i32>,
         state_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServerAction {
+    /// Bootstrap tokens, which nodes join the cluster with (as `kubeadm token`).
+    Token {
+        /// The kubeconfig to reach the server with [default: <root>/server/admin.conf].
+        #[arg(long, global = true)]
+        kubeconfig: Option<PathBuf>,
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a token and print it.
+    Create {
+        /// How long the token is valid, as 24h, 90m or 1h30m; 0 for ever.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// What the token is for.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List the tokens.
+    List,
+    /// Delete tokens, named by id or as whole tokens.
+    Delete {
+        #[arg(required = true, value_name = "ID|TOKEN")]
+        tokens: Vec<String>,
     },
 }
 

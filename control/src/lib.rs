@@ -7,6 +7,7 @@
 //! - `store`: the storage trait, the embedded backend and the etcd backend.
 
 pub mod api;
+pub mod client;
 pub mod controllers;
 pub mod printers;
 pub mod registry;

@@ -173,6 +173,7 @@ pub async fn run(config: ServerConfig, stop: impl Future<Output = ()>) -> Result
     let pki = Arc::new(pki);
     let controllers = tokio::spawn(crate::controllers::namespace::run(api.clone()));
     let signer = tokio::spawn(crate::controllers::csr::run(api.clone(), pki.clone()));
+    let token_cleaner = tokio::spawn(crate::controllers::tokencleaner::run(api.clone()));
 
     info!(
         "podrun server: serving {url} (listening on {}), store {store_desc}, kubeconfig {}",
@@ -218,10 +219,17 @@ pub async fn run(config: ServerConfig, stop: impl Future<Output = ()>) -> Result
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(auth::user_from_client_cert);
-            let svc = service_fn(move |req| {
+            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let api = api.clone();
-                let user = user.clone();
-                async move { Ok::<_, std::convert::Infallible>(api.handle(req, user).await) }
+                let cert_user = user.clone();
+                async move {
+                    let response =
+                        match auth::authenticate(&api, cert_user.as_ref(), req.headers()).await {
+                            Ok(user) => api.handle(req, user).await,
+                            Err(e) => crate::api::codec::error_response(&e),
+                        };
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
@@ -240,5 +248,6 @@ pub async fn run(config: ServerConfig, stop: impl Future<Output = ()>) -> Result
     }
     controllers.abort();
     signer.abort();
+    token_cleaner.abort();
     Ok(())
 }

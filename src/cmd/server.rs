@@ -1,12 +1,15 @@
-//! `podrun server`: the control plane's API server.
+//! `podrun server`: the control plane's API server, and `podrun server token`, a client
+//! of it that manages bootstrap tokens as `kubeadm token` does.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use podrun_control::api::auth::token::{self, BootstrapToken, TokenInfo};
+use podrun_control::client::ApiClient;
 use podrun_control::server::{self, ServerConfig};
 
-use crate::{Cli, Command};
+use crate::{Cli, Command, ServerAction, TokenAction};
 
 /// The root podrun uses when --root is not given: the server's admin kubeconfig is then
 /// also written to /etc/podrun/admin.conf, where users look for it.
@@ -39,10 +42,14 @@ pub fn server(cli: &Cli) -> Result<ExitCode> {
         etcd_servers,
         service_cluster_ip_range,
         service_node_port_range,
+        action,
     } = &cli.command
     else {
         unreachable!("dispatched on Command::Server");
     };
+    if let Some(ServerAction::Token { kubeconfig, action }) = action {
+        return token_command(cli, kubeconfig.as_deref(), action);
+    }
     let config = ServerConfig {
         root: cli.root.join("server"),
         bind_address: *bind_address,
@@ -76,4 +83,114 @@ pub fn server(cli: &Cli) -> Result<ExitCode> {
         })
         .context("podrun server")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `podrun server token create|list|delete`: requests to the server as the kubeconfig's
+/// user (the admin by default).
+fn token_command(cli: &Cli, kubeconfig: Option<&Path>, action: &TokenAction) -> Result<ExitCode> {
+    // A client like any other: `token list | head` ends quietly.
+    super::default_sigpipe();
+    let path = kubeconfig
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| cli.root.join("server").join("admin.conf"));
+    // Parse the flags before reaching for the server.
+    let expires = match action {
+        TokenAction::Create { ttl, .. } => {
+            let d = token::parse_duration(ttl).context("--ttl")?;
+            if d.is_zero() {
+                None
+            } else {
+                let d = chrono::Duration::from_std(d).context("--ttl")?;
+                Some(chrono::Utc::now() + d)
+            }
+        }
+        _ => None,
+    };
+    let ids = match action {
+        TokenAction::Delete { tokens } => tokens
+            .iter()
+            .map(|t| BootstrapToken::id_of(t))
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => Vec::new(),
+    };
+    let client = ApiClient::from_kubeconfig(&path)?;
+    let secrets = format!("/api/v1/namespaces/{}/secrets", token::NAMESPACE);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    match action {
+        TokenAction::Create { description, .. } => {
+            let t = BootstrapToken::generate();
+            rt.block_on(client.post(&secrets, &t.secret_with(expires, description)))
+                .context("failed to create the bootstrap token")?;
+            println!("{}.{}", t.id, t.secret);
+        }
+        TokenAction::List => {
+            let list = rt.block_on(client.get(&secrets))?;
+            let now = chrono::Utc::now();
+            let none = |s: String| if s.is_empty() { "<none>".into() } else { s };
+            let rows = list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(TokenInfo::from_secret)
+                .map(|t| {
+                    let (ttl, expires) = match t.expires {
+                        Some(e) => (
+                            token::short_duration(e - now),
+                            e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        ),
+                        None => ("<forever>".into(), "<never>".into()),
+                    };
+                    vec![
+                        t.token,
+                        ttl,
+                        expires,
+                        none(t.usages.join(",")),
+                        none(t.description),
+                        none(t.extra_groups.join(",")),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "TOKEN",
+                    "TTL",
+                    "EXPIRES",
+                    "USAGES",
+                    "DESCRIPTION",
+                    "EXTRA GROUPS",
+                ],
+                rows,
+            );
+        }
+        TokenAction::Delete { .. } => {
+            for id in ids {
+                let name = token::secret_name(&id);
+                rt.block_on(client.delete(&format!("{secrets}/{name}")))
+                    .with_context(|| format!("failed to delete bootstrap token {id:?}"))?;
+                println!("bootstrap token {id:?} deleted");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Columns three spaces apart, as kubeadm's tables are.
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let header = header.iter().map(|h| h.to_string()).collect();
+    for r in std::iter::once(header).chain(rows) {
+        let mut line = String::new();
+        for (c, w) in r.iter().zip(&widths) {
+            line.push_str(&format!("{c:<w$}   "));
+        }
+        println!("{}", line.trim_end());
+    }
 }

@@ -25,6 +25,7 @@ impl Api {
         obj: &mut Value,
         opts: &WriteOptions,
     ) -> Result<(), ApiError> {
+        node_restriction(info, obj, None, opts)?;
         if is(info, "", "Service") {
             self.allocate_service(obj, None).await?;
         }
@@ -53,7 +54,9 @@ impl Api {
         info: &ResourceInfo,
         obj: &mut Value,
         old: &Value,
+        opts: &WriteOptions,
     ) -> Result<(), ApiError> {
+        node_restriction(info, obj, Some(old), opts)?;
         if is(info, "", "Service") {
             self.allocate_service(obj, Some(old)).await?;
         }
@@ -291,6 +294,79 @@ impl Api {
         let now = object::timestamp(chrono::Utc::now());
         super::patch::record_update(old, obj, &opts.manager, &api_version, &now, doc, type_name);
     }
+}
+
+/// What kube-apiserver's NodeRestriction admission adds to the node authorizer, which
+/// cannot see objects: a node writes only pods bound to it (their status; mirror pods on
+/// create), and may not move a pod to another node.
+pub(super) fn node_restriction(
+    info: &ResourceInfo,
+    obj: &Value,
+    old: Option<&Value>,
+    opts: &WriteOptions,
+) -> Result<(), ApiError> {
+    let Some(node) = opts.user.as_ref().and_then(|u| u.node()) else {
+        return Ok(());
+    };
+    let name = object::name(obj).unwrap_or_default();
+    // A create carries no name in its URL, so the authorizer lets it by: the object's
+    // name is checked here.
+    if is(info, "", "Node") || is(info, "coordination.k8s.io", "Lease") {
+        if name != node {
+            return Err(ApiError::forbidden(format!(
+                "{} \"{name}\" is forbidden: node \"{node}\" may only write its own",
+                info.plural
+            )));
+        }
+        return Ok(());
+    }
+    if !is(info, "", "Pod") {
+        return Ok(());
+    }
+    let bound = |o: &Value| o["spec"]["nodeName"].as_str() == Some(node);
+    let user = opts
+        .user
+        .as_ref()
+        .map(|u| u.name.as_str())
+        .unwrap_or_default();
+    match old {
+        None => {
+            let mirror = obj["metadata"]["annotations"]
+                .get("kubernetes.io/config.mirror")
+                .is_some();
+            if !mirror || !bound(obj) {
+                return Err(ApiError::forbidden(format!(
+                    "pod \"{name}\" is forbidden: node \"{node}\" can only create mirror pods bound to itself"
+                )));
+            }
+        }
+        Some(old) => {
+            if !bound(old) || !bound(obj) {
+                return Err(ApiError::forbidden(format!(
+                    "pods \"{name}\" is forbidden: User \"{user}\" cannot update pod status of a pod not bound to node \"{node}\""
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The delete half of NodeRestriction: a node deletes only pods bound to it.
+pub(super) fn node_may_delete(
+    info: &ResourceInfo,
+    obj: &Value,
+    user: Option<&super::auth::User>,
+) -> Result<(), ApiError> {
+    let Some(node) = user.and_then(|u| u.node()) else {
+        return Ok(());
+    };
+    if is(info, "", "Pod") && obj["spec"]["nodeName"].as_str() != Some(node) {
+        return Err(ApiError::forbidden(format!(
+            "pods \"{}\" is forbidden: node \"{node}\" can only delete pods bound to itself",
+            object::name(obj).unwrap_or_default()
+        )));
+    }
+    Ok(())
 }
 
 fn cause(field: &str, value: &str, why: &str) -> Cause {

@@ -271,7 +271,7 @@ impl Api {
             }
             (Verb::Delete, None, Some(name)) => {
                 let body = codec::read_body(body).await?;
-                let opts = delete_options(q, &headers, &body)?;
+                let opts = delete_options(q, &headers, &body, user)?;
                 let (obj, gone) = self.delete_object(s, ns, name, &opts).await?;
                 if gone {
                     respond(
@@ -284,7 +284,7 @@ impl Api {
             }
             (Verb::DeleteCollection, None, None) => {
                 let body = codec::read_body(body).await?;
-                let dopts = delete_options(q, &headers, &body)?;
+                let dopts = delete_options(q, &headers, &body, user)?;
                 let lopts = ListOptions::parse(s, q)?;
                 let (items, rev, _, _) = self
                     .list_objects(
@@ -699,7 +699,12 @@ pub(super) fn partial(obj: &Value) -> Value {
 }
 
 /// DeleteOptions from the body (kubectl sends one) and the query.
-fn delete_options(q: &Query, headers: &HeaderMap, body: &[u8]) -> Result<DeleteOptions, ApiError> {
+fn delete_options(
+    q: &Query,
+    headers: &HeaderMap,
+    body: &[u8],
+    user: &auth::User,
+) -> Result<DeleteOptions, ApiError> {
     let b = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
@@ -736,5 +741,6 @@ fn delete_options(q: &Query, headers: &HeaderMap, body: &[u8]) -> Result<DeleteO
             .as_str()
             .map(str::to_string),
         dry_run,
+        user: Some(user.clone()),
     })
 }

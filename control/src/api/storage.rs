@@ -58,6 +58,8 @@ pub struct DeleteOptions {
     pub uid: Option<String>,
     pub resource_version: Option<String>,
     pub dry_run: bool,
+    /// Who deletes; None for the server's own deletes.
+    pub user: Option<super::auth::User>,
 }
 
 pub fn key(info: &ResourceInfo, namespace: Option<&str>, name: &str) -> String {
@@ -441,7 +443,7 @@ impl Api {
         if !causes.is_empty() {
             return Err(ApiError::invalid(&t, &causes));
         }
-        self.admit_update(info, &mut obj, &old).await?;
+        self.admit_update(info, &mut obj, &old, opts).await?;
         self.track_fields(Some(&old), &mut obj, opts, info);
         let k = key(info, ns, name);
         let finishing = object::deletion_timestamp(&obj).is_some()
@@ -524,6 +526,7 @@ impl Api {
         loop {
             let kv = self.read(&k, &t).await?;
             let mut obj = decode(info, &kv)?;
+            super::admission::node_may_delete(info, &obj, opts.user.as_ref())?;
             if let (Some(want), Some(have)) = (&opts.uid, object::uid(&obj)) {
                 if want != have {
                     return Err(ApiError::conflict(&t, &format!(

@@ -3,3 +3,4 @@
 
 pub mod csr;
 pub mod namespace;
+pub mod tokencleaner;

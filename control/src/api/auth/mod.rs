@@ -1,7 +1,8 @@
 //! Authentication and authorization: TLS with optional client certificates (the
-//! certificate's subject is the user), bootstrap tokens, and an authorizer with
-//! kube-apiserver's built-in rules that matter here: system:masters may do anything, a
-//! node may touch only its own objects (the Node authorizer and NodeRestriction).
+//! certificate's subject is the user), bootstrap tokens as bearer tokens, and an
+//! authorizer with kube-apiserver's built-in rules that matter here: system:masters may
+//! do anything, a node may touch only its own objects (the Node authorizer and
+//! NodeRestriction).
 
 pub mod kubeconfig;
 pub mod pki;
@@ -21,6 +22,8 @@ pub enum AuthError {
     Certificate(String),
     #[error("bootstrap token: {0}")]
     Token(String),
+    #[error("{path}: {message}")]
+    Kubeconfig { path: PathBuf, message: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +106,24 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then_some(token.trim())
         .filter(|t| !t.is_empty())
+}
+
+/// Who sends a request: the user of the connection's verified client certificate when
+/// there is one (kube-apiserver's union authenticator tries x509 first), else the user
+/// of an `Authorization: Bearer` bootstrap token, else anonymous (None). A bearer token
+/// that does not authenticate is a 401, never anonymous.
+pub async fn authenticate(
+    api: &crate::api::Api,
+    cert_user: Option<&User>,
+    headers: &http::HeaderMap,
+) -> Result<Option<User>, crate::api::status::ApiError> {
+    if let Some(u) = cert_user {
+        return Ok(Some(u.clone()));
+    }
+    match bearer_token(headers) {
+        Some(t) => token::authenticate_bearer(api, t).await.map(Some),
+        None => Ok(None),
+    }
 }
 
 /// What a request does, as kube-apiserver's authorizers see it.
@@ -196,10 +217,16 @@ pub fn forbidden_message(user: &User, a: &RequestAttributes) -> String {
     } else {
         format!("in the namespace \"{}\"", a.namespace)
     };
-    let kind = if a.name.is_empty() {
-        format!("{} \"{}\" is forbidden", resource, a.name)
+    // The resource as apierrors.NewForbidden names it: "pods", "deployments.apps".
+    let qualified = if a.api_group.is_empty() {
+        a.resource.clone()
     } else {
-        format!("{} \"{}\" is forbidden", a.resource, a.name)
+        format!("{}.{}", a.resource, a.api_group)
+    };
+    let kind = if a.name.is_empty() {
+        format!("{qualified} is forbidden")
+    } else {
+        format!("{qualified} \"{}\" is forbidden", a.name)
     };
     format!(
         "{kind}: User \"{}\" cannot {} resource \"{resource}\" in API group \"{}\" {scope}",
@@ -272,9 +299,19 @@ mod tests {
         else {
             panic!()
         };
-        assert!(
-            m.contains("User \"system:node:w1\" cannot update resource \"nodes/status\""),
-            "{m}"
+        assert_eq!(
+            m,
+            "nodes \"w2\" is forbidden: User \"system:node:w1\" cannot update resource \"nodes/status\" in API group \"\" at the cluster scope"
+        );
+        let Decision::Deny(m) = authorize(
+            &w1,
+            &attrs("create", "apps", "deployments", "", "default", ""),
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            m,
+            "deployments.apps is forbidden: User \"system:node:w1\" cannot create resource \"deployments\" in API group \"apps\" in the namespace \"default\""
         );
         assert!(matches!(
             authorize(
