@@ -686,3 +686,131 @@ fn two_servers_on_one_etcd_cluster_outlive_a_dead_member_and_a_dead_server() {
     b.stop();
     etcd.stop();
 }
+
+/// The rest of the tutorials' commands and the bad input a user meets: `explain`, `run
+/// --restart=Never`, `-o yaml`, server-side dry-run, generateName, `delete --all`, a stale
+/// resourceVersion, an oversized object and an unknown kind.
+#[test]
+fn explain_run_dry_run_generate_name_and_bad_input() {
+    let test = "explain_run_dry_run_generate_name_and_bad_input";
+    let kubectls = setup!(test);
+    let mut server = Server::start(&[]);
+    for k in &kubectls {
+        let explained = server.ok(k, &["explain", "deployment.spec.replicas"]);
+        assert!(
+            explained.contains("replicas") && explained.contains("integer"),
+            "kubectl {}: {explained}",
+            k.version
+        );
+
+        let ns = unique("tut").replace('_', "-");
+        server.ok(k, &["create", "namespace", &ns]);
+        let n = ["-n", ns.as_str()];
+        let run = |args: &[&str]| server.ok(k, &[&n[..], args].concat());
+        run(&[
+            "run",
+            "once",
+            "--image=busybox",
+            "--restart=Never",
+            "--",
+            "true",
+        ]);
+        let yaml = run(&["get", "pod", "once", "-o", "yaml"]);
+        assert!(yaml.contains("restartPolicy: Never"), "{yaml}");
+        assert!(
+            yaml.contains("- \"true\"") || yaml.contains("- 'true'"),
+            "{yaml}"
+        );
+
+        // A server-side dry run answers with the object and writes nothing.
+        let dry = run(&[
+            "create",
+            "configmap",
+            "dry",
+            "--from-literal=a=b",
+            "--dry-run=server",
+            "-o",
+            "name",
+        ]);
+        assert_eq!(dry.trim(), "configmap/dry");
+        let err = server.fails(k, &["get", "configmap", "dry", "-n", &ns]);
+        assert!(err.contains("not found"), "{err}");
+
+        // generateName: the server picks the name.
+        let out = server.kubectl_stdin(
+            k,
+            &["create", "-n", &ns, "-f", "-", "-o", "name"],
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  generateName: gen-\ndata:\n  a: b\n",
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let made = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let suffix = made.strip_prefix("configmap/gen-").unwrap_or_default();
+        assert_eq!(suffix.len(), 5, "{made}");
+
+        // A write with a stale resourceVersion: 409 Conflict, nothing written.
+        run(&["create", "configmap", "cas", "--from-literal=v=1"]);
+        let old = run(&["get", "configmap", "cas", "-o", "json"]);
+        run(&[
+            "patch",
+            "configmap",
+            "cas",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"v":"2"}}"#,
+        ]);
+        let stale = old.replace("\"v\": \"1\"", "\"v\": \"3\"");
+        let out = server.kubectl_stdin(k, &["replace", "-n", &ns, "-f", "-"], &stale);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("Conflict") || err.contains("modified"),
+            "kubectl {}: {err}",
+            k.version
+        );
+        assert_eq!(
+            run(&["get", "configmap", "cas", "-o", "jsonpath={.data.v}"]),
+            "2"
+        );
+
+        // An object over the 3 MiB request limit.
+        let big = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: big\ndata:\n  a: \"{}\"\n",
+            "x".repeat(3 * 1024 * 1024 + 10)
+        );
+        let out = server.kubectl_stdin(k, &["create", "-n", &ns, "-f", "-"], &big);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.to_lowercase().contains("too large"),
+            "kubectl {}: {err}",
+            k.version
+        );
+
+        // A kind the server does not serve.
+        let out = server.kubectl_stdin(
+            k,
+            &["apply", "-n", &ns, "-f", "-"],
+            "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w\n",
+        );
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Widget"), "kubectl {}: {err}", k.version);
+
+        // delete --all, then the namespace and everything in it.
+        run(&["delete", "configmaps", "--all"]);
+        let left = run(&["get", "configmaps", "-o", "name"]);
+        assert!(!left.contains("cas") && !left.contains("gen-"), "{left}");
+        server.ok(k, &["delete", "namespace", &ns, "--wait=false"]);
+        wait_until("the namespace to go", WAIT, || {
+            (!server
+                .kubectl(k, &["get", "namespace", &ns])
+                .status
+                .success())
+            .then_some(())
+        });
+    }
+    server.stop();
+}

@@ -28,7 +28,7 @@ where
                 .is_some() =>
         {
             Err(ApiError::too_large(format!(
-                "the request body is larger than {MAX_BODY} bytes"
+                "Request entity too large: limit is {MAX_BODY}"
             )))
         }
         Err(e) => Err(ApiError::bad_request(format!(

@@ -1,8 +1,9 @@
 //! The OpenAPI v2 document in the protobuf encoding kubectl asks for
 //! (`application/com.github.proto-openapi.spec.v2@v1.0+protobuf`): the messages of gnostic's
-//! `openapiv2/OpenAPIv2.proto`, as far as kubectl reads them (the definitions; paths are
-//! left out, kubectl's validation and `explain` look types up by their group-version-kind),
-//! and the conversion from the JSON document.
+//! `openapiv2/OpenAPIv2.proto`, as far as kubectl reads them: the definitions (validation
+//! and `explain` look types up by their group-version-kind) and the operations of the paths
+//! with their query parameters (kubectl 1.20 looks for `dryRun` there before a server-side
+//! dry run), and the conversion from the JSON document.
 
 use serde_json::{Map, Value};
 
@@ -13,10 +14,121 @@ pub struct Document {
     pub swagger: String,
     #[prost(message, optional, tag = "2")]
     pub info: Option<Info>,
+    #[prost(message, optional, tag = "8")]
+    pub paths: Option<Paths>,
     #[prost(message, optional, tag = "9")]
     pub definitions: Option<Definitions>,
     #[prost(message, repeated, tag = "16")]
     pub vendor_extension: Vec<NamedAny>,
+}
+
+/// `openapi.v2.Paths`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Paths {
+    #[prost(message, repeated, tag = "2")]
+    pub path: Vec<NamedPathItem>,
+}
+
+/// `openapi.v2.NamedPathItem`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NamedPathItem {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(message, optional, tag = "2")]
+    pub value: Option<PathItem>,
+}
+
+/// `openapi.v2.PathItem`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PathItem {
+    #[prost(message, optional, tag = "2")]
+    pub get: Option<Operation>,
+    #[prost(message, optional, tag = "3")]
+    pub put: Option<Operation>,
+    #[prost(message, optional, tag = "4")]
+    pub post: Option<Operation>,
+    #[prost(message, optional, tag = "5")]
+    pub delete: Option<Operation>,
+    #[prost(message, optional, tag = "8")]
+    pub patch: Option<Operation>,
+    #[prost(message, repeated, tag = "9")]
+    pub parameters: Vec<ParametersItem>,
+}
+
+/// `openapi.v2.Operation`, without responses and security.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Operation {
+    #[prost(string, repeated, tag = "1")]
+    pub tags: Vec<String>,
+    #[prost(string, tag = "3")]
+    pub description: String,
+    #[prost(string, tag = "5")]
+    pub operation_id: String,
+    #[prost(string, repeated, tag = "6")]
+    pub produces: Vec<String>,
+    #[prost(string, repeated, tag = "7")]
+    pub consumes: Vec<String>,
+    #[prost(message, repeated, tag = "8")]
+    pub parameters: Vec<ParametersItem>,
+    #[prost(message, repeated, tag = "13")]
+    pub vendor_extension: Vec<NamedAny>,
+}
+
+/// `openapi.v2.ParametersItem`: a parameter, or a reference to a shared one.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ParametersItem {
+    #[prost(oneof = "parameters_item::Oneof", tags = "1, 2")]
+    pub oneof: Option<parameters_item::Oneof>,
+}
+
+/// The alternatives of [`ParametersItem`] and the parameter kinds written.
+pub mod parameters_item {
+    /// `ParametersItem.oneof`.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Oneof {
+        #[prost(message, tag = "1")]
+        Parameter(super::Parameter),
+        #[prost(message, tag = "2")]
+        JsonReference(super::JsonReference),
+    }
+}
+
+/// `openapi.v2.Parameter`, holding a non-body parameter.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Parameter {
+    #[prost(message, optional, tag = "2")]
+    pub non_body_parameter: Option<NonBodyParameter>,
+}
+
+/// `openapi.v2.NonBodyParameter`, holding a query parameter.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NonBodyParameter {
+    #[prost(message, optional, tag = "3")]
+    pub query_parameter_sub_schema: Option<QueryParameterSubSchema>,
+}
+
+/// `openapi.v2.QueryParameterSubSchema`, without bounds and enums.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct QueryParameterSubSchema {
+    #[prost(bool, tag = "1")]
+    pub required: bool,
+    #[prost(string, tag = "2")]
+    pub r#in: String,
+    #[prost(string, tag = "3")]
+    pub description: String,
+    #[prost(string, tag = "4")]
+    pub name: String,
+    #[prost(string, tag = "6")]
+    pub r#type: String,
+    #[prost(bool, tag = "20")]
+    pub unique_items: bool,
+}
+
+/// `openapi.v2.JsonReference`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct JsonReference {
+    #[prost(string, tag = "1")]
+    pub r#ref: String,
 }
 
 /// `openapi.v2.Info`.
@@ -287,6 +399,68 @@ pub fn schema(path: &str, value: &Value) -> Result<Schema, ConvertError> {
     })
 }
 
+/// Query parameters inline, shared ones by reference; inline body and path parameters,
+/// which kubectl does not read, are left out.
+fn parameters(value: Option<&Value>) -> Vec<ParametersItem> {
+    value
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_object)
+        .filter_map(|p| {
+            let oneof = if let Some(r) = p.get("$ref").and_then(Value::as_str) {
+                parameters_item::Oneof::JsonReference(JsonReference { r#ref: r.into() })
+            } else if p.get("in").and_then(Value::as_str) == Some("query") {
+                parameters_item::Oneof::Parameter(Parameter {
+                    non_body_parameter: Some(NonBodyParameter {
+                        query_parameter_sub_schema: Some(QueryParameterSubSchema {
+                            required: p.get("required").and_then(Value::as_bool).unwrap_or(false),
+                            r#in: "query".into(),
+                            description: string(p, "description"),
+                            name: string(p, "name"),
+                            r#type: string(p, "type"),
+                            unique_items: p
+                                .get("uniqueItems")
+                                .and_then(Value::as_bool)
+                                .unwrap_or(false),
+                        }),
+                    }),
+                })
+            } else {
+                return None;
+            };
+            Some(ParametersItem { oneof: Some(oneof) })
+        })
+        .collect()
+}
+
+fn operation(path: &str, value: Option<&Value>) -> Result<Option<Operation>, ConvertError> {
+    let Some(op) = value.and_then(Value::as_object) else {
+        return Ok(None);
+    };
+    Ok(Some(Operation {
+        tags: strings(op.get("tags")),
+        description: string(op, "description"),
+        operation_id: string(op, "operationId"),
+        produces: strings(op.get("produces")),
+        consumes: strings(op.get("consumes")),
+        parameters: parameters(op.get("parameters")),
+        vendor_extension: extensions(path, op)?,
+    }))
+}
+
+fn path_item(name: &str, value: &Value) -> Result<PathItem, ConvertError> {
+    let at = |verb: &str| operation(&format!("paths.{name}.{verb}"), value.get(verb));
+    Ok(PathItem {
+        get: at("get")?,
+        put: at("put")?,
+        post: at("post")?,
+        delete: at("delete")?,
+        patch: at("patch")?,
+        parameters: parameters(value.get("parameters")),
+    })
+}
+
 /// Converts the whole OpenAPI v2 JSON document.
 pub fn document(value: &Value) -> Result<Document, ConvertError> {
     let obj = value
@@ -305,9 +479,25 @@ pub fn document(value: &Value) -> Result<Document, ConvertError> {
             })
         })
         .transpose()?;
+    let paths = obj
+        .get("paths")
+        .and_then(Value::as_object)
+        .map(|ps| {
+            ps.iter()
+                .map(|(name, item)| {
+                    Ok(NamedPathItem {
+                        name: name.clone(),
+                        value: Some(path_item(name, item)?),
+                    })
+                })
+                .collect::<Result<Vec<_>, ConvertError>>()
+                .map(|path| Paths { path })
+        })
+        .transpose()?;
     Ok(Document {
         swagger: string(obj, "swagger"),
         info,
+        paths,
         definitions,
         vendor_extension: extensions("$", obj)?,
     })

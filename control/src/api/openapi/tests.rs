@@ -280,3 +280,46 @@ fn accept_header_picks_the_v2_encoding() {
     assert!(!wants_v2_protobuf("application/json, */*"));
     assert!(!wants_v2_protobuf(""));
 }
+
+#[test]
+fn v2_protobuf_paths_carry_query_parameters_and_the_kind_of_each_operation() {
+    let api = get();
+    let doc = proto::Document::decode(api.v2_protobuf()).unwrap();
+    let item = doc
+        .paths
+        .as_ref()
+        .unwrap()
+        .path
+        .iter()
+        .find(|p| p.name == "/api/v1/namespaces/{namespace}/configmaps/{name}")
+        .and_then(|p| p.value.as_ref())
+        .expect("the configmap path");
+    let patch = item.patch.as_ref().expect("a patch operation");
+    // What kubectl's dry-run check looks for: the kind, and a dryRun query parameter.
+    let gvk = patch
+        .vendor_extension
+        .iter()
+        .find(|e| e.name == "x-kubernetes-group-version-kind")
+        .and_then(|e| e.value.as_ref())
+        .map(|a| a.yaml.as_str())
+        .unwrap();
+    assert!(gvk.contains("kind: ConfigMap"), "{gvk}");
+    let names: Vec<&str> = patch
+        .parameters
+        .iter()
+        .filter_map(|p| match &p.oneof {
+            Some(proto::parameters_item::Oneof::Parameter(p)) => p
+                .non_body_parameter
+                .as_ref()?
+                .query_parameter_sub_schema
+                .as_ref()
+                .map(|q| q.name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(names.contains(&"dryRun"), "{names:?}");
+    assert!(
+        !item.parameters.is_empty(),
+        "shared parameters by reference"
+    );
+}
