@@ -353,6 +353,10 @@ fn run(args: &Args, ctx: &Ctx, hybrid: bool) -> Result<()> {
                 .join("; ")
         ),
     ];
+    if args.only.as_deref() == Some("server") {
+        // Only the versions line applies; the workload's own notes say the rest.
+        report.conditions.retain(|c| c.starts_with("versions: "));
+    }
     let want = |w: &str| args.only.as_deref().is_none_or(|o| o == w);
     // The CNI and API server workloads need no images or bundle.
     if !matches!(args.only.as_deref(), Some("cni" | "server")) {

@@ -96,16 +96,6 @@ impl Params {
 }
 
 pub fn server(ctx: &Ctx, params: &Params, report: &mut Report) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            skip(report, EMBEDDED, format!("failed: tokio runtime: {e}"));
-            return;
-        }
-    };
     let etcd_ok = params.etcd.is_file();
     if etcd_ok {
         report
@@ -136,6 +126,18 @@ pub fn server(ctx: &Ctx, params: &Params, report: &mut Report) {
             ),
         );
     }
+    let versions: Vec<String> = report
+        .versions
+        .iter()
+        .filter(|(k, _)| k == "etcd" || k == "kubectl")
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    report.conditions.push(format!(
+        "API server: podrun server ({} build) on 127.0.0.1, client hyper 1 + rustls over \
+         HTTP/2 with the admin client certificate; {}",
+        build_of(&ctx.podrun),
+        versions.join("; ")
+    ));
     let mut m = Measured::default();
     let mut failed: Vec<&str> = Vec::new();
     let backends: Vec<&str> = if etcd_ok {
@@ -151,7 +153,7 @@ pub fn server(ctx: &Ctx, params: &Params, report: &mut Report) {
                 }
                 progress!("server: {backend}, {n} pods, round {}", round + 1);
                 let dir = ctx.work.join(format!("srv-{backend}-{n}-{round}"));
-                let r = server_round(ctx, params, &rt, &dir, backend, n, kubectl_ok, &mut m);
+                let r = server_round(ctx, params, &dir, backend, n, kubectl_ok, &mut m);
                 // Each round's store and PKI go with it; the work directory goes at the end.
                 let _ = std::fs::remove_dir_all(&dir);
                 if let Err(e) = r {
@@ -297,11 +299,9 @@ fn vm_kib(pid: u32) -> Result<(f64, f64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn server_round(
     ctx: &Ctx,
     params: &Params,
-    rt: &tokio::runtime::Runtime,
     dir: &Path,
     backend: &str,
     n: usize,
@@ -316,6 +316,12 @@ fn server_round(
     };
     let endpoint = etcd.as_ref().and_then(|e| e.endpoint.clone());
     let mut server = Daemon::server(ctx, dir, endpoint.as_deref())?;
+    // One runtime per round: dropping it closes the round's connections, so the server
+    // stops without waiting for them.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
     let result = rt.block_on(async {
         let api = Api::connect(&server.kubeconfig).await?;
         let mut conn = api.open().await?;
@@ -385,6 +391,7 @@ fn server_round(
         }
         anyhow::Ok(())
     });
+    drop(rt);
     let stopped = server.stop();
     let result = result.map_err(|e| e.context(server.log_tail()));
     if let Some(mut e) = etcd {
