@@ -393,7 +393,7 @@ fn server_round(
     });
     drop(rt);
     let stopped = server.stop();
-    let result = result.map_err(|e| e.context(server.log_tail()));
+    let result = result.map_err(|e| server.with_log(e));
     if let Some(mut e) = etcd {
         let _ = e.stop();
     }
@@ -500,7 +500,7 @@ impl Daemon {
             d.check_running()?;
             Ok(TcpStream::connect(("127.0.0.1", client)).ok())
         })
-        .map_err(|e| e.context(d.log_tail()))?;
+        .map_err(|e| d.with_log(e))?;
         Ok(d)
     }
 
@@ -530,7 +530,7 @@ impl Daemon {
                 .and_then(|rest| rest.split(')').next())
                 .and_then(|a| a.parse::<SocketAddr>().ok()))
         })
-        .map_err(|e| e.context(d.log_tail()))?;
+        .map_err(|e| d.with_log(e))?;
         Ok(d)
     }
 
@@ -538,10 +538,20 @@ impl Daemon {
         if let Some(c) = self.child.as_mut() {
             if let Some(st) = c.try_wait()? {
                 self.child = None;
-                bail!("{} exited with {st}{}", self.name, self.log_tail());
+                bail!("{} exited with {st}", self.name);
             }
         }
         Ok(())
+    }
+
+    /// The error with the last lines of the daemon's log, when it wrote any.
+    fn with_log(&self, e: anyhow::Error) -> anyhow::Error {
+        let tail = self.log_tail();
+        if tail.is_empty() {
+            e
+        } else {
+            anyhow::anyhow!("{e:#}{tail}")
+        }
     }
 
     fn log_tail(&self) -> String {
