@@ -8,7 +8,8 @@
 //!   VmRSS and VmHWM before and after;
 //! - watch delivery: one watch from the list's resourceVersion on its own HTTP/2
 //!   connection, then WATCH_CREATES pods created one at a time; latency is the time
-//!   from a create's response to its ADDED event;
+//!   from a create's response (and, since the event often comes first, also from its
+//!   request) to its ADDED event;
 //! - idle memory of the server (and of etcd) after start and after the runs.
 //!
 //! The client is hyper 1 over tokio-rustls on a current-thread runtime, with the CA and
