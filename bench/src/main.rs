@@ -19,6 +19,7 @@ mod cri;
 mod grpc;
 mod pull;
 mod report;
+mod server;
 mod sys;
 mod workloads;
 
@@ -58,8 +59,14 @@ struct Args {
     /// Record `perf record -g` of a podrun pod start (package linux-perf).
     #[arg(long)]
     perf: bool,
-    /// Run only this workload: lifecycle, pod-start, pods, image-pull, cni or cri.
-    #[arg(long, value_parser = ["lifecycle", "pod-start", "pods", "image-pull", "cni", "cri"])]
+    /// Pod counts of the API server's write and watch tests.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    server_pods: Vec<usize>,
+    /// Rounds of the API server workload (a fresh server and etcd each).
+    #[arg(long, default_value_t = 3)]
+    server_rounds: usize,
+    /// Run only this workload: lifecycle, pod-start, pods, image-pull, cni, cri or server.
+    #[arg(long, value_parser = ["lifecycle", "pod-start", "pods", "image-pull", "cni", "cri", "server"])]
     only: Option<String>,
     /// Do not install missing peers; measure only what is installed.
     #[arg(long)]
@@ -95,13 +102,14 @@ fn main() -> ExitCode {
 }
 
 /// Debian package of each peer binary.
-const PEERS: [(&str, &str); 6] = [
+const PEERS: [(&str, &str); 7] = [
     ("runc", "runc"),
     ("crun", "crun"),
     ("podman", "podman"),
     ("containerd", "containerd"),
     ("docker-registry", "docker-registry"),
     ("skopeo", "skopeo"),
+    ("etcd", "etcd-server"),
 ];
 
 fn install_missing(args: &Args) {
@@ -294,7 +302,11 @@ fn run(args: &Args, ctx: &Ctx, hybrid: bool) -> Result<()> {
         mode: if ctx.smoke {
             "smoke: 1 round, smallest N".into()
         } else {
-            format!("full: {} rounds", ctx.rounds.max(10))
+            format!(
+                "full: {} rounds; API server: {} rounds",
+                ctx.rounds.max(10),
+                args.server_rounds.max(1)
+            )
         },
         ..Default::default()
     };
@@ -341,8 +353,13 @@ fn run(args: &Args, ctx: &Ctx, hybrid: bool) -> Result<()> {
                 .join("; ")
         ),
     ];
+    if args.only.as_deref() == Some("server") {
+        // Only the versions line applies; the workload's own notes say the rest.
+        report.conditions.retain(|c| c.starts_with("versions: "));
+    }
     let want = |w: &str| args.only.as_deref().is_none_or(|o| o == w);
-    if args.only.as_deref() != Some("cni") {
+    // The CNI and API server workloads need no images or bundle.
+    if !matches!(args.only.as_deref(), Some("cni" | "server")) {
         progress!("preparing images and bundle in {}", ctx.work.display());
         workloads::prepare(ctx)?;
     }
@@ -370,11 +387,18 @@ fn run(args: &Args, ctx: &Ctx, hybrid: bool) -> Result<()> {
         progress!("pod lifecycle over CRI (podrun agent vs containerd)");
         cri::cri(ctx, &mut report);
     }
+    if want("server") {
+        progress!("API server (podrun server, embedded store vs etcd)");
+        let params = server::Params::new(ctx, &args.server_pods, args.server_rounds);
+        server::server(ctx, &params, &mut report);
+    }
     report.loadavg_end = sys::loadavg();
     report.busy |= sys::busy();
     report.compute_ratios();
     if args.only.is_none() {
         report.goals = goals(&report, ctx);
+    } else if args.only.as_deref() == Some("server") {
+        report.goals = vec![server_goal(&report, &ctx.podrun)];
     }
     let table = report.table();
     println!("{table}");
@@ -460,6 +484,7 @@ fn goals(report: &Report, ctx: &Ctx) -> Vec<Goal> {
             },
         },
     );
+    v.push(server_goal(report, &ctx.podrun));
     let biggest = ctx.density.iter().copied().max().unwrap_or(0);
     let ran = report
         .find("density", &format!("start {biggest} pods"), "podrun")
@@ -474,4 +499,45 @@ fn goals(report: &Report, ctx: &Ctx) -> Vec<Goal> {
         met: if biggest >= 250 { Some(ran) } else { None },
     });
     v
+}
+
+/// podrun server's idle RSS on its embedded store, after start and after the runs.
+fn server_goal(report: &Report, podrun: &Path) -> Goal {
+    let goal = "podrun server idle RSS <= 30 MB (embedded store)";
+    let start = report
+        .find("server", "idle VmRSS after start", "podrun")
+        .and_then(|s| s.median());
+    let after = report
+        .series
+        .iter()
+        .find(|s| {
+            s.workload == "server"
+                && s.system == "podrun"
+                && s.metric.starts_with("idle VmRSS after the ")
+        })
+        .and_then(|s| s.median());
+    let build = server::build_of(podrun);
+    let mb = |kib: f64| kib * 1024.0 / 1e6;
+    match start {
+        Some(s) => {
+            let worst = after.map_or(s, |a| a.max(s));
+            Goal {
+                goal: goal.into(),
+                measured: match after {
+                    Some(a) => format!(
+                        "{:.1} MB after start, {:.1} MB after the pod runs ({build} build)",
+                        mb(s),
+                        mb(a)
+                    ),
+                    None => format!("{:.1} MB after start ({build} build)", mb(s)),
+                },
+                met: Some(mb(worst) <= 30.0),
+            }
+        }
+        None => Goal {
+            goal: goal.into(),
+            measured: "not measured".into(),
+            met: None,
+        },
+    }
 }
