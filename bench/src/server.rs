@@ -50,6 +50,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const START_WAIT: Duration = Duration::from_secs(60);
 /// Pause before an idle-memory reading, so that the last requests' work is over.
 const SETTLE: Duration = Duration::from_secs(1);
+/// Pause before the idle reading after the runs: longer than the 5 s period at which the
+/// server hands freed heap back, so the reading is of an idle server, not of the burst.
+const SETTLE_AFTER_RUNS: Duration = Duration::from_secs(6);
 
 const EMBEDDED: &str = "podrun";
 const ON_ETCD: &str = "podrun+etcd";
@@ -383,7 +386,7 @@ fn server_round(
 
         if n == params.kubectl_size {
             drop(conn);
-            tokio::time::sleep(SETTLE).await;
+            tokio::time::sleep(SETTLE_AFTER_RUNS).await;
             let metric = format!("idle VmRSS after the {n}-pod runs");
             m.push(&metric, backend, "KiB", vm_kib(server.pid)?.0);
             if let Some(e) = &etcd {

@@ -77,6 +77,17 @@ fn advertise(config: &ServerConfig) -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
+const HEAP_TRIM_EVERY: Duration = Duration::from_secs(5);
+
+/// Returns the allocator's free memory to the system.
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// How long the server waits for etcd to answer at start.
 const ETCD_START_WAIT: Duration = Duration::from_secs(60);
 
@@ -172,11 +183,16 @@ pub async fn run(config: ServerConfig, stop: impl Future<Output = ()>) -> Result
         .map_err(|e| ServerError::Bootstrap(e.message))?;
     // Loading the OpenAPI documents and bootstrapping leave freed heap behind in the
     // allocator's arenas: hand it back, so an idle server holds only what it uses.
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free memory to the system.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    trim_heap();
+    // And again now and then, so a burst of requests does not leave the idle server
+    // holding its peak.
+    let trimmer = tokio::spawn(async {
+        let mut tick = tokio::time::interval(HEAP_TRIM_EVERY);
+        loop {
+            tick.tick().await;
+            trim_heap();
+        }
+    });
     let pki = Arc::new(pki);
     let controllers = tokio::spawn(crate::controllers::namespace::run(api.clone()));
     let signer = tokio::spawn(crate::controllers::csr::run(api.clone(), pki.clone()));
@@ -254,6 +270,7 @@ pub async fn run(config: ServerConfig, stop: impl Future<Output = ()>) -> Result
         warn!("connections still open after 10 s; closing them");
     }
     controllers.abort();
+    trimmer.abort();
     signer.abort();
     token_cleaner.abort();
     Ok(())
