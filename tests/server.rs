@@ -4,7 +4,9 @@
 
 mod server_common;
 
-use server_common::{kubectls, lines_with, mark_ran, unique, wait_until, Etcd, Server, WAIT};
+use server_common::{
+    kubectls, lines_with, mark_ran, unique, wait_until, Etcd, Server, Watch, WAIT,
+};
 
 macro_rules! setup {
     ($test:expr) => {{
@@ -486,48 +488,9 @@ fn watch_streams_changes_and_a_restart_loses_nothing_on(test: &str, on_etcd: boo
     let (mut server, mut etcd) = start(test, on_etcd);
     for k in &kubectls {
         let name = unique("watched").replace('_', "-");
-        let mut watch = std::process::Command::new(&k.path)
-            .env("KUBECONFIG", &server.kubeconfig)
-            .args(["get", "configmaps", "-w", "--output-watch-events"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = watch.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut seen = Vec::new();
-        let expect = |what: &str, seen: &mut Vec<String>| {
-            let deadline = std::time::Instant::now() + WAIT;
-            loop {
-                if seen
-                    .iter()
-                    .any(|l: &String| l.contains(what) && l.contains(&name))
-                {
-                    return;
-                }
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok(l) => seen.push(l),
-                    Err(_) => panic!(
-                        "kubectl {} get -w: no {what} line for {name}; saw {seen:?}",
-                        k.version
-                    ),
-                }
-            }
-        };
+        let mut watch = Watch::start(k, &server.kubeconfig, "configmaps");
         server.ok(k, &["create", "configmap", &name, "--from-literal=a=1"]);
-        expect("ADDED", &mut seen);
+        watch.expect("ADDED", &name);
         server.ok(
             k,
             &[
@@ -539,12 +502,10 @@ fn watch_streams_changes_and_a_restart_loses_nothing_on(test: &str, on_etcd: boo
                 r#"{"data":{"a":"2"}}"#,
             ],
         );
-        expect("MODIFIED", &mut seen);
+        watch.expect("MODIFIED", &name);
         server.ok(k, &["delete", "cm", &name]);
-        expect("DELETED", &mut seen);
-        let pid = nix::unistd::Pid::from_raw(watch.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        wait_until("kubectl get -w to exit", WAIT, || watch.try_wait().unwrap());
+        watch.expect("DELETED", &name);
+        watch.stop();
     }
     let k = &kubectls[0];
     let keep = unique("kept").replace('_', "-");
@@ -614,41 +575,10 @@ fn two_servers_on_one_etcd_cluster_outlive_a_dead_member_and_a_dead_server() {
     let name = unique("ha").replace('_', "-");
 
     // A watch through b sees what is written through a.
-    let mut watch = std::process::Command::new(&k.path)
-        .env("KUBECONFIG", &b.kubeconfig)
-        .args(["get", "configmaps", "-w", "--output-watch-events"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = watch.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut watch = Watch::start(k, &b.kubeconfig, "configmaps");
     a.ok(k, &["create", "configmap", &name, "--from-literal=k=v"]);
-    let deadline = std::time::Instant::now() + WAIT;
-    let mut seen = Vec::new();
-    while !seen
-        .iter()
-        .any(|l: &String| l.contains("ADDED") && l.contains(&name))
-    {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => seen.push(l),
-            Err(_) => panic!("a watch through the other server never saw {name}: {seen:?}"),
-        }
-    }
-    let _ = watch.kill();
-    let _ = watch.wait();
+    watch.expect("ADDED", &name);
+    watch.stop();
     assert_eq!(
         b.ok(k, &["get", "cm", &name, "-o", "jsonpath={.data.k}"]),
         "v"

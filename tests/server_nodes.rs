@@ -10,7 +10,7 @@ mod server_common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use server_common::{cannot_run, mark_ran, wait_until, Server, WAIT};
+use server_common::{cannot_run, mark_ran, output_with_stdin, wait_until, Server, WAIT};
 
 const TEST: &str = "nodes_join_with_a_token_and_touch_only_their_own_objects";
 
@@ -77,22 +77,7 @@ impl Cluster {
         cmd.args(args);
         match stdin {
             None => cmd.output().expect("run kubectl"),
-            Some(input) => {
-                use std::io::Write;
-                let mut child = cmd
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("run kubectl");
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(input.as_bytes())
-                    .unwrap();
-                child.wait_with_output().unwrap()
-            }
+            Some(input) => output_with_stdin(&mut cmd, input),
         }
     }
 
@@ -124,11 +109,10 @@ fn run(cmd: &mut Command) {
     assert!(out.status.success(), "{cmd:?}: {}", text(&out.stderr));
 }
 
-/// Joins `node` with `token`: a key and request from openssl, the request filed as the
-/// token's user, the certificate the server issues. Returns (certificate, key) paths.
-fn join(c: &Cluster, openssl: &Path, token: &str, node: &str) -> (PathBuf, PathBuf) {
-    let key = c.dir.join(format!("{node}.key"));
-    let csr = c.dir.join(format!("{node}.csr"));
+/// A P-256 key and a PKCS#10 request for `subject`, made by openssl in `dir`.
+fn key_and_request(openssl: &Path, dir: &Path, name: &str, subject: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
     run(Command::new(openssl)
         .args([
             "ecparam",
@@ -142,12 +126,20 @@ fn join(c: &Cluster, openssl: &Path, token: &str, node: &str) -> (PathBuf, PathB
     run(Command::new(openssl)
         .args(["req", "-new", "-key"])
         .arg(&key)
-        .args([
-            "-subj",
-            &format!("/O=system:nodes/CN=system:node:{node}"),
-            "-out",
-        ])
+        .args(["-subj", subject, "-out"])
         .arg(&csr));
+    (key, csr)
+}
+
+/// Joins `node` with `token`: a key and request from openssl, the request filed as the
+/// token's user, the certificate the server issues. Returns (certificate, key) paths.
+fn join(c: &Cluster, openssl: &Path, token: &str, node: &str) -> (PathBuf, PathBuf) {
+    let (key, csr) = key_and_request(
+        openssl,
+        &c.dir,
+        node,
+        &format!("/O=system:nodes/CN=system:node:{node}"),
+    );
     use base64::Engine;
     let request = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&csr).unwrap());
     let name = format!("node-csr-{node}");
@@ -223,23 +215,12 @@ fn nodes_join_with_a_token_and_touch_only_their_own_objects() {
     let (w1_crt, w1_key) = join(&c, &openssl, &token, "w1");
     // A token asking for an admin's identity gets nothing. It is filed before w2's
     // request, so once w2's is issued the controller has been past it.
-    let evil_key = c.dir.join("evil.key");
-    let evil_csr = c.dir.join("evil.csr");
-    run(Command::new(&openssl)
-        .args([
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-        ])
-        .arg(&evil_key));
-    run(Command::new(&openssl)
-        .args(["req", "-new", "-key"])
-        .arg(&evil_key)
-        .args(["-subj", "/O=system:masters/CN=kubernetes-admin", "-out"])
-        .arg(&evil_csr));
+    let (_, evil_csr) = key_and_request(
+        &openssl,
+        &c.dir,
+        "evil",
+        "/O=system:masters/CN=kubernetes-admin",
+    );
     use base64::Engine;
     let request =
         base64::engine::general_purpose::STANDARD.encode(std::fs::read(&evil_csr).unwrap());

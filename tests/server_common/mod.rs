@@ -82,6 +82,86 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
     }
 }
 
+/// `kubectl get ... -w --output-watch-events` running against a kubeconfig, its lines
+/// read on a thread. Ended by SIGTERM (by PID) when dropped.
+pub struct Watch {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    what: String,
+}
+
+impl Watch {
+    pub fn start(k: &Kubectl, kubeconfig: &Path, resource: &str) -> Watch {
+        let mut child = Command::new(&k.path)
+            .env("KUBECONFIG", kubeconfig)
+            .args(["get", resource, "-w", "--output-watch-events"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run kubectl get -w");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Watch {
+            child,
+            lines,
+            seen: Vec::new(),
+            what: format!("kubectl {} get {resource} -w", k.version),
+        }
+    }
+
+    /// Waits for a line with the event type (ADDED, MODIFIED, DELETED) and the name.
+    pub fn expect(&mut self, event: &str, name: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self
+            .seen
+            .iter()
+            .any(|l| l.contains(event) && l.contains(name))
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => panic!(
+                    "{}: no {event} line for {name}; saw {:?}",
+                    self.what, self.seen
+                ),
+            }
+        }
+    }
+
+    /// SIGTERM, and kubectl must exit.
+    pub fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let child = &mut self.child;
+        wait_until("kubectl get -w to exit", WAIT, || child.try_wait().unwrap());
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// wait_until, whose failure shows `context()` (a log, say) as it is at that moment.
 pub fn wait_until_or<T>(
     timeout: Duration,
@@ -100,6 +180,23 @@ pub fn wait_until_or<T>(
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Runs `cmd` with `input` on its stdin; its output.
+pub fn output_with_stdin(cmd: &mut Command, input: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }
 
 pub struct Server {
@@ -210,22 +307,13 @@ impl Server {
 
     /// kubectl with a manifest on stdin (`-f -`).
     pub fn kubectl_stdin(&self, k: &Kubectl, args: &[&str], input: &str) -> Output {
-        let mut child = Command::new(&k.path)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", self.root.parent().unwrap())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        output_with_stdin(
+            Command::new(&k.path)
+                .env("KUBECONFIG", &self.kubeconfig)
+                .env("HOME", self.root.parent().unwrap())
+                .args(args),
+            input,
+        )
     }
 
     /// kubectl that must succeed; its stdout.
