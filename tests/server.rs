@@ -744,3 +744,116 @@ fn explain_run_dry_run_generate_name_and_bad_input() {
     }
     server.stop();
 }
+
+#[test]
+fn lists_page_at_one_revision() {
+    lists_page_at_one_revision_on("lists_page_at_one_revision", false);
+}
+
+#[test]
+fn lists_page_at_one_revision_on_etcd() {
+    lists_page_at_one_revision_on("lists_page_at_one_revision_on_etcd", true);
+}
+
+/// `limit` and `continue` as kube-apiserver pages a list: every page is of the revision
+/// the first was read at, whatever is written between them (kubectl --chunk-size relies
+/// on it), and `resourceVersionMatch=Exact` reads an older revision.
+fn lists_page_at_one_revision_on(test: &str, on_etcd: bool) {
+    let kubectls = setup!(test);
+    let (mut server, mut etcd) = start(test, on_etcd);
+    let k = kubectls.last().expect("kubectl 1.37");
+    let ns = unique("paged").replace('_', "-");
+    server.ok(k, &["create", "namespace", &ns]);
+    for n in ["c1", "c2", "c3", "c4"] {
+        server.ok(
+            k,
+            &["create", "configmap", n, "-n", &ns, "--from-literal=v=1"],
+        );
+    }
+    let url = format!("/api/v1/namespaces/{ns}/configmaps");
+    let get = |path: &str| -> serde_json::Value {
+        serde_json::from_str(&server.ok(k, &["get", "--raw", path])).expect("a JSON list")
+    };
+    let names = |list: &serde_json::Value| -> Vec<String> {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = get(&format!("{url}?limit=2"));
+    assert_eq!(names(&first), ["c1", "c2"]);
+    let rv = first["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = first["metadata"]["continue"].as_str().unwrap().to_string();
+    assert_eq!(first["metadata"]["remainingItemCount"], 2);
+
+    // Between the pages: one goes, one changes, one comes.
+    server.ok(k, &["delete", "configmap", "c3", "-n", &ns]);
+    server.ok(
+        k,
+        &[
+            "patch",
+            "configmap",
+            "c4",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"data":{"v":"2"}}"#,
+        ],
+    );
+    server.ok(
+        k,
+        &["create", "configmap", "c5", "-n", &ns, "--from-literal=v=1"],
+    );
+
+    let second = get(&format!("{url}?limit=2&continue={token}"));
+    assert_eq!(
+        names(&second),
+        ["c3", "c4"],
+        "the second page is of the first's revision"
+    );
+    assert_eq!(second["items"][1]["data"]["v"], "1");
+    assert_eq!(
+        second["metadata"]["resourceVersion"].as_str(),
+        Some(rv.as_str())
+    );
+    assert!(second["metadata"].get("continue").is_none(), "{second}");
+
+    let now = get(&url);
+    assert_eq!(names(&now), ["c1", "c2", "c4", "c5"]);
+    let exact = get(&format!(
+        "{url}?resourceVersion={rv}&resourceVersionMatch=Exact"
+    ));
+    assert_eq!(names(&exact), ["c1", "c2", "c3", "c4"]);
+
+    // kubectl's own chunked get sees every object once.
+    let chunked = server.ok(
+        k,
+        &[
+            "get",
+            "configmaps",
+            "-n",
+            &ns,
+            "--chunk-size=1",
+            "-o",
+            "name",
+        ],
+    );
+    assert_eq!(
+        chunked
+            .lines()
+            .filter(|l| l.starts_with("configmap/c"))
+            .count(),
+        4,
+        "{chunked}"
+    );
+    server.stop();
+    if let Some(e) = etcd.as_mut() {
+        e.stop();
+    }
+}

@@ -168,7 +168,7 @@ async fn keeps_answering_when_a_member_dies() {
     assert!(after.mod_revision > before.mod_revision);
     let got = store.get("/ha/before").await.expect("get");
     assert_eq!(got, Some(before));
-    let page = store.list("/ha/", None, None).await.expect("list");
+    let page = store.list("/ha/", None, None, None).await.expect("list");
     assert_eq!(page.items.len(), 2);
 }
 

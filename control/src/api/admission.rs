@@ -123,7 +123,7 @@ impl Api {
         let prefix = storage::prefix(s.info(), None);
         let page = self
             .store
-            .list(&prefix, None, None)
+            .list(&prefix, None, None, None)
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?;
         let me = (

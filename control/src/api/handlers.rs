@@ -26,6 +26,12 @@ pub struct ListOptions {
     pub fields: Option<FieldSelector>,
     pub limit: Option<usize>,
     pub continue_from: Option<String>,
+    /// The revision the list reads at: its first page's, carried in the continue token,
+    /// or an exact resourceVersion asked for.
+    pub at: Option<i64>,
+    /// Whether `at` came from a continue token (a compacted one is then 410 with
+    /// kube-apiserver's words for an expired continue).
+    pub continuing: bool,
 }
 
 impl ListOptions {
@@ -58,15 +64,38 @@ impl ListOptions {
             }
         };
         let limit = q.int("limit")?.filter(|l| *l > 0).map(|l| l as usize);
-        let continue_from = match q.get("continue") {
-            None => None,
-            Some(token) => Some(decode_continue(token)?),
+        let (continue_from, mut at) = match q.get("continue") {
+            None => (None, None),
+            Some(token) => {
+                let (key, rv) = decode_continue(token)?;
+                (Some(key), Some(rv))
+            }
         };
+        let continuing = at.is_some();
+        if q.get("resourceVersionMatch") == Some("Exact") {
+            if continuing {
+                return Err(ApiError::bad_request(
+                    "specifying resourceVersion is not allowed when using continue",
+                ));
+            }
+            let rv = q
+                .get("resourceVersion")
+                .and_then(|v| v.parse::<i64>().ok())
+                .filter(|v| *v > 0)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "resourceVersionMatch=Exact needs a resourceVersion that is not 0",
+                    )
+                })?;
+            at = Some(rv);
+        }
         Ok(ListOptions {
             labels,
             fields,
             limit,
             continue_from,
+            at,
+            continuing,
         })
     }
 
@@ -103,19 +132,30 @@ fn sample(s: &dyn Strategy) -> Value {
     })
 }
 
-fn encode_continue(key: &str) -> String {
+/// A continue token as kube-apiserver makes one: the list's revision and the key to go
+/// on after, as base64 JSON.
+fn encode_continue(key: &str, rv: i64) -> String {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.as_bytes())
+    let token = json!({ "v": "meta.k8s.io/v1", "rv": rv, "start": key });
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string())
 }
 
-fn decode_continue(token: &str) -> Result<String, ApiError> {
+fn decode_continue(token: &str) -> Result<(String, i64), ApiError> {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
+    let invalid = || ApiError::bad_request("continue key is not valid");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .map_err(|_| invalid())?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+    if v["v"] != "meta.k8s.io/v1" {
+        return Err(invalid());
+    }
+    let key = v["start"]
+        .as_str()
         .filter(|k| k.starts_with("/registry/"))
-        .ok_or_else(|| ApiError::bad_request("continue key is not valid"))
+        .ok_or_else(invalid)?;
+    let rv = v["rv"].as_i64().filter(|r| *r > 0).ok_or_else(invalid)?;
+    Ok((key.to_string(), rv))
 }
 
 /// The `dryRun` query parameter: None when absent; "All" is the only value there is.
@@ -389,9 +429,16 @@ impl Api {
             });
             let page = self
                 .store
-                .list(&prefix, after.as_deref(), batch)
+                .list(&prefix, after.as_deref(), batch, list_rev.or(opts.at))
                 .await
-                .map_err(|e| status::from_store(e, &t))?;
+                .map_err(|e| match e {
+                    crate::store::StoreError::Compacted { .. } if opts.continuing => {
+                        ApiError::gone(
+                            "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                        )
+                    }
+                    e => status::from_store(e, &t),
+                })?;
             list_rev.get_or_insert(page.revision);
             let n = page.items.len();
             for (i, kv) in page.items.iter().enumerate() {
@@ -402,7 +449,8 @@ impl Api {
                     if opts.limit.is_some_and(|l| items.len() >= l) {
                         let more = page.remaining > 0 || i + 1 < n;
                         let remaining = page.remaining + (n - i - 1) as i64;
-                        let token = more.then(|| encode_continue(&kv.key));
+                        let rev = list_rev.unwrap_or(page.revision);
+                        let token = more.then(|| encode_continue(&kv.key, rev));
                         return Ok((
                             items,
                             list_rev.unwrap_or(page.revision),

@@ -165,14 +165,19 @@ impl Inner {
         prefix: &str,
         start_after: Option<&str>,
         limit: Option<usize>,
+        at: Option<Revision>,
     ) -> Result<ListPage> {
+        // One read transaction: the keys and the history are of one moment.
         let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
-        let revision = txn
-            .open_table(META)
-            .map_err(|e| self.fail(e))?
-            .get(META_REVISION)
-            .map_err(|e| self.fail(e))?
-            .map_or(0, |v| v.value());
+        let meta = txn.open_table(META).map_err(|e| self.fail(e))?;
+        let meta_value = |name| -> Result<i64> {
+            Ok(meta
+                .get(name)
+                .map_err(|e| self.fail(e))?
+                .map_or(0, |v| v.value()))
+        };
+        let revision = meta_value(META_REVISION)?;
+        let compacted = meta_value(META_COMPACTED)?;
         let table = txn.open_table(KV).map_err(|e| self.fail(e))?;
         let lower = match start_after {
             Some(after) if after >= prefix => Bound::Excluded(after),
@@ -181,6 +186,40 @@ impl Inner {
         let range = table
             .range::<&str>((lower, Bound::Unbounded))
             .map_err(|e| self.fail(e))?;
+        if let Some(rev) = at.filter(|r| *r < revision) {
+            if rev < compacted {
+                return Err(StoreError::Compacted {
+                    requested: rev,
+                    compacted,
+                });
+            }
+            let mut current = Vec::new();
+            for entry in range {
+                let (k, v) = entry.map_err(|e| self.fail(e))?;
+                let key = k.value();
+                if !key.starts_with(prefix) {
+                    break;
+                }
+                current.push(decode_kv(key, v.value()).ok_or_else(|| self.corrupt("kv entry"))?);
+            }
+            let history = txn.open_table(HISTORY).map_err(|e| self.fail(e))?;
+            let mut later = Vec::new();
+            for entry in history
+                .range::<i64>((Bound::Excluded(rev), Bound::Unbounded))
+                .map_err(|e| self.fail(e))?
+            {
+                let (_, v) = entry.map_err(|e| self.fail(e))?;
+                later.push(decode_event(v.value()).ok_or_else(|| self.corrupt("history entry"))?);
+            }
+            return Ok(watchers::page_at(
+                current.into_iter(),
+                later.into_iter(),
+                prefix,
+                start_after,
+                limit,
+                rev,
+            ));
+        }
         let limit = limit.unwrap_or(usize::MAX);
         let mut items = Vec::new();
         let mut remaining = 0i64;
@@ -415,12 +454,13 @@ impl Store for EmbeddedStore {
         prefix: &'a str,
         start_after: Option<&'a str>,
         limit: Option<usize>,
+        at: Option<Revision>,
     ) -> BoxFuture<'a, Result<ListPage>> {
         let inner = self.inner.clone();
         let prefix = prefix.to_string();
         let start_after = start_after.map(str::to_string);
         Box::pin(blocking(move || {
-            inner.list(&prefix, start_after.as_deref(), limit)
+            inner.list(&prefix, start_after.as_deref(), limit, at)
         }))
     }
 

@@ -271,6 +271,7 @@ impl EtcdStore {
         prefix: &str,
         start_after: Option<&str>,
         limit: Option<usize>,
+        at: Option<Revision>,
     ) -> Result<ListPage> {
         let start = match start_after {
             Some(after) if after >= prefix => {
@@ -285,10 +286,24 @@ impl EtcdStore {
                 key: start,
                 range_end: prefix_end(prefix.as_bytes()),
                 limit: limit.map_or(0, |l| i64::try_from(l).unwrap_or(i64::MAX)),
+                revision: at.unwrap_or(0),
                 ..Default::default()
             })
-            .await?;
-        let revision = header_revision(resp.header)?;
+            .await
+            .map_err(|e| match (e, at) {
+                // etcd's words for a read below its compaction.
+                (StoreError::Internal(m), Some(requested)) if m.contains("compacted") => {
+                    StoreError::Compacted {
+                        requested,
+                        compacted: 0,
+                    }
+                }
+                (e, _) => e,
+            })?;
+        let revision = match at {
+            Some(rev) => rev,
+            None => header_revision(resp.header)?,
+        };
         let items = resp
             .kvs
             .into_iter()
@@ -566,8 +581,9 @@ impl Store for EtcdStore {
         prefix: &'a str,
         start_after: Option<&'a str>,
         limit: Option<usize>,
+        at: Option<Revision>,
     ) -> BoxFuture<'a, Result<ListPage>> {
-        Box::pin(self.list_now(prefix, start_after, limit))
+        Box::pin(self.list_now(prefix, start_after, limit, at))
     }
 
     fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, Result<KeyValue>> {

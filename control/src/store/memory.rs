@@ -72,8 +72,45 @@ impl MemoryStore {
         self.lock().kvs.get(key).cloned()
     }
 
-    fn list_now(&self, prefix: &str, start_after: Option<&str>, limit: Option<usize>) -> ListPage {
+    fn list_now(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: Option<usize>,
+        at: Option<Revision>,
+    ) -> Result<ListPage> {
         let st = self.lock();
+        if let Some(rev) = at.filter(|r| *r < st.revision) {
+            if rev < st.compacted {
+                return Err(StoreError::Compacted {
+                    requested: rev,
+                    compacted: st.compacted,
+                });
+            }
+            let lower = match start_after {
+                Some(after) if after >= prefix => Bound::Excluded(after.to_string()),
+                _ => Bound::Included(prefix.to_string()),
+            };
+            let current = st
+                .kvs
+                .range((lower, Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(_, kv)| kv.clone());
+            let later = st
+                .history
+                .iter()
+                .map(|(_, e)| e)
+                .filter(|e| e.kv.mod_revision > rev)
+                .cloned();
+            return Ok(watchers::page_at(
+                current,
+                later,
+                prefix,
+                start_after,
+                limit,
+                rev,
+            ));
+        }
         let lower = match start_after {
             Some(after) if after >= prefix => Bound::Excluded(after.to_string()),
             _ => Bound::Included(prefix.to_string()),
@@ -86,11 +123,11 @@ impl MemoryStore {
         let limit = limit.unwrap_or(usize::MAX);
         let items: Vec<KeyValue> = matching.by_ref().take(limit).cloned().collect();
         let remaining = matching.count() as i64;
-        ListPage {
+        Ok(ListPage {
             items,
             revision: st.revision,
             remaining,
-        }
+        })
     }
 
     fn commit(st: &mut State, event: WatchEvent) {
@@ -221,8 +258,9 @@ impl Store for MemoryStore {
         prefix: &'a str,
         start_after: Option<&'a str>,
         limit: Option<usize>,
+        at: Option<Revision>,
     ) -> BoxFuture<'a, Result<ListPage>> {
-        Box::pin(async move { Ok(self.list_now(prefix, start_after, limit)) })
+        Box::pin(async move { self.list_now(prefix, start_after, limit, at) })
     }
 
     fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, Result<KeyValue>> {

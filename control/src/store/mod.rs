@@ -78,12 +78,15 @@ pub trait Store: Send + Sync + 'static {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>>>;
 
     /// Keys that start with `prefix`, in order, after `start_after` when given, at most
-    /// `limit` of them when given.
+    /// `limit` of them when given; as they are now, or as they were at revision `at`
+    /// (the later pages of one list read where its first did). Compacted when `at` is
+    /// older than the history kept.
     fn list<'a>(
         &'a self,
         prefix: &'a str,
         start_after: Option<&'a str>,
         limit: Option<usize>,
+        at: Option<Revision>,
     ) -> BoxFuture<'a, Result<ListPage>>;
 
     /// Fails with AlreadyExists when the key exists.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use super::{EventKind, Revision, Store, StoreError, WatchEvent, WatchStream};
+use super::{EventKind, ListPage, Revision, Store, StoreError, WatchEvent, WatchStream};
 
 /// How long a watch may take to deliver an event before the check fails (a hang guard,
 /// not a timing assertion).
@@ -24,6 +24,7 @@ where
     watch_replay_then_live(store).await;
     watch_prefix_isolation(store).await;
     watch_opened_during_writes(store).await;
+    list_at_revisions(store, &compact).await;
     watch_compacted(store, compact).await;
 }
 
@@ -61,13 +62,16 @@ pub async fn create_get_list(store: &dyn Store) {
     assert_eq!(got.map(|kv| kv.value), Some(value("a")));
     assert_eq!(store.get(&format!("{p}zz")).await.expect("get"), None);
 
-    let all = store.list(p, None, None).await.expect("list");
+    let all = store.list(p, None, None, None).await.expect("list");
     let keys: Vec<&str> = all.items.iter().map(|kv| kv.key.as_str()).collect();
     assert_eq!(keys, [format!("{p}a"), format!("{p}b"), format!("{p}c")]);
     assert_eq!(all.remaining, 0);
     assert_eq!(all.revision, store.revision().await.expect("revision"));
 
-    let first = store.list(p, None, Some(2)).await.expect("list page 1");
+    let first = store
+        .list(p, None, Some(2), None)
+        .await
+        .expect("list page 1");
     assert_eq!(first.items.len(), 2);
     assert_eq!(first.remaining, 1);
     let last = first
@@ -77,7 +81,7 @@ pub async fn create_get_list(store: &dyn Store) {
         .unwrap_or_default();
     assert_eq!(last, format!("{p}b"));
     let second = store
-        .list(p, Some(&last), Some(2))
+        .list(p, Some(&last), Some(2), None)
         .await
         .expect("list page 2");
     let keys: Vec<&str> = second.items.iter().map(|kv| kv.key.as_str()).collect();
@@ -85,11 +89,14 @@ pub async fn create_get_list(store: &dyn Store) {
     assert_eq!(second.remaining, 0);
 
     // The empty prefix is the whole key space.
-    let everything = store.list("", None, Some(1)).await.expect("list all");
+    let everything = store.list("", None, Some(1), None).await.expect("list all");
     assert_eq!(everything.items.len(), 1);
     assert!(everything.remaining >= 3);
 
-    let empty = store.list("/suite/none/", None, None).await.expect("list");
+    let empty = store
+        .list("/suite/none/", None, None, None)
+        .await
+        .expect("list");
     assert!(empty.items.is_empty());
     assert_eq!(empty.remaining, 0);
 
@@ -255,6 +262,93 @@ pub async fn watch_prefix_isolation(store: &dyn Store) {
 
 /// A watch from before the compacted revision fails with Compacted; from the
 /// compacted revision on, it works.
+/// A list at a past revision shows the keys as they were then, page by page, until
+/// that revision is compacted.
+pub async fn list_at_revisions<F>(store: &dyn Store, compact: &F)
+where
+    F: Fn(Revision) -> BoxFuture<'static, ()>,
+{
+    let p = "/suite/listat/";
+    store
+        .create(&format!("{p}a"), value("a1"))
+        .await
+        .expect("create");
+    let b = store
+        .create(&format!("{p}b"), value("b1"))
+        .await
+        .expect("create");
+    let then = b.mod_revision;
+    let a = store.get(&format!("{p}a")).await.expect("get").expect("a");
+    store
+        .update(&format!("{p}a"), value("a2"), a.mod_revision)
+        .await
+        .expect("update");
+    store.delete(&format!("{p}b"), None).await.expect("delete");
+    store
+        .create(&format!("{p}0"), value("01"))
+        .await
+        .expect("create");
+    store
+        .create(&format!("{p}c"), value("c1"))
+        .await
+        .expect("create");
+
+    let kv = |page: &ListPage| -> Vec<(String, String)> {
+        page.items
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key.trim_start_matches(p).to_string(),
+                    String::from_utf8_lossy(&kv.value).into_owned(),
+                )
+            })
+            .collect()
+    };
+    let old = store
+        .list(p, None, None, Some(then))
+        .await
+        .expect("list at");
+    assert_eq!(
+        kv(&old),
+        [("a".into(), "a1".into()), ("b".into(), "b1".into())]
+    );
+    assert_eq!(old.revision, then);
+    let first = store
+        .list(p, None, Some(1), Some(then))
+        .await
+        .expect("page 1");
+    assert_eq!(kv(&first), [("a".into(), "a1".into())]);
+    assert_eq!(first.remaining, 1);
+    let key = first.items[0].key.clone();
+    let second = store
+        .list(p, Some(&key), Some(1), Some(then))
+        .await
+        .expect("page 2");
+    assert_eq!(kv(&second), [("b".into(), "b1".into())]);
+    assert_eq!(second.remaining, 0);
+    let now = store.list(p, None, None, None).await.expect("list");
+    assert_eq!(
+        kv(&now),
+        [
+            ("0".into(), "01".into()),
+            ("a".into(), "a2".into()),
+            ("c".into(), "c1".into())
+        ]
+    );
+    // At the current revision, a list at it is the list now.
+    let at_now = store
+        .list(p, None, None, Some(now.revision))
+        .await
+        .expect("list at now");
+    assert_eq!(kv(&at_now), kv(&now));
+
+    compact(now.revision).await;
+    match store.list(p, None, None, Some(then)).await {
+        Err(StoreError::Compacted { requested, .. }) => assert_eq!(requested, then),
+        other => panic!("a list below the compaction: {other:?}"),
+    }
+}
+
 pub async fn watch_compacted<F>(store: &dyn Store, compact: F)
 where
     F: Fn(Revision) -> BoxFuture<'static, ()>,
@@ -321,7 +415,7 @@ pub async fn watch_opened_during_writes(store: &dyn Store) {
     let open = async {
         // Let a few writes land first, so the watch needs both a replay and live events.
         loop {
-            let page = store.list(p, None, None).await.expect("list");
+            let page = store.list(p, None, None, None).await.expect("list");
             if page.items.len() >= 5 {
                 break;
             }

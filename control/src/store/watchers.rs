@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::{Result, Revision, StoreError, WatchEvent, WatchStream};
+use super::{KeyValue, ListPage, Result, Revision, StoreError, WatchEvent, WatchStream};
 
 /// Room for live events beyond the replay: a watcher that falls this far behind is
 /// ended with an error rather than holding memory or blocking writers.
@@ -95,6 +95,41 @@ pub(crate) fn replay<'a>(
         .filter(|e| e.kv.mod_revision > after && e.kv.key.starts_with(prefix))
         .cloned()
         .collect()
+}
+
+/// A page of the keys in `prefix` after `start_after` as they were at `revision`, from
+/// the keys as they are now (`current`, in key order, already within the range) and the
+/// events written after `revision` (oldest first): each key an event touched is put back
+/// to the value before the first of them, or dropped when it did not exist then.
+pub(crate) fn page_at(
+    current: impl Iterator<Item = KeyValue>,
+    later: impl Iterator<Item = WatchEvent>,
+    prefix: &str,
+    start_after: Option<&str>,
+    limit: Option<usize>,
+    revision: Revision,
+) -> ListPage {
+    let in_range = |k: &str| k.starts_with(prefix) && start_after.is_none_or(|a| k > a);
+    let mut keys: std::collections::BTreeMap<String, KeyValue> =
+        current.map(|kv| (kv.key.clone(), kv)).collect();
+    let mut rewound = std::collections::HashSet::new();
+    for e in later {
+        if !in_range(&e.kv.key) || !rewound.insert(e.kv.key.clone()) {
+            continue;
+        }
+        match e.prev {
+            Some(prev) => keys.insert(e.kv.key.clone(), prev),
+            None => keys.remove(&e.kv.key),
+        };
+    }
+    let limit = limit.unwrap_or(usize::MAX);
+    let total = keys.len();
+    let items: Vec<KeyValue> = keys.into_values().take(limit).collect();
+    ListPage {
+        remaining: (total - items.len()) as i64,
+        items,
+        revision,
+    }
 }
 
 /// A history of events with the instant each was written, oldest first.
