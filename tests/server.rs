@@ -570,7 +570,8 @@ fn two_servers_on_one_etcd_cluster_outlive_a_dead_member_and_a_dead_server() {
         panic!("{test}: etcd is required");
     };
     let mut a = Server::start(&etcd.endpoints);
-    let mut b = Server::start(&etcd.endpoints);
+    // The second control-plane node shares the first's CA, as kubeadm's do.
+    let mut b = Server::start_with_ca(&etcd.endpoints, Some(&a));
     let k = kubectls.last().expect("kubectl 1.37");
     let name = unique("ha").replace('_', "-");
 
@@ -601,6 +602,20 @@ fn two_servers_on_one_etcd_cluster_outlive_a_dead_member_and_a_dead_server() {
                 .success()
                 .then_some(())
         },
+    );
+    // The first server's kubeconfig, pointed at the second, is good there: one cluster.
+    let text = std::fs::read_to_string(&a.kubeconfig).unwrap();
+    let moved = text.replace(&format!(":{}", a.port), &format!(":{}", b.port));
+    let moved_path = b.write("first-server.conf", &moved);
+    let out = std::process::Command::new(&k.path)
+        .env("KUBECONFIG", &moved_path)
+        .args(["get", "cm", &name, "-o", "jsonpath={.data.k}"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stdout == b"v",
+        "the first server's credentials against the second: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
     let deploy = unique("ha-web").replace('_', "-");
     b.ok(k, &["create", "deployment", &deploy, "--image=nginx"]);

@@ -212,6 +212,13 @@ pub struct Server {
 impl Server {
     /// A server with the embedded store, or on the given etcd endpoints.
     pub fn start(etcd: &[String]) -> Server {
+        Server::start_with_ca(etcd, None)
+    }
+
+    /// A server whose cluster CA is `other`'s (its ca.crt and ca.key copied in before
+    /// the start, as a second control-plane node gets them), so that one kubeconfig and
+    /// the node certificates work against both.
+    pub fn start_with_ca(etcd: &[String], other: Option<&Server>) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("podrun-server-")
             .tempdir()
@@ -227,6 +234,13 @@ impl Server {
             etcd: etcd.to_vec(),
             _dir: dir,
         };
+        if let Some(o) = other {
+            let pki = s.root.join("server/pki");
+            std::fs::create_dir_all(&pki).unwrap();
+            for f in ["ca.crt", "ca.key"] {
+                std::fs::copy(o.root.join("server/pki").join(f), pki.join(f)).unwrap();
+            }
+        }
         s.spawn();
         s
     }
