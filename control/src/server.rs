@@ -88,6 +88,28 @@ fn trim_heap() {
     }
 }
 
+/// kube-apiserver's --etcd-compaction-interval default.
+const ETCD_COMPACT_EVERY: Duration = Duration::from_secs(5 * 60);
+
+/// Compacts etcd's history as kube-apiserver does: each period, up to the revision seen
+/// at the start of the previous one, so watches can resume across at least one period.
+/// Several servers on one etcd may all do it; compacting a revision twice is harmless.
+async fn compact_etcd(store: store::etcd::EtcdStore) {
+    let mut tick = tokio::time::interval(ETCD_COMPACT_EVERY);
+    tick.tick().await;
+    let mut previous: Option<store::Revision> = None;
+    loop {
+        tick.tick().await;
+        if let Some(rev) = previous {
+            if let Err(e) = store.compact(rev).await {
+                // Another server compacted past it already, or etcd is away: next time.
+                tracing::debug!(revision = rev, error = %e, "etcd compaction");
+            }
+        }
+        previous = store.revision().await.ok();
+    }
+}
+
 /// How long the server waits for etcd to answer at start.
 const ETCD_START_WAIT: Duration = Duration::from_secs(60);
 
@@ -114,6 +136,7 @@ pub async fn open_store(config: &ServerConfig) -> Result<(Arc<dyn Store>, String
                 Err(e) => return Err(e.into()),
             }
         };
+        tokio::spawn(compact_etcd(s.clone()));
         Ok((
             Arc::new(s),
             format!("etcd ({})", config.etcd_servers.join(",")),
