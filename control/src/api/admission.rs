@@ -14,6 +14,15 @@ use super::storage::{self, WriteOptions};
 use super::Api;
 use crate::registry::{Cause, ResourceInfo};
 
+/// Where ClusterIP and NodePort claims live: outside /registry/<group>/, so no list of
+/// a resource sees them.
+const CLAIM_PREFIX: &str = "/podrun/allocations/";
+const CLAIM_IPS: &str = "serviceips";
+const CLAIM_PORTS: &str = "nodeports";
+/// How long a claim stands without its Service holding the value: the time between the
+/// claim and the Service's write.
+const CLAIM_GRACE_SECS: i64 = 60;
+
 fn is(info: &ResourceInfo, group: &str, kind: &str) -> bool {
     info.group == group && info.kind == kind
 }
@@ -27,7 +36,7 @@ impl Api {
     ) -> Result<(), ApiError> {
         node_restriction(info, obj, None, opts)?;
         if is(info, "", "Service") {
-            self.allocate_service(obj, None).await?;
+            self.allocate_service(obj, None, opts.dry_run).await?;
         }
         if is(info, "certificates.k8s.io", "CertificateSigningRequest") {
             // Who asked is the server's to say, whatever the request claims.
@@ -58,7 +67,7 @@ impl Api {
     ) -> Result<(), ApiError> {
         node_restriction(info, obj, Some(old), opts)?;
         if is(info, "", "Service") {
-            self.allocate_service(obj, Some(old)).await?;
+            self.allocate_service(obj, Some(old), opts.dry_run).await?;
         }
         Ok(())
     }
@@ -72,7 +81,11 @@ impl Api {
         }
     }
 
-    pub(super) async fn after_delete(&self, _info: &ResourceInfo, _obj: &Value) {}
+    pub(super) async fn after_delete(&self, info: &ResourceInfo, obj: &Value) {
+        if is(info, "", "Service") {
+            self.release_service(obj).await;
+        }
+    }
 
     /// Whether a delete must wait for something besides finalizers: a namespace with
     /// spec.finalizers waits for its contents to go.
@@ -115,7 +128,12 @@ impl Api {
     /// ClusterIP and NodePorts, as kube-apiserver's service REST storage allocates them:
     /// free addresses of the service CIDR (the first one is the `kubernetes` Service's),
     /// ports from the NodePort range. An address or port asked for must be free.
-    async fn allocate_service(&self, obj: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
+    async fn allocate_service(
+        &self,
+        obj: &mut Value,
+        old: Option<&Value>,
+        dry_run: bool,
+    ) -> Result<(), ApiError> {
         let _guard = self.allocations.lock().await;
         let s = self
             .strategy("", "services")
@@ -129,6 +147,11 @@ impl Api {
         let me = (
             object::namespace(obj).map(str::to_string),
             object::name(obj).map(str::to_string),
+        );
+        let owner = format!(
+            "{}/{}",
+            me.0.as_deref().unwrap_or_default(),
+            me.1.as_deref().unwrap_or_default()
         );
         let mut ips = HashSet::new();
         let mut ports = HashSet::new();
@@ -168,9 +191,18 @@ impl Api {
             if ip.is_empty() {
                 let chosen = match old_ip {
                     Some(o) if !o.is_empty() => o,
-                    _ => self.free_service_ip(&ips).ok_or_else(|| {
-                        ApiError::internal("failed to allocate a serviceIP: range is full")
-                    })?,
+                    _ => loop {
+                        let ip = self.free_service_ip(&ips).ok_or_else(|| {
+                            ApiError::internal("failed to allocate a serviceIP: range is full")
+                        })?;
+                        if dry_run || self.claim(CLAIM_IPS, &ip, &owner).await? {
+                            break ip;
+                        }
+                        // Another server has just handed it out.
+                        if let Ok(taken) = ip.parse() {
+                            ips.insert(taken);
+                        }
+                    },
                 };
                 obj["spec"]["clusterIP"] = json!(chosen);
                 obj["spec"]["clusterIPs"] = json!([chosen]);
@@ -192,7 +224,7 @@ impl Api {
                         &format!("failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}", self.config.service_cidr),
                     )]));
                 }
-                if ips.contains(&parsed) {
+                if ips.contains(&parsed) || !dry_run && !self.claim(CLAIM_IPS, &ip, &owner).await? {
                     return Err(ApiError::invalid(
                         &t,
                         &[cause(
@@ -227,7 +259,10 @@ impl Api {
                                 &format!("provided port is not in the valid range. The range of valid ports is {lo}-{hi}"),
                             )]));
                         }
-                        if ports.contains(&n) && !old_ports.contains(&n) {
+                        let claimed = old_ports.contains(&n)
+                            || dry_run
+                            || self.claim(CLAIM_PORTS, &n.to_string(), &owner).await?;
+                        if ports.contains(&n) && !old_ports.contains(&n) || !claimed {
                             return Err(ApiError::invalid(
                                 &t,
                                 &[cause(
@@ -241,14 +276,24 @@ impl Api {
                     }
                     _ => {
                         let reuse = old_ports.get(i).copied().filter(|n| !mine.contains(n));
-                        let n = reuse
-                            .or_else(|| {
-                                (lo as i64..=hi as i64)
+                        let n = match reuse {
+                            Some(n) => n,
+                            None => loop {
+                                let n = (lo as i64..=hi as i64)
                                     .find(|n| !ports.contains(n) && !mine.contains(n))
-                            })
-                            .ok_or_else(|| {
-                                ApiError::internal("failed to allocate a nodePort: range is full")
-                            })?;
+                                    .ok_or_else(|| {
+                                        ApiError::internal(
+                                            "failed to allocate a nodePort: range is full",
+                                        )
+                                    })?;
+                                if dry_run
+                                    || self.claim(CLAIM_PORTS, &n.to_string(), &owner).await?
+                                {
+                                    break n;
+                                }
+                                ports.insert(n);
+                            },
+                        };
                         mine.insert(n);
                         p["nodePort"] = json!(n);
                     }
@@ -256,6 +301,106 @@ impl Api {
             }
         }
         Ok(())
+    }
+
+    /// Claims a ClusterIP or NodePort for the Service `owner` ("namespace/name") across
+    /// every server on this store, as kube-apiserver's IPAddress objects do: a key made
+    /// only when absent. True when the claim is (now) the Service's. A claim older than
+    /// a minute whose Service does not hold the value (a create that failed after
+    /// claiming, a Service since deleted by an older server) is taken over.
+    async fn claim(&self, kind: &str, value: &str, owner: &str) -> Result<bool, ApiError> {
+        let key = format!("{CLAIM_PREFIX}{kind}/{value}");
+        let record = |owner: &str| {
+            json!({ "service": owner, "at": chrono::Utc::now().timestamp() })
+                .to_string()
+                .into_bytes()
+        };
+        let internal = |e: crate::store::StoreError| ApiError::internal(e.to_string());
+        match self.store.create(&key, record(owner)).await {
+            Ok(_) => return Ok(true),
+            Err(crate::store::StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(internal(e)),
+        }
+        let Some(kv) = self.store.get(&key).await.map_err(internal)? else {
+            return Ok(false);
+        };
+        let held: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+        let holder = held["service"].as_str().unwrap_or_default();
+        if holder == owner {
+            return Ok(true);
+        }
+        let age = chrono::Utc::now().timestamp() - held["at"].as_i64().unwrap_or(0);
+        if age < CLAIM_GRACE_SECS || self.service_holds(holder, kind, value).await {
+            return Ok(false);
+        }
+        match self
+            .store
+            .update(&key, record(owner), kv.mod_revision)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Whether the Service `holder` ("namespace/name") has the claimed value.
+    async fn service_holds(&self, holder: &str, kind: &str, value: &str) -> bool {
+        let Some((ns, name)) = holder.split_once('/') else {
+            return false;
+        };
+        let Some(s) = self.strategy("", "services") else {
+            return false;
+        };
+        let Ok(Some(kv)) = self
+            .store
+            .get(&storage::key(s.info(), Some(ns), name))
+            .await
+        else {
+            return false;
+        };
+        let Ok(svc) = serde_json::from_slice::<Value>(&kv.value) else {
+            return false;
+        };
+        match kind {
+            CLAIM_IPS => svc["spec"]["clusterIP"] == value,
+            _ => svc["spec"]["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["nodePort"].as_i64().map(|n| n.to_string()).as_deref() == Some(value)),
+        }
+    }
+
+    /// Gives back a deleted Service's claims.
+    async fn release_service(&self, svc: &Value) {
+        let owner = format!(
+            "{}/{}",
+            object::namespace(svc).unwrap_or_default(),
+            object::name(svc).unwrap_or_default()
+        );
+        let mut keys = Vec::new();
+        if let Some(ip) = svc["spec"]["clusterIP"]
+            .as_str()
+            .filter(|i| i.parse::<IpAddr>().is_ok())
+        {
+            keys.push(format!("{CLAIM_PREFIX}{CLAIM_IPS}/{ip}"));
+        }
+        for p in svc["spec"]["ports"].as_array().into_iter().flatten() {
+            if let Some(n) = p["nodePort"].as_i64() {
+                keys.push(format!("{CLAIM_PREFIX}{CLAIM_PORTS}/{n}"));
+            }
+        }
+        for key in keys {
+            let Ok(Some(kv)) = self.store.get(&key).await else {
+                continue;
+            };
+            let held: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+            if held["service"] == owner.as_str() {
+                if let Err(e) = self.store.delete(&key, Some(kv.mod_revision)).await {
+                    warn!(key = %key, error = %e, "releasing a service's claim");
+                }
+            }
+        }
     }
 
     fn free_service_ip(&self, used: &HashSet<IpAddr>) -> Option<String> {
@@ -374,5 +519,94 @@ fn cause(field: &str, value: &str, why: &str) -> Cause {
         field: field.into(),
         reason: "FieldValueInvalid",
         message: format!("Invalid value: \"{value}\": {why}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::storage::Warnings;
+
+    fn api_on(store: Arc<dyn crate::store::Store>) -> (Arc<Api>, tokio::sync::watch::Sender<bool>) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let config = crate::api::ApiConfig {
+            // A small range: collisions are likely when the claims do not work.
+            service_cidr: "10.96.0.0/28".parse().unwrap(),
+            node_ports: (30000, 30015),
+            advertise: "127.0.0.1:6443".parse().unwrap(),
+        };
+        let api = Arc::new(Api::new(store, config, crate::registry::all(), rx));
+        (api, tx)
+    }
+
+    fn service(name: &str) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": { "name": name, "namespace": "default" },
+            "spec": { "type": "NodePort", "ports": [{ "port": 80 }] },
+        })
+    }
+
+    async fn create(api: &Api, obj: Value) -> Result<Value, ApiError> {
+        let s = api.strategy("", "services").unwrap();
+        api.create_object(
+            s,
+            Some("default"),
+            obj,
+            &WriteOptions::default(),
+            &mut Warnings::default(),
+        )
+        .await
+    }
+
+    /// Two servers on one store, creating Services at once, never hand out one
+    /// ClusterIP or NodePort twice; a deleted Service's values go back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn servers_sharing_a_store_never_hand_out_one_ip_or_port_twice() {
+        let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemoryStore::new());
+        let (a, _ta) = api_on(store.clone());
+        let (b, _tb) = api_on(store.clone());
+        a.bootstrap().await.unwrap();
+        b.bootstrap().await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let (a, b) = (a.clone(), b.clone());
+            tasks.push(tokio::spawn(async move {
+                let x = create(&a, service(&format!("a{i}"))).await.unwrap();
+                let y = create(&b, service(&format!("b{i}"))).await.unwrap();
+                vec![x, y]
+            }));
+        }
+        let mut ips = HashSet::new();
+        let mut ports = HashSet::new();
+        for t in tasks {
+            for svc in t.await.unwrap() {
+                let ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+                assert!(ips.insert(ip.clone()), "{ip} handed out twice");
+                let port = svc["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+                assert!(ports.insert(port), "{port} handed out twice");
+            }
+        }
+        // Asking for a taken address through the other server fails.
+        let taken = ips.iter().next().unwrap().clone();
+        let mut want = service("wants-taken");
+        want["spec"]["clusterIP"] = json!(taken);
+        let err = create(&b, want).await.unwrap_err();
+        assert!(err.message.contains("already allocated"), "{}", err.message);
+
+        // A deleted Service's address is free again, for either server.
+        let s = a.strategy("", "services").unwrap();
+        let (gone, _) = a
+            .delete_object(s, Some("default"), "a0", &Default::default())
+            .await
+            .unwrap();
+        let freed = gone["spec"]["clusterIP"].as_str().unwrap().to_string();
+        let mut again = service("again");
+        again["spec"]["clusterIP"] = json!(freed);
+        create(&b, again).await.unwrap();
     }
 }
