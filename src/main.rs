@@ -197,7 +197,6 @@ enum Command {
     },
     /// The control plane: a Kubernetes API server that kubectl drives, on an embedded
     /// store (under --root, in server/) or etcd.
-    #[command(args_conflicts_with_subcommands = true)]
     Server {
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0")]

@@ -48,6 +48,20 @@ pub fn server(cli: &Cli) -> Result<ExitCode> {
         unreachable!("dispatched on Command::Server");
     };
     if let Some(ServerAction::Token { kubeconfig, action }) = action {
+        // The serving flags are the server's; given with `token` they would be ignored.
+        let serving_flags_given = bind_address.to_string() != "0.0.0.0"
+            || *secure_port != 6443
+            || advertise_address.is_some()
+            || !etcd_servers.is_empty()
+            || service_cluster_ip_range.to_string() != "10.96.0.0/12"
+            || service_node_port_range != "30000-32767";
+        if serving_flags_given {
+            bail!(
+                "podrun server token: --bind-address, --secure-port, --advertise-address, \
+                 --etcd-servers and the service ranges are flags of the server itself; \
+                 the token commands reach it through the admin kubeconfig"
+            );
+        }
         return token_command(cli, kubeconfig.as_deref(), action);
     }
     let config = ServerConfig {
