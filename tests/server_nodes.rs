@@ -396,6 +396,44 @@ fn nodes_join_with_a_token_and_touch_only_their_own_objects() {
         Some(&pod_manifest("mirror-w1", "w1", true)),
     );
     c.ok(w1(), &["delete", "pod", "on-w1", "--wait=false"], None);
+    // Secrets and ConfigMaps: a node reads those its pods use, one by one, and no others.
+    for n in ["w1", "w2"] {
+        c.ok(
+            As::Admin,
+            &[
+                "create",
+                "secret",
+                "generic",
+                &format!("s-{n}"),
+                "--from-literal=k=v",
+            ],
+            None,
+        );
+        c.ok(
+            As::Admin,
+            &[
+                "create",
+                "configmap",
+                &format!("cm-{n}"),
+                "--from-literal=k=v",
+            ],
+            None,
+        );
+        let pod = format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: uses-{n}\n  namespace: default\nspec:\n  nodeName: {n}\n  volumes:\n  - name: s\n    secret:\n      secretName: s-{n}\n  containers:\n  - name: c\n    image: busybox\n    envFrom:\n    - configMapRef:\n        name: cm-{n}\n");
+        c.ok(As::Admin, &["create", "-f", "-"], Some(&pod));
+    }
+    c.ok(w1(), &["get", "secret", "s-w1"], None);
+    c.ok(w1(), &["get", "configmap", "cm-w1"], None);
+    c.ok(
+        w1(),
+        &["get", "secrets", "--field-selector", "metadata.name=s-w1"],
+        None,
+    );
+    c.forbidden(w1(), &["get", "secret", "s-w2"], None);
+    c.forbidden(w1(), &["get", "configmap", "cm-w2"], None);
+    c.forbidden(w1(), &["get", "secrets"], None);
+    c.forbidden(w2(), &["get", "secret", "s-w1"], None);
+
     // Nodes do not write workloads or read cluster roles of others.
     c.forbidden(
         w2(),

@@ -237,6 +237,7 @@ impl Api {
         }
         let ns = r.namespace.as_deref();
         self.authorize(user, &r)?;
+        self.node_may_read(user, &r, q).await?;
         let output = codec::negotiate(req.headers())?;
         let (parts, body) = req.into_parts();
         let headers = parts.headers;

@@ -212,6 +212,61 @@ impl Api {
 
     /// Whether the user may do what the request asks (the object-level checks of Node
     /// restriction happen in the writes).
+    /// The node authorizer's graph, in small: a node reads a Secret or ConfigMap only
+    /// when a pod bound to it uses it, and lists or watches one only by name (kubelet
+    /// watches each one with `fieldSelector=metadata.name=<name>`).
+    pub(super) async fn node_may_read(
+        &self,
+        user: &auth::User,
+        r: &ResourceRequest,
+        q: &Query,
+    ) -> Result<(), ApiError> {
+        let Some(node) = user.node() else {
+            return Ok(());
+        };
+        if !r.group.is_empty() || !matches!(r.resource.as_str(), "secrets" | "configmaps") {
+            return Ok(());
+        }
+        let by_selector = q
+            .get("fieldSelector")
+            .and_then(|f| f.strip_prefix("metadata.name="))
+            .filter(|n| !n.contains(',') && !n.is_empty());
+        let name = r.name.as_deref().or(by_selector);
+        let deny = |why: &str| {
+            ApiError::forbidden(format!(
+                "{} \"{}\" is forbidden: User \"{}\" cannot {} resource \"{}\" in API group \"\" in the namespace \"{}\": {why}",
+                r.resource,
+                name.unwrap_or_default(),
+                user.name,
+                r.verb.as_str(),
+                r.resource,
+                r.namespace.as_deref().unwrap_or_default(),
+            ))
+        };
+        let (Some(name), Some(ns)) = (name, r.namespace.as_deref()) else {
+            return Err(deny("a node reads these one by one, by name"));
+        };
+        let pods = self
+            .strategy("", "pods")
+            .ok_or_else(|| ApiError::internal("pods are not served"))?;
+        let opts = super::handlers::ListOptions {
+            fields: Some(
+                super::selector::FieldSelector::parse(&format!("spec.nodeName={node}"))
+                    .map_err(|e| ApiError::internal(e.to_string()))?,
+            ),
+            ..Default::default()
+        };
+        let (bound, _, _, _) = self.list_objects(pods, Some(ns), &opts).await?;
+        let secret = r.resource == "secrets";
+        if bound.iter().any(|p| uses(p, secret, name)) {
+            Ok(())
+        } else {
+            Err(deny(&format!(
+                "no relationship found between node '{node}' and this object"
+            )))
+        }
+    }
+
     pub(super) fn authorize(&self, user: &auth::User, r: &ResourceRequest) -> Result<(), ApiError> {
         let attrs = auth::RequestAttributes {
             verb: r.verb.as_str().to_string(),
@@ -225,5 +280,81 @@ impl Api {
             auth::Decision::Allow => Ok(()),
             auth::Decision::Deny(reason) => Err(ApiError::forbidden(reason)),
         }
+    }
+}
+
+/// Whether a pod uses the Secret (or ConfigMap) `name`: in a volume (projected ones
+/// too), in a container's env or envFrom, or as an image pull secret.
+pub(super) fn uses(pod: &Value, secret: bool, name: &str) -> bool {
+    let spec = &pod["spec"];
+    let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    let (vol_key, vol_name, src_key, env_key, from_key) = if secret {
+        (
+            "secret",
+            "secretName",
+            "secret",
+            "secretKeyRef",
+            "secretRef",
+        )
+    } else {
+        (
+            "configMap",
+            "name",
+            "configMap",
+            "configMapKeyRef",
+            "configMapRef",
+        )
+    };
+    let volumes = list(&spec["volumes"]).into_iter().any(|v| {
+        v[vol_key][vol_name] == name
+            || list(&v["projected"]["sources"])
+                .iter()
+                .any(|s| s[src_key]["name"] == name)
+    });
+    let containers = ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|k| list(&spec[*k]))
+        .any(|c| {
+            list(&c["env"])
+                .iter()
+                .any(|e| e["valueFrom"][env_key]["name"] == name)
+                || list(&c["envFrom"])
+                    .iter()
+                    .any(|e| e[from_key]["name"] == name)
+        });
+    let pull = secret
+        && list(&spec["imagePullSecrets"])
+            .iter()
+            .any(|s| s["name"] == name);
+    volumes || containers || pull
+}
+
+#[cfg(test)]
+mod node_read_tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_uses_what_its_volumes_env_and_pull_secrets_name() {
+        let pod = json!({ "spec": {
+            "volumes": [
+                { "name": "a", "secret": { "secretName": "vol-secret" } },
+                { "name": "b", "configMap": { "name": "vol-cm" } },
+                { "name": "c", "projected": { "sources": [
+                    { "secret": { "name": "proj-secret" } }, { "configMap": { "name": "proj-cm" } } ] } },
+            ],
+            "initContainers": [{ "name": "i", "envFrom": [{ "secretRef": { "name": "init-secret" } }] }],
+            "containers": [{ "name": "c", "env": [
+                { "name": "X", "valueFrom": { "configMapKeyRef": { "name": "env-cm", "key": "k" } } } ] }],
+            "imagePullSecrets": [{ "name": "pull" }],
+        }});
+        for s in ["vol-secret", "proj-secret", "init-secret", "pull"] {
+            assert!(uses(&pod, true, s), "{s}");
+        }
+        for c in ["vol-cm", "proj-cm", "env-cm"] {
+            assert!(uses(&pod, false, c), "{c}");
+        }
+        assert!(!uses(&pod, true, "vol-cm"));
+        assert!(!uses(&pod, false, "vol-secret"));
+        assert!(!uses(&pod, true, "other"));
     }
 }
