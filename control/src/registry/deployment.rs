@@ -28,6 +28,8 @@ pub static DEF: Def = Def {
     status: true,
     generation: true,
     initial_status: |_| json!({}),
+    prepare_update: generic::no_prepare,
+    field_value: generic::field_value,
     fields: &[],
 };
 

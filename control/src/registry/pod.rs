@@ -38,6 +38,11 @@ pub static DEF: Def = Def {
     status: true,
     generation: false,
     initial_status,
+    prepare_update: generic::no_prepare,
+    field_value: |o, p| match p {
+        "spec.hostNetwork" => generic::field_value_or(o, p, "false"),
+        _ => generic::field_value(o, p),
+    },
     fields: &[
         "spec.nodeName",
         "spec.restartPolicy",
@@ -118,7 +123,6 @@ pub fn default_pod_spec(spec: &mut Value) {
     set_default(spec, "dnsPolicy", json!("ClusterFirst"));
     set_default(spec, "schedulerName", json!("default-scheduler"));
     set_default(spec, "securityContext", json!({}));
-    set_default(spec, "enableServiceLinks", json!(true));
     for list in ["containers", "initContainers"] {
         for c in spec
             .get_mut(list)
@@ -146,9 +150,37 @@ pub fn default_pod_spec(spec: &mut Value) {
     }
 }
 
+/// SetDefaults_Pod's part for pods alone (templates do not get it): requests default to
+/// limits, and service links are on.
+fn default_pod_only(spec: &mut Value) {
+    set_default(spec, "enableServiceLinks", json!(true));
+    for list in ["containers", "initContainers"] {
+        for c in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let Some(limits) = c["resources"]["limits"].as_object().cloned() else {
+                continue;
+            };
+            let res = &mut c["resources"];
+            if !res["requests"].is_object() {
+                res["requests"] = json!({});
+            }
+            for (k, v) in limits {
+                set_default(&mut res["requests"], &k, v);
+            }
+        }
+    }
+}
+
 fn default_pod(obj: &mut Value) {
     let spec = &mut obj["spec"];
     default_pod_spec(spec);
+    if spec.is_object() {
+        default_pod_only(spec);
+    }
     // Admission: ServiceAccount, Priority, DefaultTolerationSeconds.
     if spec.is_object() {
         let sa = spec["serviceAccountName"]
@@ -218,6 +250,32 @@ fn check_port(field: &str, p: &Value) -> Option<Cause> {
     }
 }
 
+/// What IsValidPortName reports of a container port's name (an IANA service name).
+pub fn port_name_errors(n: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if n.len() > 15 {
+        errs.push("must be no more than 15 characters".to_string());
+    }
+    if !n
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        errs.push(
+            "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".to_string(),
+        );
+    }
+    if !n.bytes().any(|b| b.is_ascii_lowercase()) {
+        errs.push("must contain at least one letter (a-z)".to_string());
+    }
+    if n.contains("--") {
+        errs.push("must not contain consecutive hyphens".to_string());
+    }
+    if n.starts_with('-') || n.ends_with('-') {
+        errs.push("must not begin or end with a hyphen".to_string());
+    }
+    errs
+}
+
 /// A pod spec's checks: for pods at `spec`, for templates at `spec.template.spec`.
 pub fn validate_pod_spec(spec: &Value, at: &str) -> Vec<Cause> {
     let mut causes = Vec::new();
@@ -259,7 +317,17 @@ pub fn validate_pod_spec(spec: &Value, at: &str) -> Vec<Cause> {
                     ));
                 }
             }
+            let mut port_names = HashSet::new();
             for (j, p) in c["ports"].as_array().into_iter().flatten().enumerate() {
+                if let Some(n) = p["name"].as_str().filter(|n| !n.is_empty()) {
+                    let field = format!("{f}.ports[{j}].name");
+                    let errs = port_name_errors(n);
+                    if !errs.is_empty() {
+                        causes.extend(errs.iter().map(|m| invalid(&field, &json!(n), m)));
+                    } else if !port_names.insert(n.to_string()) {
+                        causes.push(duplicate(&field, &json!(n)));
+                    }
+                }
                 causes.extend(check_port(
                     &format!("{f}.ports[{j}].containerPort"),
                     &p["containerPort"],
@@ -422,5 +490,116 @@ mod tests {
         assert!(s.validate_update(&new, &old).is_empty());
         new["spec"]["containers"][0]["name"] = json!("other");
         assert_eq!(s.validate_update(&new, &old)[0].field, "spec");
+    }
+
+    fn created(spec: Value) -> Value {
+        let s = generic::Static(&DEF);
+        let mut p = json!({ "metadata": { "name": "p", "namespace": "d" }, "spec": spec });
+        s.default(&mut p);
+        s.prepare_for_create(&mut p);
+        p
+    }
+
+    #[test]
+    fn pull_policies_dns_and_service_links() {
+        let p = created(json!({"containers": [
+            {"name": "a", "image": "reg:5000/x"},
+            {"name": "b", "image": "x@sha256:00"}]}));
+        let spec = &p["spec"];
+        assert_eq!(spec["containers"][0]["imagePullPolicy"], "Always");
+        assert_eq!(spec["containers"][1]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(spec["dnsPolicy"], "ClusterFirst");
+        assert_eq!(spec["schedulerName"], "default-scheduler");
+        assert_eq!(spec["enableServiceLinks"], true);
+        assert_eq!(spec["priority"], 0);
+        assert_eq!(spec["serviceAccount"], "default");
+        assert_eq!(spec["tolerations"][1]["tolerationSeconds"], 300);
+    }
+
+    #[test]
+    fn requests_default_to_limits_and_set_the_qos_class() {
+        let g = created(json!({"containers": [{"name": "a", "image": "i",
+            "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}));
+        assert_eq!(g["status"]["qosClass"], "Guaranteed");
+        assert_eq!(
+            g["spec"]["containers"][0]["resources"]["requests"],
+            json!({"cpu": "1", "memory": "1Gi"})
+        );
+        let b = created(json!({"containers": [{"name": "a", "image": "i",
+            "resources": {"requests": {"cpu": "100m"}, "limits": {"memory": "1Gi"}}}]}));
+        assert_eq!(b["status"]["qosClass"], "Burstable");
+        assert_eq!(
+            b["spec"]["containers"][0]["resources"]["requests"],
+            json!({"cpu": "100m", "memory": "1Gi"})
+        );
+    }
+
+    #[test]
+    fn common_errors_read_as_kube_apiservers() {
+        let s = generic::Static(&DEF);
+        let p = created(json!({"containers": []}));
+        let causes = s.validate(&p);
+        assert_eq!(causes, [required("spec.containers")]);
+
+        let p = created(json!({"restartPolicy": "Sometimes", "containers": [
+            {"name": "a", "image": "i", "imagePullPolicy": "Maybe",
+             "ports": [{"containerPort": 70000, "name": "80"}, {"containerPort": 81, "name": "http"}, {"containerPort": 82, "name": "http"}]},
+            {"name": "a"}]}));
+        let got: Vec<(String, String)> = s
+            .validate(&p)
+            .into_iter()
+            .map(|c| (c.field, c.message))
+            .collect();
+        let want = [
+            ("spec.containers[0].imagePullPolicy", "Unsupported value: \"Maybe\": supported values: \"Always\", \"IfNotPresent\", \"Never\""),
+            ("spec.containers[0].ports[0].name", "Invalid value: \"80\": must contain at least one letter (a-z)"),
+            ("spec.containers[0].ports[0].containerPort", "Invalid value: 70000: must be between 1 and 65535, inclusive"),
+            ("spec.containers[0].ports[2].name", "Duplicate value: \"http\""),
+            ("spec.containers[1].name", "Duplicate value: \"a\""),
+            ("spec.containers[1].image", "Required value"),
+            ("spec.restartPolicy", "Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\""),
+        ];
+        for (f, m) in want {
+            assert!(
+                got.contains(&(f.to_string(), m.to_string())),
+                "missing {f}: {m} in {got:?}"
+            );
+        }
+        assert_eq!(got.len(), want.len(), "{got:?}");
+    }
+
+    #[test]
+    fn updates_keep_status_and_may_add_tolerations() {
+        let s = generic::Static(&DEF);
+        let old = created(json!({"containers": [{"name": "a", "image": "nginx:1"}]}));
+        let mut new = old.clone();
+        new["spec"]["containers"][0]["image"] = json!("nginx:2");
+        new["spec"]["tolerations"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"key": "k", "operator": "Exists"}));
+        new["status"] = json!({"phase": "Running"});
+        s.prepare_for_update(&mut new, &old);
+        assert_eq!(new["status"]["phase"], "Pending");
+        assert!(s.validate_update(&new, &old).is_empty());
+        let mut bad = old.clone();
+        bad["spec"]["restartPolicy"] = json!("Never");
+        let causes = s.validate_update(&bad, &old);
+        assert_eq!(causes.len(), 1);
+        assert!(causes[0].message.starts_with(
+            "Forbidden: pod updates may not change fields other than `spec.containers[*].image`,"
+        ));
+    }
+
+    #[test]
+    fn field_selectors() {
+        let s = generic::Static(&DEF);
+        let mut p = created(json!({"containers": [{"name": "a", "image": "i"}], "nodeName": "n1"}));
+        p["status"]["podIP"] = json!("10.0.0.1");
+        assert_eq!(s.field(&p, "spec.nodeName").as_deref(), Some("n1"));
+        assert_eq!(s.field(&p, "status.phase").as_deref(), Some("Pending"));
+        assert_eq!(s.field(&p, "status.podIP").as_deref(), Some("10.0.0.1"));
+        assert_eq!(s.field(&p, "spec.hostNetwork").as_deref(), Some("false"));
+        assert_eq!(s.field(&p, "spec.bogus"), None);
     }
 }
