@@ -276,6 +276,103 @@ pub fn port_name_errors(n: &str) -> Vec<String> {
     errs
 }
 
+const QUANTITY_MSG: &str =
+    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
+
+/// A resource quantity in units of 10^-9 (rounded up), or None when the string is not
+/// a quantity: a signed decimal number with a binary (Ki..Ei), decimal (n..E) or
+/// exponent (e3) suffix.
+pub fn parse_quantity(q: &str) -> Option<i128> {
+    let (neg, body) = match q.as_bytes().first()? {
+        b'-' => (true, &q[1..]),
+        b'+' => (false, &q[1..]),
+        _ => (false, q),
+    };
+    let split = body
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(body.len());
+    let (num, suffix) = body.split_at(split);
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    if (int.is_empty() && frac.is_empty()) || frac.contains('.') || int.len() + frac.len() > 30 {
+        return None;
+    }
+    let digits: i128 = format!("{int}{frac}").parse().ok()?;
+    // value = digits * 10^-frac.len() * scale; scale as (multiplier, power of ten).
+    let (mul, exp10): (i128, i32) = match suffix {
+        "" => (1, 0),
+        "n" => (1, -9),
+        "u" => (1, -6),
+        "m" => (1, -3),
+        "k" => (1, 3),
+        "M" => (1, 6),
+        "G" => (1, 9),
+        "T" => (1, 12),
+        "P" => (1, 15),
+        "E" => (1, 18),
+        "Ki" => (1 << 10, 0),
+        "Mi" => (1 << 20, 0),
+        "Gi" => (1 << 30, 0),
+        "Ti" => (1 << 40, 0),
+        "Pi" => (1 << 50, 0),
+        "Ei" => (1 << 60, 0),
+        e if e.starts_with(['e', 'E']) => {
+            (1, e[1..].parse::<i32>().ok().filter(|x| x.abs() <= 18)?)
+        }
+        _ => return None,
+    };
+    let exp = exp10 + 9 - frac.len() as i32;
+    let value = if exp >= 0 {
+        digits
+            .checked_mul(mul)?
+            .checked_mul(10i128.checked_pow(exp as u32)?)?
+    } else {
+        let d = 10i128.checked_pow((-exp) as u32)?;
+        let n = digits.checked_mul(mul)?;
+        (n + d - 1) / d
+    };
+    Some(if neg { -value } else { value })
+}
+
+/// ValidateResourceRequirements: quantities that parse, none negative, and no request
+/// above its limit.
+fn validate_resources(at: &str, r: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let mut parsed = |kind: &str| {
+        let mut out = Vec::new();
+        for (name, q) in r[kind].as_object().into_iter().flatten() {
+            let field = format!("{at}.{kind}[{name}]");
+            let text = q
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| q.to_string());
+            match parse_quantity(&text) {
+                None => causes.push(invalid(&field, &json!(text), QUANTITY_MSG)),
+                Some(v) if v < 0 => causes.push(invalid(
+                    &field,
+                    &json!(text),
+                    "must be greater than or equal to 0",
+                )),
+                Some(v) => out.push((name.clone(), text, v)),
+            }
+        }
+        out
+    };
+    let limits = parsed("limits");
+    let requests = parsed("requests");
+    for (name, text, v) in &requests {
+        if let Some((_, ltext, l)) = limits.iter().find(|(n, _, _)| n == name) {
+            if v > l {
+                causes.push(invalid(
+                    &format!("{at}.requests[{name}]"),
+                    &json!(text),
+                    &format!("must be less than or equal to {name} limit of {ltext}"),
+                ));
+            }
+        }
+    }
+    causes
+}
+
 /// A pod spec's checks: for pods at `spec`, for templates at `spec.template.spec`.
 pub fn validate_pod_spec(spec: &Value, at: &str) -> Vec<Cause> {
     let mut causes = Vec::new();
@@ -305,6 +402,10 @@ pub fn validate_pod_spec(spec: &Value, at: &str) -> Vec<Cause> {
                     }
                 }
             }
+            causes.extend(validate_resources(
+                &format!("{f}.resources"),
+                &c["resources"],
+            ));
             if c["image"].as_str().is_none_or(|i| i.trim().is_empty()) {
                 causes.push(required(&format!("{f}.image")));
             }
@@ -601,5 +702,53 @@ mod tests {
         assert_eq!(s.field(&p, "status.podIP").as_deref(), Some("10.0.0.1"));
         assert_eq!(s.field(&p, "spec.hostNetwork").as_deref(), Some("false"));
         assert_eq!(s.field(&p, "spec.bogus"), None);
+    }
+
+    #[test]
+    fn quantities_parse_as_kubernetes_writes_them() {
+        assert_eq!(parse_quantity("100m"), Some(100_000_000));
+        assert_eq!(parse_quantity("0.1"), parse_quantity("100m"));
+        assert_eq!(parse_quantity("1Gi"), Some((1i128 << 30) * 1_000_000_000));
+        assert_eq!(parse_quantity("1e3"), parse_quantity("1k"));
+        assert_eq!(parse_quantity("1.5Ki"), Some(1536 * 1_000_000_000));
+        assert!(parse_quantity("-1").is_some_and(|v| v < 0));
+        for bad in ["abc", "1.2.3", "5X", "", ".", "1Gii"] {
+            assert_eq!(parse_quantity(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_quantities_and_requests_over_limits() {
+        let s = generic::Static(&DEF);
+        let p = created(json!({"containers": [{"name": "a", "image": "i",
+            "resources": {"limits": {"cpu": "1"}, "requests": {"cpu": "2", "memory": "lots"}}}]}));
+        let causes = s.validate(&p);
+        let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.containers[0].resources.requests[memory]",
+                "spec.containers[0].resources.requests[cpu]"
+            ]
+        );
+        assert!(causes[0]
+            .message
+            .starts_with("Invalid value: \"lots\": quantities must match the regular expression"));
+        assert_eq!(
+            causes[1].message,
+            "Invalid value: \"2\": must be less than or equal to cpu limit of 1"
+        );
+        let p = created(json!({"containers": [{"name": "a", "image": "i",
+            "resources": {"limits": {"memory": "1Gi"}, "requests": {"memory": "512Mi", "cpu": "-1"}}}]}));
+        let causes = s.validate(&p);
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert_eq!(
+            causes[0].field,
+            "spec.containers[0].resources.requests[cpu]"
+        );
+        assert_eq!(
+            causes[0].message,
+            "Invalid value: \"-1\": must be greater than or equal to 0"
+        );
     }
 }
