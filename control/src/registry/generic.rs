@@ -22,6 +22,9 @@ pub struct Def {
     /// What an update of the main resource keeps from the old object besides status
     /// and generation (a Service's allocated clusterIP), after the common handling.
     pub prepare_update: fn(&mut Value, &Value),
+    /// What a status update keeps from the old object besides the spec (a Deployment's
+    /// labels), after the common handling.
+    pub prepare_status_update: fn(&mut Value, &Value),
     /// The value a field selector sees for one of `fields`.
     pub field_value: fn(&Value, &str) -> String,
     /// Fields selectors may name, besides metadata.name and metadata.namespace.
@@ -183,6 +186,7 @@ impl Strategy for Static {
         if self.0.generation {
             obj["metadata"]["generation"] = old["metadata"]["generation"].clone();
         }
+        (self.0.prepare_status_update)(obj, old);
     }
 
     fn validate(&self, obj: &Value) -> Vec<Cause> {

@@ -185,6 +185,21 @@ mod tests {
         assert_eq!(scaled["metadata"]["generation"], 2);
         assert_eq!(scaled["status"], json!({}));
 
+        // A status update keeps the spec and, for deployments, the labels.
+        let mut status = d.clone();
+        status["spec"]["replicas"] = json!(7);
+        status["metadata"]["labels"] = json!({"x": "y"});
+        status["status"] = json!({"replicas": 1});
+        s.prepare_for_status_update(&mut status, &d);
+        assert_eq!(status["spec"], d["spec"]);
+        assert!(status["metadata"].get("labels").is_none(), "{status}");
+        assert_eq!(status["status"]["replicas"], 1);
+        let rs = lookup("apps", "replicasets");
+        let mut rs_status = d.clone();
+        rs_status["metadata"]["labels"] = json!({"x": "y"});
+        rs.prepare_for_status_update(&mut rs_status, &d);
+        assert_eq!(rs_status["metadata"]["labels"], json!({"x": "y"}));
+
         let mut moved = d.clone();
         moved["spec"]["selector"] = json!({"matchLabels": {"app": "other"}});
         moved["spec"]["template"]["metadata"]["labels"] = json!({"app": "other"});

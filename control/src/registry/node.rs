@@ -26,6 +26,7 @@ pub static DEF: Def = Def {
     generation: false,
     // Nodes register with their status.
     initial_status: |n| n.get("status").cloned().unwrap_or(json!({})),
+    prepare_status_update: generic::no_prepare,
     prepare_update: generic::no_prepare,
     field_value: |o, p| generic::field_value_or(o, p, "false"),
     fields: &["spec.unschedulable"],

@@ -38,6 +38,7 @@ pub static DEF: Def = Def {
     status: true,
     generation: false,
     initial_status,
+    prepare_status_update: generic::no_prepare,
     prepare_update: generic::no_prepare,
     field_value: |o, p| match p {
         "spec.hostNetwork" => generic::field_value_or(o, p, "false"),

@@ -28,6 +28,7 @@ pub static DEF: Def = Def {
     status: true,
     generation: true,
     initial_status: |_| json!({ "replicas": 0 }),
+    prepare_status_update: generic::no_prepare,
     prepare_update: generic::no_prepare,
     field_value: |o, p| generic::field_value_or(o, p, "0"),
     fields: &["status.replicas"],

@@ -29,6 +29,7 @@ pub static DEF: Def = Def {
     status: true,
     generation: false,
     initial_status: |_| json!({ "loadBalancer": {} }),
+    prepare_status_update: generic::no_prepare,
     prepare_update,
     field_value: generic::field_value,
     fields: &["spec.clusterIP", "spec.type"],
