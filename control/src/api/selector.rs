@@ -110,6 +110,15 @@ fn parse_requirement(part: &str) -> Result<Requirement, SelectorError> {
     if p.is_empty() {
         return Err(SelectorError("found '', expected: identifier".into()));
     }
+    // A requirement must start with a key or `!`.
+    if let Some(op) = ["!=", "==", "=", "(", ")"]
+        .iter()
+        .find(|op| p.starts_with(**op))
+    {
+        return Err(SelectorError(format!(
+            "found '{op}', expected: !, identifier, or 'end of string'"
+        )));
+    }
     if let Some(key) = p.strip_prefix('!') {
         let key = key.trim();
         check_key(key)?;
@@ -140,6 +149,14 @@ fn parse_requirement(part: &str) -> Result<Requirement, SelectorError> {
         if let Some((k, v)) = p.split_once(tok) {
             let (k, v) = (k.trim(), v.trim());
             check_key(k)?;
+            // A value is one token: what follows it must be ',' or the end.
+            if let Some((_, extra)) = v.split_once(char::is_whitespace) {
+                let next = extra.trim_start().split(char::is_whitespace).next();
+                return Err(SelectorError(format!(
+                    "found '{}', expected: ',' or 'end of string'",
+                    next.unwrap_or("")
+                )));
+            }
             let op = match kind {
                 0 => {
                     check_value(v)?;
@@ -182,10 +199,19 @@ impl LabelSelector {
         if s.trim().is_empty() {
             return Ok(LabelSelector::default());
         }
-        let reqs = split_top(s)?
+        let parts = split_top(s)?;
+        if parts.len() > 1 && parts.last().is_some_and(|p| p.trim().is_empty()) {
+            return Err(SelectorError(
+                "found '', expected: identifier after ','".into(),
+            ));
+        }
+        let mut reqs = parts
             .into_iter()
             .map(parse_requirement)
             .collect::<Result<Vec<_>, _>>()?;
+        // As kube-apiserver's parser and LabelSelectorAsSelector: requirements sorted by
+        // key, so that the string form is deterministic.
+        reqs.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(LabelSelector {
             reqs,
             nothing: false,
@@ -217,13 +243,32 @@ impl LabelSelector {
         for e in v["matchExpressions"].as_array().into_iter().flatten() {
             let key = e["key"].as_str().unwrap_or_default().to_string();
             check_key(&key)?;
-            let values: Vec<String> = e["values"]
+            let mut values: Vec<String> = e["values"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .filter_map(|x| x.as_str().map(str::to_string))
                 .collect();
-            let op = match e["operator"].as_str().unwrap_or_default() {
+            values.sort();
+            values.dedup();
+            let op = e["operator"].as_str().unwrap_or_default();
+            match op {
+                "In" | "NotIn" if values.is_empty() => {
+                    return Err(SelectorError(
+                        "for 'in', 'notin' operators, values set can't be empty".into(),
+                    ))
+                }
+                "Exists" | "DoesNotExist" if !values.is_empty() => {
+                    return Err(SelectorError(
+                        "values set must be empty for exists and does not exist".into(),
+                    ))
+                }
+                _ => {}
+            }
+            for v in &values {
+                check_value(v)?;
+            }
+            let op = match op {
                 "In" => Op::In(values),
                 "NotIn" => Op::NotIn(values),
                 "Exists" => Op::Exists,
@@ -236,6 +281,7 @@ impl LabelSelector {
             };
             reqs.push(Requirement { key, op });
         }
+        reqs.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(LabelSelector {
             reqs,
             nothing: false,
@@ -314,6 +360,27 @@ fn unescape_split(s: &str, sep: char) -> Vec<String> {
     out
 }
 
+/// Splits a term at its leftmost unescaped operator (`!=`, `==`, `=`), as
+/// kube-apiserver's splitTerm: `(field, equals, value)`.
+fn split_term(term: &str) -> Option<(&str, bool, &str)> {
+    let mut escaped = false;
+    for (i, c) in term.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        let rest = &term[i..];
+        match c {
+            '\\' => escaped = true,
+            '!' if rest.starts_with("!=") => return Some((&term[..i], false, &term[i + 2..])),
+            '=' if rest.starts_with("==") => return Some((&term[..i], true, &term[i + 2..])),
+            '=' => return Some((&term[..i], true, &term[i + 1..])),
+            _ => {}
+        }
+    }
+    None
+}
+
 fn unescape(s: &str) -> Result<String, SelectorError> {
     let mut out = String::new();
     let mut chars = s.chars();
@@ -324,6 +391,8 @@ fn unescape(s: &str) -> Result<String, SelectorError> {
                 Some(n) => return Err(SelectorError(format!("invalid escape sequence: \\{n}"))),
                 None => return Err(SelectorError("unterminated escape sequence".into())),
             }
+        } else if c == '=' || c == ',' {
+            return Err(SelectorError(format!("unescaped character in value: {c}")));
         } else {
             out.push(c);
         }
@@ -338,13 +407,7 @@ impl FieldSelector {
             return Ok(FieldSelector { terms });
         }
         for part in unescape_split(s, ',') {
-            let (k, eq, v) = if let Some((k, v)) = part.split_once("!=") {
-                (k, false, v)
-            } else if let Some((k, v)) = part.split_once("==") {
-                (k, true, v)
-            } else if let Some((k, v)) = part.split_once('=') {
-                (k, true, v)
-            } else {
+            let Some((k, eq, v)) = split_term(&part) else {
                 return Err(SelectorError(format!(
                     "invalid selector: '{s}'; can't understand '{part}'"
                 )));
@@ -463,5 +526,95 @@ mod tests {
         assert_eq!(f.required("spec.nodeName"), Some("w1"));
         assert!(FieldSelector::parse("nofield").is_err());
         assert!(FieldSelector::parse("a=\\x").is_err());
+    }
+
+    #[test]
+    fn not_equals_and_not_in_match_a_missing_label() {
+        assert!(LabelSelector::parse("c!=d").unwrap().matches(&labels(&[])));
+        assert!(!LabelSelector::parse("c!=d")
+            .unwrap()
+            .matches(&labels(&[("c", "d")])));
+        assert!(LabelSelector::parse("c notin (d)")
+            .unwrap()
+            .matches(&labels(&[])));
+    }
+
+    #[test]
+    fn the_string_form_is_sorted_by_key() {
+        for src in [
+            "b=1,a in (y,x),!c",
+            "app==web,tier notin (db)",
+            "k8s.io/app=x,z",
+            "a=",
+        ] {
+            let s = LabelSelector::parse(src).unwrap();
+            assert_eq!(LabelSelector::parse(&s.to_string()).unwrap(), s, "{src}");
+        }
+        assert_eq!(
+            LabelSelector::parse("b=1,a in (y,x),!c")
+                .unwrap()
+                .to_string(),
+            "a in (x,y),b=1,!c"
+        );
+        let s = LabelSelector::from_json(&serde_json::json!({
+            "matchLabels": {"app": "web"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["fe", "be"]},
+                {"key": "canary", "operator": "DoesNotExist"},
+            ]
+        }))
+        .unwrap();
+        assert_eq!(s.to_string(), "app=web,!canary,tier in (be,fe)");
+    }
+
+    #[test]
+    fn bad_input_gets_kube_apiservers_messages() {
+        let err = |s: &str| LabelSelector::parse(s).unwrap_err().to_string();
+        assert_eq!(err("a=b,"), "found '', expected: identifier after ','");
+        assert_eq!(err("a=b c"), "found 'c', expected: ',' or 'end of string'");
+        assert_eq!(
+            err("=b"),
+            "found '=', expected: !, identifier, or 'end of string'"
+        );
+        assert!(err("a in ()").contains("can't be empty"));
+        let json_err = |v: serde_json::Value| LabelSelector::from_json(&v).unwrap_err().to_string();
+        assert_eq!(
+            json_err(serde_json::json!({"matchExpressions": [{"key": "a", "operator": "Gt"}]})),
+            "\"Gt\" is not a valid label selector operator"
+        );
+        assert_eq!(
+            json_err(
+                serde_json::json!({"matchExpressions": [{"key": "a", "operator": "In", "values": []}]})
+            ),
+            "for 'in', 'notin' operators, values set can't be empty"
+        );
+        assert_eq!(
+            json_err(
+                serde_json::json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]})
+            ),
+            "values set must be empty for exists and does not exist"
+        );
+    }
+
+    #[test]
+    fn field_selector_values_escape_their_operators() {
+        let s = FieldSelector::parse(r"a=x\,y\=z\\").unwrap();
+        assert_eq!(s.required("a"), Some(r"x,y=z\"));
+        assert_eq!(
+            FieldSelector::parse("abc").unwrap_err().to_string(),
+            "invalid selector: 'abc'; can't understand 'abc'"
+        );
+        assert_eq!(
+            FieldSelector::parse(r"a=\q").unwrap_err().to_string(),
+            r"invalid escape sequence: \q"
+        );
+        assert_eq!(
+            FieldSelector::parse("a=b=c").unwrap_err().to_string(),
+            "unescaped character in value: ="
+        );
+        // The leftmost operator splits the term.
+        let s = FieldSelector::parse(r"a!=b\=c").unwrap();
+        assert!(s.matches(&|_: &str| Some("x".to_string())));
+        assert!(!s.matches(&|_: &str| Some("b=c".to_string())));
     }
 }

@@ -143,6 +143,15 @@ pub fn columns(kind: &str) -> Option<&'static [Column]> {
     })
 }
 
+/// listWithMoreString: three shown and the rest counted, `<unset>` for none.
+fn list_with_more(items: &[String]) -> String {
+    match items.len() {
+        0 => "<unset>".into(),
+        1..=3 => items.join(","),
+        n => format!("{} + {} more...", items[..3].join(","), n - 3),
+    }
+}
+
 fn int(v: &Value) -> i64 {
     v.as_i64().unwrap_or(0)
 }
@@ -215,15 +224,15 @@ pub fn cells(kind: &str, o: &Value, now: DateTime<Utc>) -> Option<Vec<Value>> {
             age(o, now),
         ],
         "EndpointSlice" => {
+            // formatDiscoveryPorts: the number, else the name, else "*".
             let ports: Vec<String> = o["ports"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|p| {
-                    p["port"]
-                        .as_i64()
-                        .map(|n| n.to_string())
-                        .unwrap_or_else(|| "<unset>".into())
+                .map(|p| match (p["port"].as_i64(), p["name"].as_str()) {
+                    (Some(n), _) => n.to_string(),
+                    (None, Some(name)) => name.to_string(),
+                    (None, None) => "*".to_string(),
                 })
                 .collect();
             let addrs: Vec<String> = o["endpoints"]
@@ -233,21 +242,11 @@ pub fn cells(kind: &str, o: &Value, now: DateTime<Utc>) -> Option<Vec<Value>> {
                 .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
                 .filter_map(|a| a.as_str().map(str::to_string))
                 .collect();
-            let shown = if addrs.is_empty() {
-                "<unset>".to_string()
-            } else if addrs.len() > 3 {
-                format!("{} + {} more...", addrs[..3].join(","), addrs.len() - 3)
-            } else {
-                addrs.join(",")
-            };
+            let shown = list_with_more(&addrs);
             vec![
                 json!(name(o)),
                 o["addressType"].clone(),
-                json!(if ports.is_empty() {
-                    "<unset>".into()
-                } else {
-                    ports.join(",")
-                }),
+                json!(list_with_more(&ports)),
                 json!(shown),
                 age(o, now),
             ]

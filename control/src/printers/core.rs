@@ -64,11 +64,11 @@ const EVENT: &[Column] = &[
     col("Type", "Type of this event (Normal, Warning), new types could be added in the future."),
     col("Reason", "This should be a short, machine understandable string that gives the reason for the transition into the object's current status."),
     col("Object", "The object that this event is about."),
-    col("Message", "A human-readable description of the status of this operation."),
     wide("Subobject", "The field of the object this event is about."),
     wide("Source", "The component reporting this event."),
+    col("Message", "A human-readable description of the status of this operation."),
     wide("First Seen", "The time at which the event was first recorded."),
-    Column { name: "Count", type_: "integer", format: "", description: "The number of times this event has occurred.", priority: 1 },
+    Column { name: "Count", type_: "string", format: "", description: "The number of times this event has occurred.", priority: 1 },
     Column { name: "Name", type_: "string", format: "name", description: "The name of the event.", priority: 1 },
 ];
 
@@ -236,27 +236,41 @@ fn service(o: &Value, now: DateTime<Utc>) -> Vec<Value> {
 }
 
 /// `10.0.0.1:80,10.0.0.2:80 + 1 more...`, as the Endpoints printer abbreviates.
+/// formatEndpoints: for each subset, each port with every address (a subset without
+/// ports lists bare addresses), three shown and the rest counted.
 fn endpoints_text(o: &Value) -> String {
+    let subsets = o["subsets"].as_array().cloned().unwrap_or_default();
+    if subsets.is_empty() {
+        return "<none>".into();
+    }
     let mut all = Vec::new();
-    for s in o["subsets"].as_array().into_iter().flatten() {
+    for s in &subsets {
+        let addrs: Vec<&str> = s["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| a["ip"].as_str().unwrap_or(""))
+            .collect();
         let ports: Vec<i64> = s["ports"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|p| p["port"].as_i64())
+            .map(|p| p["port"].as_i64().unwrap_or(0))
             .collect();
-        for a in s["addresses"].as_array().into_iter().flatten() {
-            let ip = a["ip"].as_str().unwrap_or("");
-            if ports.is_empty() {
-                all.push(ip.to_string());
-            }
-            for p in &ports {
-                all.push(format!("{ip}:{p}"));
+        if ports.is_empty() {
+            all.extend(addrs.iter().map(|a| a.to_string()));
+            continue;
+        }
+        for p in &ports {
+            for a in &addrs {
+                // net.JoinHostPort: IPv6 addresses in brackets.
+                all.push(if a.contains(':') {
+                    format!("[{a}]:{p}")
+                } else {
+                    format!("{a}:{p}")
+                });
             }
         }
-    }
-    if all.is_empty() {
-        return "<none>".into();
     }
     let shown = all.iter().take(3).cloned().collect::<Vec<_>>().join(",");
     if all.len() > 3 {
@@ -280,19 +294,31 @@ fn event(o: &Value, now: DateTime<Utc>) -> Vec<Value> {
         since(&o["eventTime"], now)
     };
     let io = &o["involvedObject"];
-    let object = format!(
-        "{}/{}",
-        io["kind"].as_str().unwrap_or("").to_lowercase(),
-        io["name"].as_str().unwrap_or("")
-    );
+    let kind = io["kind"].as_str().unwrap_or("").to_lowercase();
+    let object = match io["name"].as_str().filter(|n| !n.is_empty()) {
+        Some(n) => format!("{kind}/{n}"),
+        None => kind,
+    };
+    // The series' count wins; a singleton event of the new API has none and counts once.
+    let count = if o["series"].is_object() {
+        o["series"]["count"].as_i64().unwrap_or(0)
+    } else {
+        o["count"].as_i64().filter(|c| *c != 0).unwrap_or(1)
+    };
+    let first_set = |a: &Value, b: &Value| {
+        a.as_str()
+            .filter(|s| !s.is_empty())
+            .or(b.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
     let source = {
-        let c = o["source"]["component"]
-            .as_str()
-            .or(o["reportingComponent"].as_str())
-            .unwrap_or("");
-        match o["source"]["host"].as_str().filter(|h| !h.is_empty()) {
-            Some(h) => format!("{c}, {h}"),
-            None => c.to_string(),
+        let c = first_set(&o["source"]["component"], &o["reportingComponent"]);
+        let h = first_set(&o["source"]["host"], &o["reportingInstance"]);
+        match (c.is_empty(), h.is_empty()) {
+            (true, _) => String::new(),
+            (false, true) => c,
+            (false, false) => format!("{c}, {h}"),
         }
     };
     vec![
@@ -300,11 +326,11 @@ fn event(o: &Value, now: DateTime<Utc>) -> Vec<Value> {
         o["type"].clone(),
         o["reason"].clone(),
         json!(object),
-        json!(o["message"].as_str().unwrap_or("").trim()),
         json!(io["fieldPath"].as_str().unwrap_or("")),
         json!(source),
+        json!(o["message"].as_str().unwrap_or("").trim()),
         json!(first),
-        json!(o["count"].as_i64().unwrap_or(1)),
+        json!(count),
         json!(name(o)),
     ]
 }

@@ -107,6 +107,9 @@ pub fn table(
         .iter()
         .map(|o| {
             let mut row = json!({ "cells": cells(group, kind, o, now) });
+            if let Some(c) = row_conditions(group, kind, o) {
+                row["conditions"] = c;
+            }
             match include {
                 IncludeObject::None => {}
                 IncludeObject::Metadata => {
@@ -118,6 +121,20 @@ pub fn table(
         })
         .collect();
     json!({ "kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_metadata, "columnDefinitions": defs, "rows": rows })
+}
+
+/// The row conditions kube-apiserver's pod printer sets: a finished pod's row is
+/// Completed, which clients use to tell finished pods apart.
+fn row_conditions(group: &str, kind: &str, obj: &Value) -> Option<Value> {
+    if (group, kind) != ("", "Pod") {
+        return None;
+    }
+    let (reason, message) = match obj["status"]["phase"].as_str() {
+        Some("Succeeded") => ("Succeeded", "The pod has completed successfully."),
+        Some("Failed") => ("Failed", "The pod failed."),
+        _ => return None,
+    };
+    Some(json!([{ "type": "Completed", "status": "True", "reason": reason, "message": message }]))
 }
 
 pub(crate) fn name(obj: &Value) -> &str {
@@ -245,42 +262,4 @@ pub(crate) fn label_selector_text(sel: &Value) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_read_as_kubectl_prints_them() {
-        let d = chrono::Duration::seconds;
-        for (s, want) in [
-            (0, "0s"),
-            (59, "59s"),
-            (119, "119s"),
-            (125, "2m5s"),
-            (600, "10m"),
-            (3 * 3600 + 60, "3h1m"),
-            (8 * 3600, "8h"),
-            (50 * 3600, "2d2h"),
-            (10 * 86400, "10d"),
-            (800 * 86400, "2y70d"),
-            (3000 * 86400, "8y"),
-        ] {
-            assert_eq!(human_duration(d(s)), want, "{s}");
-        }
-    }
-
-    #[test]
-    fn unknown_kinds_get_name_and_created_at() {
-        let o = json!({ "metadata": { "name": "x", "creationTimestamp": "2026-01-01T00:00:00Z" } });
-        let t = table(
-            "example.com",
-            "Widget",
-            &[o],
-            json!({}),
-            IncludeObject::None,
-            Utc::now(),
-        );
-        assert_eq!(t["columnDefinitions"][1]["name"], "Created At");
-        assert_eq!(t["rows"][0]["cells"], json!(["x", "2026-01-01T00:00:00Z"]));
-        assert!(t["rows"][0].get("object").is_none());
-    }
-}
+mod tests;

@@ -31,6 +31,9 @@ pub static DEF: Def = Def {
     status: true,
     generation: false,
     initial_status: generic::empty_status,
+    prepare_status_update: generic::no_prepare,
+    prepare_update: generic::no_prepare,
+    field_value: generic::field_value,
     fields: &["spec.signerName"],
 };
 

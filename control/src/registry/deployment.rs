@@ -28,6 +28,9 @@ pub static DEF: Def = Def {
     status: true,
     generation: true,
     initial_status: |_| json!({}),
+    prepare_status_update: keep_labels,
+    prepare_update: generic::no_prepare,
+    field_value: generic::field_value,
     fields: &[],
 };
 
@@ -54,6 +57,18 @@ fn default(obj: &mut Value) {
     }
     if spec["progressDeadlineSeconds"].is_null() {
         spec["progressDeadlineSeconds"] = json!(600);
+    }
+}
+
+/// deploymentStatusStrategy: a status update changes neither the spec nor the labels.
+fn keep_labels(obj: &mut Value, old: &Value) {
+    match old["metadata"].get("labels") {
+        Some(l) => obj["metadata"]["labels"] = l.clone(),
+        None => {
+            if let Some(m) = obj["metadata"].as_object_mut() {
+                m.remove("labels");
+            }
+        }
     }
 }
 

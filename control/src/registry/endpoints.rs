@@ -25,6 +25,9 @@ pub static DEF: Def = Def {
     status: false,
     generation: false,
     initial_status: generic::empty_status,
+    prepare_status_update: generic::no_prepare,
+    prepare_update: generic::no_prepare,
+    field_value: generic::field_value,
     fields: &[],
 };
 

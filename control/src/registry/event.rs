@@ -26,6 +26,9 @@ pub static DEF: Def = Def {
     status: false,
     generation: false,
     initial_status: generic::empty_status,
+    prepare_status_update: generic::no_prepare,
+    prepare_update: generic::no_prepare,
+    field_value,
     fields: &[
         "involvedObject.kind",
         "involvedObject.namespace",
@@ -47,4 +50,12 @@ fn validate(obj: &Value) -> Vec<Cause> {
         causes.push(required("involvedObject"));
     }
     causes
+}
+
+/// EventToSelectableFields: `source` is the reporting component, the rest are paths.
+fn field_value(obj: &Value, path: &str) -> String {
+    match path {
+        "source" => generic::field_value(obj, "source.component"),
+        _ => generic::field_value(obj, path),
+    }
 }

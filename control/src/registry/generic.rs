@@ -19,6 +19,14 @@ pub struct Def {
     pub generation: bool,
     /// The status of a new object.
     pub initial_status: fn(&Value) -> Value,
+    /// What an update of the main resource keeps from the old object besides status
+    /// and generation (a Service's allocated clusterIP), after the common handling.
+    pub prepare_update: fn(&mut Value, &Value),
+    /// What a status update keeps from the old object besides the spec (a Deployment's
+    /// labels), after the common handling.
+    pub prepare_status_update: fn(&mut Value, &Value),
+    /// The value a field selector sees for one of `fields`.
+    pub field_value: fn(&Value, &str) -> String,
     /// Fields selectors may name, besides metadata.name and metadata.namespace.
     pub fields: &'static [&'static str],
 }
@@ -30,6 +38,7 @@ pub fn no_checks(_: &Value) -> Vec<Cause> {
 pub fn no_update_checks(_: &Value, _: &Value) -> Vec<Cause> {
     Vec::new()
 }
+pub fn no_prepare(_: &mut Value, _: &Value) {}
 pub fn empty_status(_: &Value) -> Value {
     json!({})
 }
@@ -113,6 +122,17 @@ pub fn field_value(obj: &Value, path: &str) -> String {
     }
 }
 
+/// A field whose Go type is a bool or a number reads as its zero value when absent
+/// (`false`, `0`), as kube-apiserver formats the typed field.
+pub fn field_value_or(obj: &Value, path: &str, zero: &str) -> String {
+    let v = field_value(obj, path);
+    if v.is_empty() {
+        zero.to_string()
+    } else {
+        v
+    }
+}
+
 impl Strategy for Static {
     fn info(&self) -> &'static ResourceInfo {
         &self.0.info
@@ -151,6 +171,7 @@ impl Strategy for Static {
             let changed = obj.get("spec") != old.get("spec");
             obj["metadata"]["generation"] = json!(if changed { g + 1 } else { g });
         }
+        (self.0.prepare_update)(obj, old);
     }
 
     fn prepare_for_status_update(&self, obj: &mut Value, old: &Value) {
@@ -165,6 +186,7 @@ impl Strategy for Static {
         if self.0.generation {
             obj["metadata"]["generation"] = old["metadata"]["generation"].clone();
         }
+        (self.0.prepare_status_update)(obj, old);
     }
 
     fn validate(&self, obj: &Value) -> Vec<Cause> {
@@ -174,14 +196,16 @@ impl Strategy for Static {
     }
 
     fn validate_update(&self, obj: &Value, old: &Value) -> Vec<Cause> {
-        (self.0.validate_update)(obj, old)
+        let mut causes = super::meta::validate_object_meta_update(obj, old);
+        causes.extend((self.0.validate_update)(obj, old));
+        causes
     }
 
     fn field(&self, obj: &Value, path: &str) -> Option<String> {
         self.0
             .fields
             .contains(&path)
-            .then(|| field_value(obj, path))
+            .then(|| (self.0.field_value)(obj, path))
     }
 }
 

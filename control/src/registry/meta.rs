@@ -30,6 +30,16 @@ pub fn invalid(field: &str, value: &Value, why: &str) -> Cause {
     }
 }
 
+/// `Invalid value: <v>: why` where `<v>` is already written as Go's `%#v` writes a
+/// non-string value (`map[string]string{"a":"b"}`, `[]string{"x"}`).
+pub fn invalid_go(field: &str, go_value: &str, why: &str) -> Cause {
+    Cause {
+        field: field.into(),
+        reason: "FieldValueInvalid",
+        message: format!("Invalid value: {go_value}: {why}"),
+    }
+}
+
 pub fn not_supported(field: &str, value: &str, supported: &[&str]) -> Cause {
     let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
     Cause {
@@ -131,31 +141,60 @@ pub fn is_label_value(v: &str) -> bool {
 /// A qualified name (label and annotation keys): an optional DNS subdomain prefix and a
 /// name part.
 pub fn is_qualified_name(key: &str) -> bool {
-    match key.rsplit_once('/') {
-        Some((p, n)) => is_dns1123_subdomain(p) && is_name_part(n),
-        None => is_name_part(key),
-    }
+    qualified_name_errors(key).is_empty()
 }
 
-/// A qualified name, with kube-apiserver's message for the part that is wrong.
-pub fn check_qualified_name(field: &str, key: &str) -> Option<Cause> {
-    let (prefix, name) = match key.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
-    };
-    if !is_name_part(name) {
-        return Some(invalid(field, &Value::from(key), "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"));
-    }
-    if let Some(p) = prefix {
-        if !is_dns1123_subdomain(p) {
-            return Some(invalid(
-                field,
-                &Value::from(key),
-                &format!("prefix part {SUBDOMAIN_MSG}"),
-            ));
+const QUALIFIED_NAME_MSG: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+
+/// What IsQualifiedName reports of a key, one message per fault, in its order.
+pub fn qualified_name_errors(key: &str) -> Vec<String> {
+    let parts: Vec<&str> = key.split('/').collect();
+    let name = match parts[..] {
+        [name] => name,
+        [prefix, name] => {
+            let mut errs = Vec::new();
+            if prefix.is_empty() {
+                errs.push("prefix part must be non-empty".to_string());
+            } else if !is_dns1123_subdomain(prefix) {
+                errs.push(format!("prefix part {SUBDOMAIN_MSG}"));
+            }
+            return errs.into_iter().chain(name_part_errors(name)).collect();
         }
+        _ => {
+            return vec![format!(
+                "a qualified name {QUALIFIED_NAME_MSG} with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
+            )]
+        }
+    };
+    name_part_errors(name)
+}
+
+fn name_part_errors(name: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if name.is_empty() {
+        errs.push("name part must be non-empty".to_string());
+    } else if name.len() > 63 {
+        errs.push("name part must be no more than 63 characters".to_string());
     }
-    None
+    if !name.is_empty() && !is_name_part_chars(name) {
+        errs.push(format!("name part {QUALIFIED_NAME_MSG}"));
+    }
+    errs
+}
+
+fn is_name_part_chars(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
+}
+
+/// A qualified name, with kube-apiserver's messages for the parts that are wrong.
+pub fn check_qualified_name(field: &str, key: &str) -> Vec<Cause> {
+    qualified_name_errors(key)
+        .iter()
+        .map(|m| invalid(field, &Value::from(key), m))
+        .collect()
 }
 
 pub fn check_label_value(field: &str, v: &str) -> Option<Cause> {
@@ -179,8 +218,8 @@ pub fn check_labels(field: &str, v: &Value) -> Vec<Cause> {
     for (k, val) in v.as_object().into_iter().flatten() {
         causes.extend(check_qualified_name(field, k));
         match val.as_str() {
-            Some(s) => causes.extend(check_label_value(&format!("{field}.{k}"), s)),
-            None => causes.push(invalid(&format!("{field}.{k}"), val, "must be a string")),
+            Some(s) => causes.extend(check_label_value(field, s)),
+            None => causes.push(invalid(field, val, "must be a string")),
         }
     }
     causes
@@ -196,8 +235,11 @@ pub fn validate_object_meta(obj: &Value, info: &ResourceInfo) -> Vec<Cause> {
             ..required("metadata.name")
         }),
     }
-    if info.namespaced && m["namespace"].as_str().is_none_or(str::is_empty) {
+    let has_namespace = m["namespace"].as_str().is_some_and(|n| !n.is_empty());
+    if info.namespaced && !has_namespace {
         causes.push(required("metadata.namespace"));
+    } else if !info.namespaced && has_namespace {
+        causes.push(forbidden("metadata.namespace", "not allowed on this type"));
     }
     causes.extend(check_labels("metadata.labels", &m["labels"]));
     let mut size = 0;
@@ -209,30 +251,55 @@ pub fn validate_object_meta(obj: &Value, info: &ResourceInfo) -> Vec<Cause> {
         causes.push(Cause {
             field: "metadata.annotations".into(),
             reason: "FieldValueTooLong",
-            message: format!("Too long: may not be more than 262144 bytes (it is {size})"),
+            message: "Too long: may not be more than 262144 bytes".into(),
         });
     }
     causes
 }
 
-/// Keys of a ConfigMap's or Secret's data: `[-._a-zA-Z0-9]+`, not "." or "..".
-pub fn check_config_keys(field: &str, maps: &[&Value]) -> Vec<Cause> {
+/// ValidateObjectMetaUpdate: a name and a namespace never change.
+pub fn validate_object_meta_update(obj: &Value, old: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for m in maps {
-        for k in m.as_object().into_iter().flatten().map(|(k, _)| k) {
-            let ok = !k.is_empty()
-                && k.len() <= 253
-                && k != "."
-                && k != ".."
-                && k.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-            if !ok {
-                causes.push(invalid(field, &Value::from(k.as_str()), "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
-            }
-            if !seen.insert(k.clone()) {
-                causes.push(duplicate(field, &Value::from(k.as_str())));
-            }
+    for f in ["name", "namespace"] {
+        let (new, was) = (&obj["metadata"][f], &old["metadata"][f]);
+        if new != was && !was.is_null() {
+            causes.push(immutable(&format!("metadata.{f}"), new));
+        }
+    }
+    causes
+}
+
+/// What IsConfigMapKey reports of a ConfigMap's or Secret's key.
+pub fn config_key_errors(k: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if k.len() > 253 {
+        errs.push("must be no more than 253 characters".to_string());
+    }
+    let chars_ok = !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !chars_ok {
+        errs.push("a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')".to_string());
+    }
+    match k {
+        "." => errs.push("must not be '.'".to_string()),
+        ".." => errs.push("must not be '..'".to_string()),
+        _ if k.starts_with("..") => errs.push("must not start with '..'".to_string()),
+        _ => {}
+    }
+    errs
+}
+
+/// The keys of one data map (`data`, `binaryData`), each cause at `field[key]`.
+pub fn check_config_keys(field: &str, map: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    for k in map.as_object().into_iter().flatten().map(|(k, _)| k) {
+        for m in config_key_errors(k) {
+            causes.push(invalid(
+                &format!("{field}[{k}]"),
+                &Value::from(k.as_str()),
+                &m,
+            ));
         }
     }
     causes
@@ -256,5 +323,100 @@ mod tests {
         let labels = json!({ "app": "web", "bad key": "x", "k": "-v" });
         let causes = check_labels("metadata.labels", &labels);
         assert_eq!(causes.len(), 2, "{causes:?}");
+    }
+
+    #[test]
+    fn qualified_names_as_is_qualified_name_reports_them() {
+        assert!(qualified_name_errors("example.com/app").is_empty());
+        assert!(qualified_name_errors("a/b/c")[0].starts_with("a qualified name must consist of"));
+        assert_eq!(
+            qualified_name_errors("/x"),
+            ["prefix part must be non-empty"]
+        );
+        assert_eq!(qualified_name_errors("x/"), ["name part must be non-empty"]);
+        assert!(qualified_name_errors("Bad_/x")[0].starts_with("prefix part a lowercase RFC 1123"));
+        assert_eq!(
+            qualified_name_errors(&"a".repeat(64)),
+            ["name part must be no more than 63 characters"]
+        );
+        assert!(!is_qualified_name("a/b/c") && is_qualified_name("k"));
+    }
+
+    #[test]
+    fn label_causes_name_the_map_as_validate_labels_does() {
+        let causes = check_labels("metadata.labels", &json!({"a/b/c": "x", "ok": "bad value"}));
+        let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(fields, ["metadata.labels", "metadata.labels"]);
+        assert!(causes[0]
+            .message
+            .starts_with("Invalid value: \"a/b/c\": a qualified name must consist of"));
+        assert!(causes[1].message.starts_with(
+            "Invalid value: \"bad value\": a valid label must be an empty string or consist of"
+        ));
+        assert!(check_labels("l", &json!({"example.com/app": "web_1.a"})).is_empty());
+    }
+
+    #[test]
+    fn missing_name_and_namespace() {
+        let info = ResourceInfo {
+            group: "",
+            version: "v1",
+            kind: "ConfigMap",
+            plural: "configmaps",
+            singular: "configmap",
+            namespaced: true,
+            short_names: &[],
+            categories: &[],
+            subresources: &[],
+        };
+        let causes = validate_object_meta(&json!({"metadata": {}}), &info);
+        assert_eq!(causes[0].field, "metadata.name");
+        assert_eq!(
+            causes[0].message,
+            "Required value: name or generateName is required"
+        );
+        assert_eq!(causes[1], required("metadata.namespace"));
+    }
+
+    #[test]
+    fn config_keys() {
+        assert!(config_key_errors("key.name").is_empty());
+        assert_eq!(config_key_errors("a b").len(), 1);
+        assert_eq!(config_key_errors("..x"), ["must not start with '..'"]);
+        assert_eq!(config_key_errors(".."), ["must not be '..'"]);
+        assert_eq!(config_key_errors("."), ["must not be '.'"]);
+    }
+
+    #[test]
+    fn oversized_annotations_are_too_long() {
+        let info = ResourceInfo {
+            group: "",
+            version: "v1",
+            kind: "Node",
+            plural: "nodes",
+            singular: "node",
+            namespaced: false,
+            short_names: &[],
+            categories: &[],
+            subresources: &[],
+        };
+        let big = "x".repeat(256 * 1024);
+        let obj = json!({"metadata": {"name": "n", "annotations": {"k": big}}});
+        let causes = validate_object_meta(&obj, &info);
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert_eq!(
+            (
+                causes[0].field.as_str(),
+                causes[0].reason,
+                causes[0].message.as_str()
+            ),
+            (
+                "metadata.annotations",
+                "FieldValueTooLong",
+                "Too long: may not be more than 262144 bytes"
+            )
+        );
+        let fits = json!({"metadata": {"name": "n", "annotations": {"k": "x".repeat(1000)}}});
+        assert!(validate_object_meta(&fits, &info).is_empty());
     }
 }

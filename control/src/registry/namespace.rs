@@ -26,6 +26,9 @@ pub static DEF: Def = Def {
     status: true,
     generation: false,
     initial_status: |_| json!({ "phase": "Active" }),
+    prepare_status_update: generic::no_prepare,
+    prepare_update: generic::no_prepare,
+    field_value: generic::field_value,
     fields: &["status.phase"],
 };
 

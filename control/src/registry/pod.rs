@@ -38,6 +38,12 @@ pub static DEF: Def = Def {
     status: true,
     generation: false,
     initial_status,
+    prepare_status_update: generic::no_prepare,
+    prepare_update: generic::no_prepare,
+    field_value: |o, p| match p {
+        "spec.hostNetwork" => generic::field_value_or(o, p, "false"),
+        _ => generic::field_value(o, p),
+    },
     fields: &[
         "spec.nodeName",
         "spec.restartPolicy",
@@ -118,7 +124,6 @@ pub fn default_pod_spec(spec: &mut Value) {
     set_default(spec, "dnsPolicy", json!("ClusterFirst"));
     set_default(spec, "schedulerName", json!("default-scheduler"));
     set_default(spec, "securityContext", json!({}));
-    set_default(spec, "enableServiceLinks", json!(true));
     for list in ["containers", "initContainers"] {
         for c in spec
             .get_mut(list)
@@ -146,9 +151,37 @@ pub fn default_pod_spec(spec: &mut Value) {
     }
 }
 
+/// SetDefaults_Pod's part for pods alone (templates do not get it): requests default to
+/// limits, and service links are on.
+fn default_pod_only(spec: &mut Value) {
+    set_default(spec, "enableServiceLinks", json!(true));
+    for list in ["containers", "initContainers"] {
+        for c in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let Some(limits) = c["resources"]["limits"].as_object().cloned() else {
+                continue;
+            };
+            let res = &mut c["resources"];
+            if !res["requests"].is_object() {
+                res["requests"] = json!({});
+            }
+            for (k, v) in limits {
+                set_default(&mut res["requests"], &k, v);
+            }
+        }
+    }
+}
+
 fn default_pod(obj: &mut Value) {
     let spec = &mut obj["spec"];
     default_pod_spec(spec);
+    if spec.is_object() {
+        default_pod_only(spec);
+    }
     // Admission: ServiceAccount, Priority, DefaultTolerationSeconds.
     if spec.is_object() {
         let sa = spec["serviceAccountName"]
@@ -218,6 +251,129 @@ fn check_port(field: &str, p: &Value) -> Option<Cause> {
     }
 }
 
+/// What IsValidPortName reports of a container port's name (an IANA service name).
+pub fn port_name_errors(n: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if n.len() > 15 {
+        errs.push("must be no more than 15 characters".to_string());
+    }
+    if !n
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        errs.push(
+            "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".to_string(),
+        );
+    }
+    if !n.bytes().any(|b| b.is_ascii_lowercase()) {
+        errs.push("must contain at least one letter (a-z)".to_string());
+    }
+    if n.contains("--") {
+        errs.push("must not contain consecutive hyphens".to_string());
+    }
+    if n.starts_with('-') || n.ends_with('-') {
+        errs.push("must not begin or end with a hyphen".to_string());
+    }
+    errs
+}
+
+const QUANTITY_MSG: &str =
+    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
+
+/// A resource quantity in units of 10^-9 (rounded up), or None when the string is not
+/// a quantity: a signed decimal number with a binary (Ki..Ei), decimal (n..E) or
+/// exponent (e3) suffix.
+pub fn parse_quantity(q: &str) -> Option<i128> {
+    let (neg, body) = match q.as_bytes().first()? {
+        b'-' => (true, &q[1..]),
+        b'+' => (false, &q[1..]),
+        _ => (false, q),
+    };
+    let split = body
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(body.len());
+    let (num, suffix) = body.split_at(split);
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    if (int.is_empty() && frac.is_empty()) || frac.contains('.') || int.len() + frac.len() > 30 {
+        return None;
+    }
+    let digits: i128 = format!("{int}{frac}").parse().ok()?;
+    // value = digits * 10^-frac.len() * scale; scale as (multiplier, power of ten).
+    let (mul, exp10): (i128, i32) = match suffix {
+        "" => (1, 0),
+        "n" => (1, -9),
+        "u" => (1, -6),
+        "m" => (1, -3),
+        "k" => (1, 3),
+        "M" => (1, 6),
+        "G" => (1, 9),
+        "T" => (1, 12),
+        "P" => (1, 15),
+        "E" => (1, 18),
+        "Ki" => (1 << 10, 0),
+        "Mi" => (1 << 20, 0),
+        "Gi" => (1 << 30, 0),
+        "Ti" => (1 << 40, 0),
+        "Pi" => (1 << 50, 0),
+        "Ei" => (1 << 60, 0),
+        e if e.starts_with(['e', 'E']) => {
+            (1, e[1..].parse::<i32>().ok().filter(|x| x.abs() <= 18)?)
+        }
+        _ => return None,
+    };
+    let exp = exp10 + 9 - frac.len() as i32;
+    let value = if exp >= 0 {
+        digits
+            .checked_mul(mul)?
+            .checked_mul(10i128.checked_pow(exp as u32)?)?
+    } else {
+        let d = 10i128.checked_pow((-exp) as u32)?;
+        let n = digits.checked_mul(mul)?;
+        (n + d - 1) / d
+    };
+    Some(if neg { -value } else { value })
+}
+
+/// ValidateResourceRequirements: quantities that parse, none negative, and no request
+/// above its limit.
+fn validate_resources(at: &str, r: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let mut parsed = |kind: &str| {
+        let mut out = Vec::new();
+        for (name, q) in r[kind].as_object().into_iter().flatten() {
+            let field = format!("{at}.{kind}[{name}]");
+            let text = q
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| q.to_string());
+            match parse_quantity(&text) {
+                None => causes.push(invalid(&field, &json!(text), QUANTITY_MSG)),
+                Some(v) if v < 0 => causes.push(invalid(
+                    &field,
+                    &json!(text),
+                    "must be greater than or equal to 0",
+                )),
+                Some(v) => out.push((name.clone(), text, v)),
+            }
+        }
+        out
+    };
+    let limits = parsed("limits");
+    let requests = parsed("requests");
+    for (name, text, v) in &requests {
+        if let Some((_, ltext, l)) = limits.iter().find(|(n, _, _)| n == name) {
+            if v > l {
+                causes.push(invalid(
+                    &format!("{at}.requests[{name}]"),
+                    &json!(text),
+                    &format!("must be less than or equal to {name} limit of {ltext}"),
+                ));
+            }
+        }
+    }
+    causes
+}
+
 /// A pod spec's checks: for pods at `spec`, for templates at `spec.template.spec`.
 pub fn validate_pod_spec(spec: &Value, at: &str) -> Vec<Cause> {
     let mut causes = Vec::new();
@@ -247,6 +403,10 @@ pub fn validate_pod_spec(spec: &Value, at: &str) -> Vec<Cause> {
                     }
                 }
             }
+            causes.extend(validate_resources(
+                &format!("{f}.resources"),
+                &c["resources"],
+            ));
             if c["image"].as_str().is_none_or(|i| i.trim().is_empty()) {
                 causes.push(required(&format!("{f}.image")));
             }
@@ -259,7 +419,17 @@ pub fn validate_pod_spec(spec: &Value, at: &str) -> Vec<Cause> {
                     ));
                 }
             }
+            let mut port_names = HashSet::new();
             for (j, p) in c["ports"].as_array().into_iter().flatten().enumerate() {
+                if let Some(n) = p["name"].as_str().filter(|n| !n.is_empty()) {
+                    let field = format!("{f}.ports[{j}].name");
+                    let errs = port_name_errors(n);
+                    if !errs.is_empty() {
+                        causes.extend(errs.iter().map(|m| invalid(&field, &json!(n), m)));
+                    } else if !port_names.insert(n.to_string()) {
+                        causes.push(duplicate(&field, &json!(n)));
+                    }
+                }
                 causes.extend(check_port(
                     &format!("{f}.ports[{j}].containerPort"),
                     &p["containerPort"],
@@ -422,5 +592,164 @@ mod tests {
         assert!(s.validate_update(&new, &old).is_empty());
         new["spec"]["containers"][0]["name"] = json!("other");
         assert_eq!(s.validate_update(&new, &old)[0].field, "spec");
+    }
+
+    fn created(spec: Value) -> Value {
+        let s = generic::Static(&DEF);
+        let mut p = json!({ "metadata": { "name": "p", "namespace": "d" }, "spec": spec });
+        s.default(&mut p);
+        s.prepare_for_create(&mut p);
+        p
+    }
+
+    #[test]
+    fn pull_policies_dns_and_service_links() {
+        let p = created(json!({"containers": [
+            {"name": "a", "image": "reg:5000/x"},
+            {"name": "b", "image": "x@sha256:00"}]}));
+        let spec = &p["spec"];
+        assert_eq!(spec["containers"][0]["imagePullPolicy"], "Always");
+        assert_eq!(spec["containers"][1]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(spec["dnsPolicy"], "ClusterFirst");
+        assert_eq!(spec["schedulerName"], "default-scheduler");
+        assert_eq!(spec["enableServiceLinks"], true);
+        assert_eq!(spec["priority"], 0);
+        assert_eq!(spec["serviceAccount"], "default");
+        assert_eq!(spec["tolerations"][1]["tolerationSeconds"], 300);
+    }
+
+    #[test]
+    fn requests_default_to_limits_and_set_the_qos_class() {
+        let g = created(json!({"containers": [{"name": "a", "image": "i",
+            "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}));
+        assert_eq!(g["status"]["qosClass"], "Guaranteed");
+        assert_eq!(
+            g["spec"]["containers"][0]["resources"]["requests"],
+            json!({"cpu": "1", "memory": "1Gi"})
+        );
+        let b = created(json!({"containers": [{"name": "a", "image": "i",
+            "resources": {"requests": {"cpu": "100m"}, "limits": {"memory": "1Gi"}}}]}));
+        assert_eq!(b["status"]["qosClass"], "Burstable");
+        assert_eq!(
+            b["spec"]["containers"][0]["resources"]["requests"],
+            json!({"cpu": "100m", "memory": "1Gi"})
+        );
+    }
+
+    #[test]
+    fn common_errors_read_as_kube_apiservers() {
+        let s = generic::Static(&DEF);
+        let p = created(json!({"containers": []}));
+        let causes = s.validate(&p);
+        assert_eq!(causes, [required("spec.containers")]);
+
+        let p = created(json!({"restartPolicy": "Sometimes", "containers": [
+            {"name": "a", "image": "i", "imagePullPolicy": "Maybe",
+             "ports": [{"containerPort": 70000, "name": "80"}, {"containerPort": 81, "name": "http"}, {"containerPort": 82, "name": "http"}]},
+            {"name": "a"}]}));
+        let got: Vec<(String, String)> = s
+            .validate(&p)
+            .into_iter()
+            .map(|c| (c.field, c.message))
+            .collect();
+        let want = [
+            ("spec.containers[0].imagePullPolicy", "Unsupported value: \"Maybe\": supported values: \"Always\", \"IfNotPresent\", \"Never\""),
+            ("spec.containers[0].ports[0].name", "Invalid value: \"80\": must contain at least one letter (a-z)"),
+            ("spec.containers[0].ports[0].containerPort", "Invalid value: 70000: must be between 1 and 65535, inclusive"),
+            ("spec.containers[0].ports[2].name", "Duplicate value: \"http\""),
+            ("spec.containers[1].name", "Duplicate value: \"a\""),
+            ("spec.containers[1].image", "Required value"),
+            ("spec.restartPolicy", "Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\""),
+        ];
+        for (f, m) in want {
+            assert!(
+                got.contains(&(f.to_string(), m.to_string())),
+                "missing {f}: {m} in {got:?}"
+            );
+        }
+        assert_eq!(got.len(), want.len(), "{got:?}");
+    }
+
+    #[test]
+    fn updates_keep_status_and_may_add_tolerations() {
+        let s = generic::Static(&DEF);
+        let old = created(json!({"containers": [{"name": "a", "image": "nginx:1"}]}));
+        let mut new = old.clone();
+        new["spec"]["containers"][0]["image"] = json!("nginx:2");
+        new["spec"]["tolerations"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"key": "k", "operator": "Exists"}));
+        new["status"] = json!({"phase": "Running"});
+        s.prepare_for_update(&mut new, &old);
+        assert_eq!(new["status"]["phase"], "Pending");
+        assert!(s.validate_update(&new, &old).is_empty());
+        let mut bad = old.clone();
+        bad["spec"]["restartPolicy"] = json!("Never");
+        let causes = s.validate_update(&bad, &old);
+        assert_eq!(causes.len(), 1);
+        assert!(causes[0].message.starts_with(
+            "Forbidden: pod updates may not change fields other than `spec.containers[*].image`,"
+        ));
+    }
+
+    #[test]
+    fn field_selectors() {
+        let s = generic::Static(&DEF);
+        let mut p = created(json!({"containers": [{"name": "a", "image": "i"}], "nodeName": "n1"}));
+        p["status"]["podIP"] = json!("10.0.0.1");
+        assert_eq!(s.field(&p, "spec.nodeName").as_deref(), Some("n1"));
+        assert_eq!(s.field(&p, "status.phase").as_deref(), Some("Pending"));
+        assert_eq!(s.field(&p, "status.podIP").as_deref(), Some("10.0.0.1"));
+        assert_eq!(s.field(&p, "spec.hostNetwork").as_deref(), Some("false"));
+        assert_eq!(s.field(&p, "spec.bogus"), None);
+    }
+
+    #[test]
+    fn quantities_parse_as_kubernetes_writes_them() {
+        assert_eq!(parse_quantity("100m"), Some(100_000_000));
+        assert_eq!(parse_quantity("0.1"), parse_quantity("100m"));
+        assert_eq!(parse_quantity("1Gi"), Some((1i128 << 30) * 1_000_000_000));
+        assert_eq!(parse_quantity("1e3"), parse_quantity("1k"));
+        assert_eq!(parse_quantity("1.5Ki"), Some(1536 * 1_000_000_000));
+        assert!(parse_quantity("-1").is_some_and(|v| v < 0));
+        for bad in ["abc", "1.2.3", "5X", "", ".", "1Gii"] {
+            assert_eq!(parse_quantity(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_quantities_and_requests_over_limits() {
+        let s = generic::Static(&DEF);
+        let p = created(json!({"containers": [{"name": "a", "image": "i",
+            "resources": {"limits": {"cpu": "1"}, "requests": {"cpu": "2", "memory": "lots"}}}]}));
+        let causes = s.validate(&p);
+        let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.containers[0].resources.requests[memory]",
+                "spec.containers[0].resources.requests[cpu]"
+            ]
+        );
+        assert!(causes[0]
+            .message
+            .starts_with("Invalid value: \"lots\": quantities must match the regular expression"));
+        assert_eq!(
+            causes[1].message,
+            "Invalid value: \"2\": must be less than or equal to cpu limit of 1"
+        );
+        let p = created(json!({"containers": [{"name": "a", "image": "i",
+            "resources": {"limits": {"memory": "1Gi"}, "requests": {"memory": "512Mi", "cpu": "-1"}}}]}));
+        let causes = s.validate(&p);
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert_eq!(
+            causes[0].field,
+            "spec.containers[0].resources.requests[cpu]"
+        );
+        assert_eq!(
+            causes[0].message,
+            "Invalid value: \"-1\": must be greater than or equal to 0"
+        );
     }
 }

@@ -26,6 +26,9 @@ pub static DEF: Def = Def {
     status: true,
     generation: true,
     initial_status: |_| json!({ "disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 0, "expectedPods": 0 }),
+    prepare_status_update: generic::no_prepare,
+    prepare_update: generic::no_prepare,
+    field_value: generic::field_value,
     fields: &[],
 };
 

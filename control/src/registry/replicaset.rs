@@ -28,6 +28,9 @@ pub static DEF: Def = Def {
     status: true,
     generation: true,
     initial_status: |_| json!({ "replicas": 0 }),
+    prepare_status_update: generic::no_prepare,
+    prepare_update: generic::no_prepare,
+    field_value: |o, p| generic::field_value_or(o, p, "0"),
     fields: &["status.replicas"],
 };
 
@@ -71,13 +74,11 @@ pub fn validate_workload(obj: &Value) -> Vec<Cause> {
             Ok(s) => {
                 let labels = crate::api::object::labels(&spec["template"]);
                 if !s.matches(&labels) {
-                    let shown: Vec<String> = labels
-                        .iter()
-                        .map(|(k, v)| format!("\"{k}\":\"{v}\""))
-                        .collect();
-                    causes.push(invalid(
+                    let shown: Vec<String> =
+                        labels.iter().map(|(k, v)| format!("{k:?}:{v:?}")).collect();
+                    causes.push(super::meta::invalid_go(
                         "spec.template.metadata.labels",
-                        &Value::String(format!("map[string]string{{{}}}", shown.join(", "))),
+                        &format!("map[string]string{{{}}}", shown.join(", ")),
                         "`selector` does not match template `labels`",
                     ));
                 }

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::configmap;
 use super::generic::{self, Def};
-use super::meta::{check_config_keys, invalid};
+use super::meta::{check_config_keys, immutable, invalid, required};
 use super::{Cause, ResourceInfo};
 
 pub static DEF: Def = Def {
@@ -25,10 +25,13 @@ pub static DEF: Def = Def {
     decode: generic::decode::<Secret>,
     default,
     validate,
-    validate_update: configmap::validate_update,
+    validate_update,
     status: false,
     generation: false,
     initial_status: generic::empty_status,
+    prepare_status_update: generic::no_prepare,
+    prepare_update: generic::no_prepare,
+    field_value: generic::field_value,
     fields: &["type"],
 };
 
@@ -44,8 +47,59 @@ fn default(obj: &mut Value) {
     }
 }
 
+/// The keys each built-in secret type must carry, as ValidateSecret checks them.
+fn required_keys(obj: &Value) -> Vec<Cause> {
+    let data = &obj["data"];
+    let has = |k: &str| data.get(k).is_some_and(|v| !v.is_null());
+    let mut causes = Vec::new();
+    match obj["type"].as_str().unwrap_or("Opaque") {
+        "kubernetes.io/tls" => {
+            for k in ["tls.crt", "tls.key"] {
+                if !has(k) {
+                    causes.push(required(&format!("data[{k}]")));
+                }
+            }
+        }
+        "kubernetes.io/dockerconfigjson" if !has(".dockerconfigjson") => {
+            causes.push(required("data[.dockerconfigjson]"));
+        }
+        "kubernetes.io/dockercfg" if !has(".dockercfg") => {
+            causes.push(required("data[.dockercfg]"));
+        }
+        "kubernetes.io/basic-auth" if !has("username") && !has("password") => {
+            causes.push(required("data[username]"));
+            causes.push(required("data[password]"));
+        }
+        "kubernetes.io/ssh-auth" if data["ssh-privatekey"].as_str().is_none_or(str::is_empty) => {
+            causes.push(required("data[ssh-privatekey]"));
+        }
+        "kubernetes.io/service-account-token"
+            if obj["metadata"]["annotations"]["kubernetes.io/service-account.name"]
+                .as_str()
+                .is_none_or(str::is_empty) =>
+        {
+            causes.push(required(
+                "metadata.annotations[kubernetes.io/service-account.name]",
+            ));
+        }
+        _ => {}
+    }
+    causes
+}
+
+/// A secret's type never changes; its data freezes with `immutable`, as a ConfigMap's.
+fn validate_update(obj: &Value, old: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    if obj["type"] != old["type"] {
+        causes.push(immutable("type", &obj["type"]));
+    }
+    causes.extend(configmap::validate_update(obj, old));
+    causes
+}
+
 fn validate(obj: &Value) -> Vec<Cause> {
-    let mut causes = check_config_keys("data", &[&obj["data"]]);
+    let mut causes = check_config_keys("data", &obj["data"]);
+    causes.extend(required_keys(obj));
     for (k, v) in obj["data"].as_object().into_iter().flatten() {
         let ok = v
             .as_str()

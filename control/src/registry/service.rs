@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Service;
 use serde_json::{json, Value};
 
 use super::generic::{self, Def};
-use super::meta::{duplicate, immutable, invalid, not_supported, required};
+use super::meta::{duplicate, invalid, invalid_go, not_supported, required};
 use super::{Cause, ResourceInfo};
 
 pub static DEF: Def = Def {
@@ -29,6 +29,9 @@ pub static DEF: Def = Def {
     status: true,
     generation: false,
     initial_status: |_| json!({ "loadBalancer": {} }),
+    prepare_status_update: generic::no_prepare,
+    prepare_update,
+    field_value: generic::field_value,
     fields: &["spec.clusterIP", "spec.type"],
 };
 
@@ -142,11 +145,100 @@ fn validate(obj: &Value) -> Vec<Cause> {
     causes
 }
 
-fn validate_update(obj: &Value, old: &Value) -> Vec<Cause> {
-    let (new_ip, old_ip) = (&obj["spec"]["clusterIP"], &old["spec"]["clusterIP"]);
-    let changing_type = obj["spec"]["type"] != old["spec"]["type"];
-    if old_ip.as_str().is_some_and(|s| !s.is_empty()) && new_ip != old_ip && !changing_type {
-        return vec![immutable("spec.clusterIPs[0]", new_ip)];
+/// A service's cluster addresses as a list: `clusterIPs`, or `[clusterIP]` from an older
+/// client that sent only that.
+fn cluster_ips(spec: &Value) -> Vec<String> {
+    match spec["clusterIPs"].as_array() {
+        Some(ips) => ips
+            .iter()
+            .map(|ip| ip.as_str().unwrap_or_default().to_string())
+            .collect(),
+        None => spec["clusterIP"]
+            .as_str()
+            .filter(|ip| !ip.is_empty())
+            .map(|ip| vec![ip.to_string()])
+            .unwrap_or_default(),
     }
-    Vec::new()
+}
+
+/// A Go `%#v` of a `[]string`, as kube-apiserver prints the value of a clusterIPs cause.
+fn go_string_slice(spec: &Value, ips: &[String]) -> String {
+    if spec["clusterIPs"].is_null() && ips.is_empty() {
+        return "[]string(nil)".into();
+    }
+    let quoted: Vec<String> = ips.iter().map(|ip| format!("{ip:?}")).collect();
+    format!("[]string{{{}}}", quoted.join(", "))
+}
+
+/// What an update keeps that the client may leave out: the allocated cluster addresses
+/// and node ports (as kube-apiserver's patchAllocatedValues), so that `kubectl apply` of
+/// a manifest without them does not try to change them.
+fn prepare_update(obj: &mut Value, old: &Value) {
+    let (spec, old_spec) = (&mut obj["spec"], &old["spec"]);
+    if !spec.is_object() || spec["type"] == "ExternalName" || old_spec["type"] == "ExternalName" {
+        return;
+    }
+    if spec["clusterIP"].as_str().is_none_or(str::is_empty) && !old_spec["clusterIP"].is_null() {
+        spec["clusterIP"] = old_spec["clusterIP"].clone();
+    }
+    if spec["clusterIPs"].as_array().is_none_or(Vec::is_empty) && !old_spec["clusterIPs"].is_null()
+    {
+        spec["clusterIPs"] = old_spec["clusterIPs"].clone();
+    }
+    let node_ports = |t: &Value| matches!(t.as_str(), Some("NodePort" | "LoadBalancer"));
+    if node_ports(&spec["type"]) && node_ports(&old_spec["type"]) {
+        let old_ports = old_spec["ports"].as_array().cloned().unwrap_or_default();
+        for p in spec
+            .get_mut("ports")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if p["nodePort"].as_i64().unwrap_or(0) != 0 {
+                continue;
+            }
+            let same = old_ports.iter().find(|o| {
+                o["port"] == p["port"]
+                    && o["protocol"].as_str().unwrap_or("TCP")
+                        == p["protocol"].as_str().unwrap_or("TCP")
+            });
+            if let Some(n) = same.map(|o| &o["nodePort"]).filter(|n| !n.is_null()) {
+                p["nodePort"] = n.clone();
+            }
+        }
+    }
+}
+
+/// validateUpgradeDowngradeClusterIPs: the primary address never changes, and a
+/// secondary one may only be added or released, unless the service is or becomes an
+/// ExternalName one, or stays headless.
+fn validate_update(obj: &Value, old: &Value) -> Vec<Cause> {
+    let (spec, old_spec) = (&obj["spec"], &old["spec"]);
+    if spec["type"] == "ExternalName" || old_spec["type"] == "ExternalName" {
+        return Vec::new();
+    }
+    let (new_ips, old_ips) = (cluster_ips(spec), cluster_ips(old_spec));
+    let headless = |ips: &[String]| ips.len() == 1 && ips[0] == "None";
+    if headless(&new_ips) && headless(&old_ips) {
+        return Vec::new();
+    }
+    let shown = go_string_slice(spec, &new_ips);
+    let changed = |f: &str| invalid_go(f, &shown, "may not change once set");
+    let mut causes = Vec::new();
+    if old_ips.len() == new_ips.len() {
+        for (i, ip) in old_ips.iter().enumerate() {
+            if *ip != new_ips[i] {
+                causes.push(changed(&format!("spec.clusterIPs[{i}]")));
+            }
+        }
+    } else if new_ips.is_empty() {
+        causes.push(invalid_go(
+            "spec.clusterIPs[0]",
+            &shown,
+            "primary clusterIP can not be unset",
+        ));
+    } else if !old_ips.is_empty() && new_ips[0] != old_ips[0] {
+        causes.push(changed("spec.clusterIPs[0]"));
+    }
+    causes
 }
