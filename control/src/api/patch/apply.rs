@@ -16,6 +16,10 @@ type FieldSet = BTreeSet<Path>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conflict {
     pub manager: String,
+    /// The manager's operation, "Apply" or "Update": an updater is named with the
+    /// apiVersion it wrote, as kube-apiserver names it.
+    pub operation: String,
+    pub api_version: String,
     /// `.spec.replicas`, `.spec.containers[name="nginx"].image`.
     pub field: String,
 }
@@ -28,11 +32,34 @@ pub enum ApplyError {
     Invalid(String),
 }
 
+/// `"kubectl-edit" using apps/v1` for an updater, `"kubectl"` for an applier: the
+/// manager identity kube-apiserver keeps (never the time) as it prints it.
+fn manager_text(c: &Conflict) -> String {
+    if c.operation == "Update" {
+        format!("{:?} using {}", c.manager, c.api_version)
+    } else {
+        format!("{:?}", c.manager)
+    }
+}
+
+/// One conflict on one line; several grouped by manager, managers sorted, a line per field.
 fn conflicts_text(c: &[Conflict]) -> String {
-    c.iter()
-        .map(|c| format!("conflict with \"{}\": {}", c.manager, c.field))
-        .collect::<Vec<_>>()
-        .join("\n")
+    if let [one] = c {
+        return format!("conflict with {}: {}", manager_text(one), one.field);
+    }
+    let mut managers: Vec<String> = c.iter().map(manager_text).collect();
+    managers.sort();
+    managers.dedup();
+    let mut lines = Vec::new();
+    for m in managers {
+        lines.push(format!("conflicts with {m}:"));
+        lines.extend(
+            c.iter()
+                .filter(|x| manager_text(x) == m)
+                .map(|x| format!("- {}", x.field)),
+        );
+    }
+    lines.join("\n")
 }
 
 /// Fields no manager owns: identity and server-set metadata.
@@ -359,6 +386,40 @@ fn store_entries(obj: &mut Value, list: Vec<Entry>) {
     }
 }
 
+/// Whether an apply changes the field a path names. A list item itself (`.`) changes only
+/// by coming or going: a change inside it is the change of the field inside.
+fn differs(live: &Value, applied: &Value, p: &[String]) -> bool {
+    let (a, b) = (value_at(live, p), value_at(applied, p));
+    if p.last().is_some_and(|t| t == ".") {
+        a.is_some() != b.is_some()
+    } else {
+        a != b
+    }
+}
+
+/// `[.., k:{"name":"side"}, f:name]` while another manager owns something in that item.
+fn is_key_of_held_item(p: &[String], held: &FieldSet) -> bool {
+    let [item @ .., last] = p else {
+        return false;
+    };
+    let (Some(field), Some(k)) = (
+        last.strip_prefix("f:"),
+        item.last().and_then(|t| t.strip_prefix("k:")),
+    ) else {
+        return false;
+    };
+    let keys: Map<String, Value> = serde_json::from_str(k).unwrap_or_default();
+    keys.contains_key(field) && held.contains(item)
+}
+
+/// `[.., k:{..}, .]`: the item itself, kept while another manager owns a field of it.
+fn held_item_itself(p: &[String], held: &FieldSet) -> bool {
+    match p.split_last() {
+        Some((last, item)) if last == "." => held.contains(item),
+        _ => false,
+    }
+}
+
 /// Server-side apply of `applied` by `manager` onto `live` (None: a create).
 pub fn apply(
     live: Option<&Value>,
@@ -397,7 +458,7 @@ pub fn apply(
         let clash: Vec<Path> = e
             .set
             .intersection(&applied_set)
-            .filter(|p| value_at(live, p) != value_at(applied, p))
+            .filter(|p| differs(live, applied, p))
             .cloned()
             .collect();
         if force {
@@ -407,6 +468,8 @@ pub fn apply(
         } else {
             conflicts.extend(clash.iter().map(|p| Conflict {
                 manager: e.manager.clone(),
+                operation: e.operation.clone(),
+                api_version: e.api_version.clone(),
                 field: display(p),
             }));
         }
@@ -430,8 +493,16 @@ pub fn apply(
         .filter(|e| !mine(e))
         .flat_map(|e| e.set.iter().cloned())
         .collect();
+    // As structured-merge-diff adds back what others own: every step on the way to a
+    // field another manager owns stays, a list item with its key fields.
+    let mut held: FieldSet = FieldSet::new();
+    for o in &others {
+        for n in 1..=o.len() {
+            held.insert(o[..n].to_vec());
+        }
+    }
     for p in previous.difference(&applied_set) {
-        if !others.contains(p) && !others.iter().any(|o| o.starts_with(p)) {
+        if !held.contains(p) && !is_key_of_held_item(p, &held) && !held_item_itself(p, &held) {
             remove_at(&mut out, p);
         }
     }

@@ -32,6 +32,8 @@ pub trait PatchSchema: Send + Sync {
 
 mod apply;
 mod strategic;
+#[cfg(test)]
+mod tests;
 
 pub use apply::{apply, record_update, ApplyError, Conflict};
 pub use strategic::strategic_merge_patch;

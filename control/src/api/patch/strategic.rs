@@ -97,6 +97,21 @@ fn merge_map(
             .iter()
             .filter_map(Value::as_str)
             .collect();
+        // Upstream refuses a patch that sets a field its `$retainKeys` does not name.
+        if let Some(k) = patch
+            .iter()
+            .find(|(k, v)| !v.is_null() && !is_directive(k) && !keep.contains(&k.as_str()))
+            .map(|(k, _)| k)
+        {
+            let field = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            return Err(PatchError::Invalid(format!(
+                "{field}: invalid patch format of retainKeys"
+            )));
+        }
         orig.retain(|k, _| keep.contains(&k.as_str()));
     }
     for (k, v) in patch {
@@ -107,6 +122,12 @@ fn merge_map(
             }
         }
     }
+    // The lists as they were, which `$setElementOrder` places server-only items by.
+    let server_order: Map<String, Value> = patch
+        .keys()
+        .filter_map(|k| k.strip_prefix(ORDER))
+        .filter_map(|f| Some((f.to_string(), orig.get(f)?.clone())))
+        .collect();
     for (k, v) in patch {
         if is_directive(k) {
             continue;
@@ -129,8 +150,9 @@ fn merge_map(
                 } else {
                     meta.type_name.as_deref()
                 };
+                // `$patch: delete` in a map leaves it empty, as upstream's mergeMap returns.
                 if let Merged::Deleted = merge_map(o, p, schema, child, &path)? {
-                    orig.remove(k);
+                    o.clear();
                 }
             }
             (Some(Value::Array(o)), Value::Array(p))
@@ -155,7 +177,12 @@ fn merge_map(
             let key = field_meta(schema, ty, field).merge_key;
             if let (Some(Value::Array(list)), Some(order)) = (orig.get_mut(field), order.as_array())
             {
-                reorder(list, order, key.as_deref());
+                let server = server_order
+                    .get(field)
+                    .and_then(Value::as_array)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                reorder(list, order, server, key.as_deref());
             }
         }
     }
@@ -194,7 +221,7 @@ fn merge_list(
                 };
                 let Some(kv) = key_of(p, key) else {
                     return Err(PatchError::Invalid(format!(
-                        "{at}: an item does not have the merge key {key:?}"
+                        "{at}: map: {p} does not contain declared merge key: {key}"
                     )));
                 };
                 let idx = out.iter().position(|o| key_of(o, key) == Some(kv));
@@ -234,19 +261,42 @@ fn merge_list(
     Ok(out)
 }
 
-/// `$setElementOrder`: the listed items in that order, then any others as they were.
-fn reorder(list: &mut Vec<Value>, order: &[Value], key: Option<&str>) {
-    let matches = |item: &Value, o: &Value| match key {
-        Some(k) => item.get(k).is_some() && item.get(k) == o.get(k),
-        None => item == o,
+/// `$setElementOrder`, as upstream's normalizeElementOrder: the listed items in that
+/// order; the items the order does not name (the server's own) in their old order, each
+/// put before the first listed item that came after it in the old list.
+fn reorder(list: &mut Vec<Value>, order: &[Value], server: &[Value], key: Option<&str>) {
+    let same = |a: &Value, b: &Value| match key {
+        Some(k) => a.get(k).is_some() && a.get(k) == b.get(k),
+        None => a == b,
     };
-    let mut rest = std::mem::take(list);
-    for o in order {
-        if let Some(i) = rest.iter().position(|item| matches(item, o)) {
-            list.push(rest.remove(i));
+    let pos_in = |l: &[Value], item: &Value| l.iter().position(|o| same(item, o));
+    let (mut listed, mut rest): (Vec<Value>, Vec<Value>) = std::mem::take(list)
+        .into_iter()
+        .partition(|item| pos_in(order, item).is_some());
+    listed.sort_by_key(|item| pos_in(order, item));
+    // A stable sort by the old position; items the server did not have keep their place
+    // after those it had.
+    rest.sort_by_key(|item| pos_in(server, item).unwrap_or(usize::MAX));
+    let (mut i, mut j) = (0, 0);
+    while i < rest.len() || j < listed.len() {
+        let take_rest = if i >= rest.len() {
+            false
+        } else if j >= listed.len() {
+            true
+        } else {
+            match (pos_in(server, &rest[i]), pos_in(server, &listed[j])) {
+                (Some(a), Some(b)) => a < b,
+                _ => false,
+            }
+        };
+        if take_rest {
+            list.push(rest[i].clone());
+            i += 1;
+        } else {
+            list.push(listed[j].clone());
+            j += 1;
         }
     }
-    list.extend(rest);
 }
 
 #[cfg(test)]
