@@ -8,6 +8,9 @@ pub mod kubeconfig;
 pub mod pki;
 pub mod token;
 
+#[cfg(test)]
+mod auth_tests;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 

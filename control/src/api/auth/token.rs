@@ -144,21 +144,41 @@ impl BootstrapToken {
         if is_expired(secret, now) {
             return None;
         }
-        let mut groups = vec!["system:bootstrappers".to_string()];
-        if let Some(extra) = field("auth-extra-groups") {
-            groups.extend(
-                extra
-                    .split(',')
-                    .map(|g| g.trim().to_string())
-                    .filter(|g| g.starts_with("system:bootstrappers:")),
-            );
+        // As the bootstrap token authenticator's GetGroups: the default group and the
+        // extra ones, sorted without duplicates; one invalid extra group and the token
+        // does not authenticate at all.
+        let mut groups = std::collections::BTreeSet::from(["system:bootstrappers".to_string()]);
+        if let Some(extra) = field("auth-extra-groups").filter(|e| !e.is_empty()) {
+            for g in extra.split(',') {
+                if !valid_extra_group(g) {
+                    return None;
+                }
+                groups.insert(g.to_string());
+            }
         }
+        let mut groups: Vec<String> = groups.into_iter().collect();
         groups.push("system:authenticated".into());
         Some(User {
             name: format!("system:bootstrap:{}", self.id),
             groups,
         })
     }
+}
+
+/// `system:bootstrappers:` then up to 256 of [a-z0-9:-] ending in [a-z0-9], the
+/// pattern Kubernetes validates a token's extra groups by.
+fn valid_extra_group(g: &str) -> bool {
+    let Some(rest) = g.strip_prefix("system:bootstrappers:") else {
+        return false;
+    };
+    (1..=256).contains(&rest.len())
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b':' || b == b'-')
+        && rest
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// The name of the Secret of the token with this id.
