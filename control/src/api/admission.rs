@@ -428,14 +428,8 @@ impl Api {
             return;
         }
         let doc = super::openapi::get();
-        let type_name = doc
-            .definition_name(info.group, info.version, info.kind)
-            .unwrap_or(info.kind);
-        let api_version = if info.group.is_empty() {
-            info.version.to_string()
-        } else {
-            format!("{}/{}", info.group, info.version)
-        };
+        let type_name = doc.type_name(info);
+        let api_version = storage::api_version(info);
         let now = object::timestamp(chrono::Utc::now());
         super::patch::record_update(old, obj, &opts.manager, &api_version, &now, doc, type_name);
     }

@@ -567,10 +567,7 @@ impl Api {
         let info = s.info();
         let t = storage::target(info, name);
         let doc = super::openapi::get();
-        let type_name = doc
-            .definition_name(info.group, info.version, info.kind)
-            .unwrap_or(info.kind)
-            .to_string();
+        let type_name = doc.type_name(info).to_string();
         if kind == PatchKind::Apply {
             return self
                 .apply_object(s, ns, name, subresource, body, opts, q, &type_name)

@@ -4,7 +4,7 @@ use k8s_openapi::api::core::v1::Endpoints;
 use serde_json::{json, Value};
 
 use super::generic::{self, Def};
-use super::ResourceInfo;
+use super::{meta, ResourceInfo};
 
 pub static DEF: Def = Def {
     info: ResourceInfo {
@@ -32,18 +32,8 @@ pub static DEF: Def = Def {
 };
 
 fn default(obj: &mut Value) {
-    for s in obj
-        .get_mut("subsets")
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
-    {
-        for p in s
-            .get_mut("ports")
-            .and_then(Value::as_array_mut)
-            .into_iter()
-            .flatten()
-        {
+    for s in meta::items_mut(&mut *obj, "subsets") {
+        for p in meta::items_mut(&mut *s, "ports") {
             if p["protocol"].is_null() {
                 p["protocol"] = json!("TCP");
             }

@@ -4,7 +4,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{json, Value};
 
 use super::generic::{self, Def};
-use super::meta::{not_supported, required};
+use super::meta::{self, not_supported, required};
 use super::{Cause, ResourceInfo};
 
 pub static DEF: Def = Def {
@@ -33,12 +33,7 @@ pub static DEF: Def = Def {
 };
 
 fn default(obj: &mut Value) {
-    for p in obj
-        .get_mut("ports")
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
-    {
+    for p in meta::items_mut(&mut *obj, "ports") {
         if p["protocol"].is_null() {
             p["protocol"] = json!("TCP");
         }

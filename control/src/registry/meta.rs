@@ -9,6 +9,15 @@ pub const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of 
 pub const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
 pub const DNS1035_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
 
+/// The items of the list at `obj[key]`, to change in place; none when there is no such
+/// list. (Indexing a Value mutably would add a null member where there is none.)
+pub fn items_mut<'a>(obj: &'a mut Value, key: &str) -> impl Iterator<Item = &'a mut Value> {
+    obj.get_mut(key)
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+}
+
 pub fn required(field: &str) -> Cause {
     Cause {
         field: field.into(),
@@ -358,18 +367,8 @@ mod tests {
 
     #[test]
     fn missing_name_and_namespace() {
-        let info = ResourceInfo {
-            group: "",
-            version: "v1",
-            kind: "ConfigMap",
-            plural: "configmaps",
-            singular: "configmap",
-            namespaced: true,
-            short_names: &[],
-            categories: &[],
-            subresources: &[],
-        };
-        let causes = validate_object_meta(&json!({"metadata": {}}), &info);
+        let info = &crate::registry::configmap::DEF.info;
+        let causes = validate_object_meta(&json!({"metadata": {}}), info);
         assert_eq!(causes[0].field, "metadata.name");
         assert_eq!(
             causes[0].message,
@@ -389,20 +388,10 @@ mod tests {
 
     #[test]
     fn oversized_annotations_are_too_long() {
-        let info = ResourceInfo {
-            group: "",
-            version: "v1",
-            kind: "Node",
-            plural: "nodes",
-            singular: "node",
-            namespaced: false,
-            short_names: &[],
-            categories: &[],
-            subresources: &[],
-        };
+        let info = &crate::registry::node::DEF.info;
         let big = "x".repeat(256 * 1024);
         let obj = json!({"metadata": {"name": "n", "annotations": {"k": big}}});
-        let causes = validate_object_meta(&obj, &info);
+        let causes = validate_object_meta(&obj, info);
         assert_eq!(causes.len(), 1, "{causes:?}");
         assert_eq!(
             (
@@ -417,6 +406,6 @@ mod tests {
             )
         );
         let fits = json!({"metadata": {"name": "n", "annotations": {"k": "x".repeat(1000)}}});
-        assert!(validate_object_meta(&fits, &info).is_empty());
+        assert!(validate_object_meta(&fits, info).is_empty());
     }
 }

@@ -81,20 +81,10 @@ fn default_container(c: &mut Value) {
     let image = c["image"].as_str().unwrap_or("").to_string();
     set_default(c, "imagePullPolicy", json!(pull_policy(&image)));
     set_default(c, "resources", json!({}));
-    for p in c
-        .get_mut("ports")
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
-    {
+    for p in meta::items_mut(&mut *c, "ports") {
         set_default(p, "protocol", json!("TCP"));
     }
-    for e in c
-        .get_mut("env")
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
-    {
+    for e in meta::items_mut(&mut *c, "env") {
         if e["valueFrom"]["fieldRef"].is_object() {
             set_default(&mut e["valueFrom"]["fieldRef"], "apiVersion", json!("v1"));
         }
@@ -125,21 +115,11 @@ pub fn default_pod_spec(spec: &mut Value) {
     set_default(spec, "schedulerName", json!("default-scheduler"));
     set_default(spec, "securityContext", json!({}));
     for list in ["containers", "initContainers"] {
-        for c in spec
-            .get_mut(list)
-            .and_then(Value::as_array_mut)
-            .into_iter()
-            .flatten()
-        {
+        for c in meta::items_mut(&mut *spec, list) {
             default_container(c);
         }
     }
-    for v in spec
-        .get_mut("volumes")
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
-    {
+    for v in meta::items_mut(&mut *spec, "volumes") {
         for kind in ["secret", "configMap", "projected", "downwardAPI"] {
             if v[kind].is_object() {
                 set_default(&mut v[kind], "defaultMode", json!(420));
@@ -156,12 +136,7 @@ pub fn default_pod_spec(spec: &mut Value) {
 fn default_pod_only(spec: &mut Value) {
     set_default(spec, "enableServiceLinks", json!(true));
     for list in ["containers", "initContainers"] {
-        for c in spec
-            .get_mut(list)
-            .and_then(Value::as_array_mut)
-            .into_iter()
-            .flatten()
-        {
+        for c in meta::items_mut(&mut *spec, list) {
             let Some(limits) = c["resources"]["limits"].as_object().cloned() else {
                 continue;
             };
@@ -491,12 +466,7 @@ fn validate(obj: &Value) -> Vec<Cause> {
 fn frozen(spec: &Value, old_node: bool) -> Value {
     let mut s = spec.clone();
     for list in ["containers", "initContainers"] {
-        for c in s
-            .get_mut(list)
-            .and_then(Value::as_array_mut)
-            .into_iter()
-            .flatten()
-        {
+        for c in meta::items_mut(&mut s, list) {
             c["image"] = Value::Null;
         }
     }

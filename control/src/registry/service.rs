@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Service;
 use serde_json::{json, Value};
 
 use super::generic::{self, Def};
-use super::meta::{duplicate, invalid, invalid_go, not_supported, required};
+use super::meta::{self, duplicate, invalid, invalid_go, not_supported, required};
 use super::{Cause, ResourceInfo};
 
 pub static DEF: Def = Def {
@@ -48,12 +48,7 @@ fn default(obj: &mut Value) {
     if spec["sessionAffinity"].is_null() {
         spec["sessionAffinity"] = json!("None");
     }
-    for p in spec
-        .get_mut("ports")
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
-    {
+    for p in meta::items_mut(&mut *spec, "ports") {
         if p["protocol"].is_null() {
             p["protocol"] = json!("TCP");
         }
@@ -188,12 +183,7 @@ fn prepare_update(obj: &mut Value, old: &Value) {
     let node_ports = |t: &Value| matches!(t.as_str(), Some("NodePort" | "LoadBalancer"));
     if node_ports(&spec["type"]) && node_ports(&old_spec["type"]) {
         let old_ports = old_spec["ports"].as_array().cloned().unwrap_or_default();
-        for p in spec
-            .get_mut("ports")
-            .and_then(Value::as_array_mut)
-            .into_iter()
-            .flatten()
-        {
+        for p in meta::items_mut(&mut *spec, "ports") {
             if p["nodePort"].as_i64().unwrap_or(0) != 0 {
                 continue;
             }

@@ -161,7 +161,8 @@ fn only_a_bearer_authorization_carries_a_token() {
     assert_eq!(bearer_token(&h), None);
 }
 
-fn attrs(
+/// Request attributes for authorizer tests.
+pub(super) fn attrs(
     verb: &str,
     group: &str,
     resource: &str,

@@ -241,23 +241,7 @@ pub fn forbidden_message(user: &User, a: &RequestAttributes) -> String {
 mod tests {
     use super::*;
 
-    fn attrs(
-        verb: &str,
-        group: &str,
-        resource: &str,
-        sub: &str,
-        ns: &str,
-        name: &str,
-    ) -> RequestAttributes {
-        RequestAttributes {
-            verb: verb.into(),
-            api_group: group.into(),
-            resource: resource.into(),
-            subresource: sub.into(),
-            namespace: ns.into(),
-            name: name.into(),
-        }
-    }
+    use super::auth_tests::attrs;
 
     #[test]
     fn masters_may_do_anything_and_nodes_only_their_own() {

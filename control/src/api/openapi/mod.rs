@@ -201,6 +201,13 @@ impl OpenApi {
 
     /// The definition carrying `x-kubernetes-group-version-kind` {group, version, kind};
     /// the core group is "".
+    /// The definition name of a served resource's kind, which strategic merge patch and
+    /// apply look fields up under; the kind itself when the documents do not have it.
+    pub fn type_name<'a>(&'a self, info: &'a crate::registry::ResourceInfo) -> &'a str {
+        self.definition_name(info.group, info.version, info.kind)
+            .unwrap_or(info.kind)
+    }
+
     pub fn definition_name(&self, group: &str, version: &str, kind: &str) -> Option<&str> {
         self.gvk
             .get(&(group.to_string(), version.to_string(), kind.to_string()))
