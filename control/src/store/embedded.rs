@@ -179,12 +179,8 @@ impl Inner {
         let revision = meta_value(META_REVISION)?;
         let compacted = meta_value(META_COMPACTED)?;
         let table = txn.open_table(KV).map_err(|e| self.fail(e))?;
-        let lower = match start_after {
-            Some(after) if after >= prefix => Bound::Excluded(after),
-            _ => Bound::Included(prefix),
-        };
         let range = table
-            .range::<&str>((lower, Bound::Unbounded))
+            .range::<&str>((super::list_start(prefix, start_after), Bound::Unbounded))
             .map_err(|e| self.fail(e))?;
         if let Some(rev) = at.filter(|r| *r < revision) {
             if rev < compacted {

@@ -80,6 +80,11 @@ impl MemoryStore {
         at: Option<Revision>,
     ) -> Result<ListPage> {
         let st = self.lock();
+        let in_range = st
+            .kvs
+            .range::<str, _>((super::list_start(prefix, start_after), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, kv)| kv);
         if let Some(rev) = at.filter(|r| *r < st.revision) {
             if rev < st.compacted {
                 return Err(StoreError::Compacted {
@@ -87,15 +92,7 @@ impl MemoryStore {
                     compacted: st.compacted,
                 });
             }
-            let lower = match start_after {
-                Some(after) if after >= prefix => Bound::Excluded(after.to_string()),
-                _ => Bound::Included(prefix.to_string()),
-            };
-            let current = st
-                .kvs
-                .range((lower, Bound::Unbounded))
-                .take_while(|(k, _)| k.starts_with(prefix))
-                .map(|(_, kv)| kv.clone());
+            let current = in_range.cloned();
             let later = st
                 .history
                 .iter()
@@ -111,15 +108,7 @@ impl MemoryStore {
                 rev,
             ));
         }
-        let lower = match start_after {
-            Some(after) if after >= prefix => Bound::Excluded(after.to_string()),
-            _ => Bound::Included(prefix.to_string()),
-        };
-        let mut matching = st
-            .kvs
-            .range((lower, Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, kv)| kv);
+        let mut matching = in_range;
         let limit = limit.unwrap_or(usize::MAX);
         let items: Vec<KeyValue> = matching.by_ref().take(limit).cloned().collect();
         let remaining = matching.count() as i64;

@@ -117,6 +117,18 @@ pub trait Store: Send + Sync + 'static {
     fn revision(&self) -> BoxFuture<'_, Result<Revision>>;
 }
 
+/// Where a list of `prefix` starts: just past `start_after` when that is within or after
+/// the prefix, else at the prefix.
+pub(crate) fn list_start<'a>(
+    prefix: &'a str,
+    start_after: Option<&'a str>,
+) -> std::ops::Bound<&'a str> {
+    match start_after {
+        Some(after) if after >= prefix => std::ops::Bound::Excluded(after),
+        _ => std::ops::Bound::Included(prefix),
+    }
+}
+
 pub mod embedded;
 pub mod etcd;
 pub mod memory;
