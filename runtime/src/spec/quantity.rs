@@ -7,7 +7,7 @@ use super::SpecError;
 /// does ("0.1m" is 1). Negative quantities are allowed here.
 ///
 /// Grammar: `[+-] (digits | digits.digits | digits. | .digits) suffix` where suffix is one
-/// of "", m, k, M, G, T, P, E (decimal SI), Ki, Mi, Gi, Ti, Pi, Ei (binary SI) or an
+/// of "", n, u, m, k, M, G, T, P, E (decimal SI), Ki, Mi, Gi, Ti, Pi, Ei (binary SI) or an
 /// exponent `e<signed int>` / `E<signed int>`.
 pub fn parse_quantity_milli(q: &str) -> Result<i128, SpecError> {
     let err = |reason: &str| SpecError::InvalidQuantity {
@@ -52,6 +52,8 @@ pub fn parse_quantity_milli(q: &str) -> Result<i128, SpecError> {
     // value = mantissa * 2^bin * 10^dec / 10^frac_len
     let (bin, dec): (u32, i32) = match suffix {
         "" => (0, 0),
+        "n" => (0, -9),
+        "u" => (0, -6),
         "m" => (0, -3),
         "k" => (0, 3),
         "M" => (0, 6),
@@ -154,6 +156,10 @@ mod tests {
             ("0", 0),
             ("0.0001", 1),
             ("1k", 1_000_000),
+            // Nano and micro units, which kube-apiserver accepts too.
+            ("500000u", 500),
+            ("250000000n", 250),
+            ("1n", 1), // rounds up
         ] {
             assert_eq!(parse_quantity_milli_cpu(q).unwrap(), want, "{q}");
         }
