@@ -196,18 +196,8 @@ impl<'a> Reader<'a> {
     }
 
     fn varint(&mut self) -> Result<u64, DecodeError> {
-        let mut v: u64 = 0;
-        for i in 0..10 {
-            let Some((&b, rest)) = self.buf.split_first() else {
-                return err("truncated varint");
-            };
-            self.buf = rest;
-            v |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        err("varint longer than 10 bytes")
+        prost::encoding::decode_varint(&mut self.buf)
+            .map_err(|e| DecodeError(format!("varint: {e}")))
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
@@ -661,16 +651,8 @@ mod tests {
     struct W(Vec<u8>);
 
     impl W {
-        fn varint(&mut self, mut v: u64) {
-            loop {
-                let b = (v & 0x7f) as u8;
-                v >>= 7;
-                if v == 0 {
-                    self.0.push(b);
-                    return;
-                }
-                self.0.push(b | 0x80);
-            }
+        fn varint(&mut self, v: u64) {
+            prost::encoding::encode_varint(v, &mut self.0);
         }
         fn int(mut self, n: u32, v: i64) -> Self {
             self.varint(u64::from(n) << 3);
