@@ -306,6 +306,23 @@ fn attach_new_terminal(sock: &OwnedFd, uid: Uid) -> Result<(), String> {
     grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
     unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
     let slave = open_terminal_peer(&master)?;
+    // A size the caller knew before the process started waits on the socket already
+    // ([`set_initial_terminal_size`]): apply it before anything in the container can ask.
+    let mut size = [0u8; 8];
+    if let Ok(8) = nix::sys::socket::recv(
+        sock.as_raw_fd(),
+        &mut size,
+        nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+    ) {
+        let ws = libc::winsize {
+            ws_row: u16::from_ne_bytes([size[0], size[1]]),
+            ws_col: u16::from_ne_bytes([size[2], size[3]]),
+            ws_xpixel: u16::from_ne_bytes([size[4], size[5]]),
+            ws_ypixel: u16::from_ne_bytes([size[6], size[7]]),
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which outlives the call.
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    }
     // Keep the group (the devpts mount's gid=5, tty).
     nix::unistd::fchown(&slave, Some(uid), None)
         .map_err(|e| format!("chown the terminal to uid {uid}: {e}"))?;
@@ -360,6 +377,28 @@ pub fn console_socketpair() -> Result<(OwnedFd, OwnedFd), ProcessError> {
         nix::sys::socket::SockFlag::SOCK_CLOEXEC,
     )
     .map_err(sys("console socket pair"))
+}
+
+/// Give the terminal the process will get its first size: written on the caller's end of
+/// a [`console_socketpair`] before the process starts, it is set on the terminal before
+/// the process runs, so its first look at the size (`stty size`, a shell's `$COLUMNS`)
+/// never sees 0x0 while the caller races to resize it.
+pub fn set_initial_terminal_size(sock: &OwnedFd, rows: u16, cols: u16) -> Result<(), ProcessError> {
+    let mut size = [0u8; 8];
+    size[0..2].copy_from_slice(&rows.to_ne_bytes());
+    size[2..4].copy_from_slice(&cols.to_ne_bytes());
+    let n = nix::sys::socket::send(
+        sock.as_raw_fd(),
+        &size,
+        nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(sys("send the terminal size"))?;
+    if n != size.len() {
+        return Err(ProcessError::Start(
+            "the terminal size was cut short".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Receive a terminal master sent by `attach_new_terminal`.

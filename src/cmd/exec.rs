@@ -19,14 +19,20 @@ fn dup(fd: impl AsFd) -> Result<OwnedFd> {
     Ok(fd.as_fd().try_clone_to_owned()?)
 }
 
-/// Give the container's terminal the size of ours.
-fn copy_window_size(master: &OwnedFd) {
-    // SAFETY: TIOCGWINSZ/TIOCSWINSZ read and write one winsize struct.
+/// The size of our terminal, when stdin is one.
+fn window_size() -> Option<libc::winsize> {
+    // SAFETY: TIOCGWINSZ writes one winsize struct, which we own.
     unsafe {
         let mut ws: libc::winsize = std::mem::zeroed();
-        if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {
-            libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
-        }
+        (libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0).then_some(ws)
+    }
+}
+
+/// Give the container's terminal the size of ours.
+fn copy_window_size(master: &OwnedFd) {
+    if let Some(ws) = window_size() {
+        // SAFETY: TIOCSWINSZ reads one winsize struct, which outlives the call.
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     }
 }
 
@@ -67,6 +73,9 @@ pub fn exec(
     // The terminal is made inside the container (its own devpts), as runc's console
     // socket does; its master end comes back over this socket pair.
     let (ours, theirs) = podrun_runtime::process::console_socketpair()?;
+    if let Some(ws) = window_size() {
+        podrun_runtime::process::set_initial_terminal_size(&ours, ws.ws_row, ws.ws_col)?;
+    }
     let stdin_fd = std::io::stdin();
     let saved = termios::tcgetattr(&stdin_fd).ok();
     // Window size changes reach us as SIGWINCH; blocked here, before any thread starts,

@@ -286,6 +286,11 @@ impl CriStreams {
         let (mut client, output) = if tty {
             let (ours, theirs) =
                 podrun_runtime::process::console_socketpair().map_err(|e| e.to_string())?;
+            // A size the client sent already is the terminal's size from the start.
+            if let Some(Ok(size)) = streams.resize.as_mut().map(|rx| rx.try_recv()) {
+                podrun_runtime::process::set_initial_terminal_size(&ours, size.height, size.width)
+                    .map_err(|e| e.to_string())?;
+            }
             let (client, master) = tokio::task::spawn_blocking(move || {
                 let (client, _) = start_exec(&dir, &name, cmd, true, &[&theirs])
                     .map_err(|e| e.message().to_owned())?;
