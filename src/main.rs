@@ -217,6 +217,10 @@ enum Command {
         /// NodePort range of Services, inclusive.
         #[arg(long, default_value = "30000-32767")]
         service_node_port_range: String,
+        /// Run the scheduler and the controllers in this process, each behind its own
+        /// leader-election Lease (`--controllers=false` leaves them to another process).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        controllers: bool,
         #[command(subcommand)]
         action: Option<ServerAction>,
     },

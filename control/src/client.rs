@@ -325,6 +325,7 @@ mod tests {
             service_cluster_ip_range: "10.96.0.0/12".parse().unwrap(),
             service_node_port_range: (30000, 32767),
             admin_kubeconfig_copy: None,
+            controllers: false,
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(run(config, async {

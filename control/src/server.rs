@@ -34,6 +34,8 @@ pub struct ServerConfig {
     /// Another place to write the admin kubeconfig to (/etc/podrun/admin.conf for the
     /// default root).
     pub admin_kubeconfig_copy: Option<PathBuf>,
+    /// Run the scheduler and the controllers in this process (`--controllers`).
+    pub controllers: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +222,22 @@ pub async fn run(config: ServerConfig, stop: impl Future<Output = ()>) -> Result
     let controllers = tokio::spawn(crate::controllers::namespace::run(api.clone()));
     let signer = tokio::spawn(crate::controllers::csr::run(api.clone(), pki.clone()));
     let token_cleaner = tokio::spawn(crate::controllers::tokencleaner::run(api.clone()));
+    let mut managers = Vec::new();
+    if config.controllers {
+        use crate::api::auth::{CONTROLLER_MANAGER_USER, SCHEDULER_USER};
+        use crate::controllers::{client::in_process, manager};
+        let identity = manager::identity();
+        managers.push(tokio::spawn(manager::run_controller_manager(
+            in_process(api.clone(), CONTROLLER_MANAGER_USER),
+            identity.clone(),
+            Default::default(),
+        )));
+        managers.push(tokio::spawn(manager::run_scheduler(
+            in_process(api.clone(), SCHEDULER_USER),
+            identity,
+            Default::default(),
+        )));
+    }
 
     info!(
         "podrun server: serving {url} (listening on {}), store {store_desc}, kubeconfig {}",
@@ -296,5 +314,8 @@ pub async fn run(config: ServerConfig, stop: impl Future<Output = ()>) -> Result
     trimmer.abort();
     signer.abort();
     token_cleaner.abort();
+    for m in managers {
+        m.abort();
+    }
     Ok(())
 }

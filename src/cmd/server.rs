@@ -42,6 +42,7 @@ pub fn server(cli: &Cli) -> Result<ExitCode> {
         etcd_servers,
         service_cluster_ip_range,
         service_node_port_range,
+        controllers,
         action,
     } = &cli.command
     else {
@@ -54,7 +55,8 @@ pub fn server(cli: &Cli) -> Result<ExitCode> {
             || advertise_address.is_some()
             || !etcd_servers.is_empty()
             || service_cluster_ip_range.to_string() != "10.96.0.0/12"
-            || service_node_port_range != "30000-32767";
+            || service_node_port_range != "30000-32767"
+            || !*controllers;
         if serving_flags_given {
             bail!(
                 "podrun server token: --bind-address, --secure-port, --advertise-address, \
@@ -77,6 +79,7 @@ pub fn server(cli: &Cli) -> Result<ExitCode> {
         service_cluster_ip_range: *service_cluster_ip_range,
         service_node_port_range: node_port_range(service_node_port_range)?,
         admin_kubeconfig_copy: (cli.root == Path::new(DEFAULT_ROOT)).then(|| ADMIN_CONF.into()),
+        controllers: *controllers,
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,6 +1,9 @@
 //! Controllers that run inside `podrun server`: reconcile loops that are idempotent and
 //! look at the state, not at what changed.
 
+pub mod client;
 pub mod csr;
+pub mod leader;
+pub mod manager;
 pub mod namespace;
 pub mod tokencleaner;

@@ -1,0 +1,63 @@
+//! The controller manager and the scheduler as `podrun server` runs them (or `podrun
+//! controller-manager` against any API server): each behind its own Lease, as
+//! kube-controller-manager and kube-scheduler are, so that with several servers on one
+//! etcd exactly one of each works at a time.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use super::leader;
+
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The candidate's identity in the Leases: the host name and a unique suffix, as
+/// upstream's `<hostname>_<uuid>`.
+pub fn identity() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "podrun".into());
+    format!("{host}_{}", uuid::Uuid::new_v4())
+}
+
+/// Every controller of the controller manager, each a loop that runs until dropped.
+fn controllers(client: &kube::Client) -> Vec<Task> {
+    let _ = client;
+    Vec::new()
+}
+
+/// The scheduler's loops.
+fn scheduler(client: &kube::Client) -> Vec<Task> {
+    let _ = client;
+    Vec::new()
+}
+
+async fn all(tasks: Vec<Task>) {
+    futures_util::future::join_all(tasks).await;
+}
+
+/// Runs the controllers while holding kube-system/kube-controller-manager. Never returns.
+pub async fn run_controller_manager(
+    client: kube::Client,
+    identity: String,
+    timing: leader::Timing,
+) {
+    let c = client.clone();
+    leader::run(
+        client,
+        "kube-controller-manager",
+        &identity,
+        timing,
+        move || all(controllers(&c)),
+    )
+    .await
+}
+
+/// Runs the scheduler while holding kube-system/kube-scheduler. Never returns.
+pub async fn run_scheduler(client: kube::Client, identity: String, timing: leader::Timing) {
+    let c = client.clone();
+    leader::run(client, "kube-scheduler", &identity, timing, move || {
+        all(scheduler(&c))
+    })
+    .await
+}
