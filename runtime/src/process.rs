@@ -10,7 +10,7 @@
 //! (CVE-2024-21626).
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::fcntl::OFlag;
@@ -308,20 +308,15 @@ fn attach_new_terminal(sock: &OwnedFd, uid: Uid) -> Result<(), String> {
     let slave = open_terminal_peer(&master)?;
     // A size the caller knew before the process started waits on the socket already
     // ([`set_initial_terminal_size`]): apply it before anything in the container can ask.
-    let mut size = [0u8; 8];
-    if let Ok(8) = nix::sys::socket::recv(
+    let mut size = [0u8; 4];
+    if let Ok(4) = nix::sys::socket::recv(
         sock.as_raw_fd(),
         &mut size,
         nix::sys::socket::MsgFlags::MSG_DONTWAIT,
     ) {
-        let ws = libc::winsize {
-            ws_row: u16::from_ne_bytes([size[0], size[1]]),
-            ws_col: u16::from_ne_bytes([size[2], size[3]]),
-            ws_xpixel: u16::from_ne_bytes([size[4], size[5]]),
-            ws_ypixel: u16::from_ne_bytes([size[6], size[7]]),
-        };
-        // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which outlives the call.
-        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        let rows = u16::from_ne_bytes([size[0], size[1]]);
+        let cols = u16::from_ne_bytes([size[2], size[3]]);
+        set_terminal_size(&master, rows, cols).map_err(|e| format!("size the terminal: {e}"))?;
     }
     // Keep the group (the devpts mount's gid=5, tty).
     nix::unistd::fchown(&slave, Some(uid), None)
@@ -384,7 +379,7 @@ pub fn console_socketpair() -> Result<(OwnedFd, OwnedFd), ProcessError> {
 /// the process runs, so its first look at the size (`stty size`, a shell's `$COLUMNS`)
 /// never sees 0x0 while the caller races to resize it.
 pub fn set_initial_terminal_size(sock: &OwnedFd, rows: u16, cols: u16) -> Result<(), ProcessError> {
-    let mut size = [0u8; 8];
+    let mut size = [0u8; 4];
     size[0..2].copy_from_slice(&rows.to_ne_bytes());
     size[2..4].copy_from_slice(&cols.to_ne_bytes());
     let n = nix::sys::socket::send(
@@ -397,6 +392,21 @@ pub fn set_initial_terminal_size(sock: &OwnedFd, rows: u16, cols: u16) -> Result
         return Err(ProcessError::Start(
             "the terminal size was cut short".into(),
         ));
+    }
+    Ok(())
+}
+
+/// Set the window size of a terminal (through its master or slave).
+pub fn set_terminal_size(terminal: &impl AsFd, rows: u16, cols: u16) -> nix::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which outlives the call.
+    if unsafe { libc::ioctl(terminal.as_fd().as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
+        return Err(nix::Error::last());
     }
     Ok(())
 }

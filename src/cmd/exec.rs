@@ -4,7 +4,7 @@
 //! passes window size changes (SIGWINCH) on.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
@@ -31,8 +31,7 @@ fn window_size() -> Option<libc::winsize> {
 /// Give the container's terminal the size of ours.
 fn copy_window_size(master: &OwnedFd) {
     if let Some(ws) = window_size() {
-        // SAFETY: TIOCSWINSZ reads one winsize struct, which outlives the call.
-        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        let _ = podrun_runtime::process::set_terminal_size(master, ws.ws_row, ws.ws_col);
     }
 }
 

@@ -18,7 +18,7 @@ use tonic::Status;
 use tracing::debug;
 
 use super::{blocking, monitor_socket, protocol_status, Cri};
-use crate::streaming::{AsyncStream, BoxFuture, StreamRuntime, Streams, TerminalSize};
+use crate::streaming::{AsyncStream, BoxFuture, StreamRuntime, Streams};
 
 /// Per-stream cap of ExecSync output, as kubelet's.
 const MAX_EXEC_SYNC_OUTPUT: usize = 16 << 20;
@@ -188,17 +188,6 @@ pub async fn port_forward(
 /// The streaming server's way into the runtime.
 pub struct CriStreams(pub Arc<Cri>);
 
-fn set_winsize(fd: i32, size: TerminalSize) {
-    let ws = libc::winsize {
-        ws_row: size.height,
-        ws_col: size.width,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads a winsize struct we own.
-    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
-}
-
 /// Copy until EOF or an error on either side, flushing as data comes (interactive
 /// streams); optionally shut the writer down at the end.
 async fn copy_until_eof(
@@ -306,7 +295,11 @@ impl CriStreams {
                 let dup = master.try_clone().map_err(|e| e.to_string())?;
                 tasks.push(tokio::spawn(async move {
                     while let Some(size) = rx.recv().await {
-                        set_winsize(dup.as_raw_fd(), size);
+                        let _ = podrun_runtime::process::set_terminal_size(
+                            &dup,
+                            size.height,
+                            size.width,
+                        );
                     }
                 }));
             }

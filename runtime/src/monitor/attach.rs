@@ -1,7 +1,7 @@
 //! Clients attached to a running container's stdio: its output copied to them through
 //! bounded queues, their input written to its stdin, terminal resizes.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 
 use tracing::debug;
@@ -200,16 +200,8 @@ impl Monitor {
             .as_ref()
             .and_then(|r| r.stdout.as_ref())
             .ok_or_else(|| format!("container {id} is not running"))?;
-        let ws = libc::winsize {
-            ws_row: height,
-            ws_col: width,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which outlives the call.
-        if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
-            return Err(format!("resize terminal: {}", nix::Error::last()));
-        }
+        crate::process::set_terminal_size(master, height, width)
+            .map_err(|e| format!("resize terminal: {e}"))?;
         Ok(())
     }
 }
