@@ -7,8 +7,9 @@ use std::future::Future;
 use std::pin::Pin;
 
 use super::leader;
+use super::shared::Informers;
 
-type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The candidate's identity in the Leases: the host name and a unique suffix, as
 /// upstream's `<hostname>_<uuid>`.
@@ -20,16 +21,21 @@ pub fn identity() -> String {
     format!("{host}_{}", uuid::Uuid::new_v4())
 }
 
-/// Every controller of the controller manager, each a loop that runs until dropped.
+/// Every controller of the controller manager, each a loop that runs until dropped, and
+/// the informers they share.
 fn controllers(client: &kube::Client) -> Vec<Task> {
-    let _ = client;
-    Vec::new()
+    let mut informers = Informers::new(client);
+    let mut tasks: Vec<Task> = vec![];
+    tasks.extend(informers.run());
+    tasks
 }
 
 /// The scheduler's loops.
 fn scheduler(client: &kube::Client) -> Vec<Task> {
-    let _ = client;
-    Vec::new()
+    let mut informers = Informers::new(client);
+    let mut tasks: Vec<Task> = vec![];
+    tasks.extend(informers.run());
+    tasks
 }
 
 async fn all(tasks: Vec<Task>) {

@@ -6,4 +6,5 @@ pub mod csr;
 pub mod leader;
 pub mod manager;
 pub mod namespace;
+pub mod shared;
 pub mod tokencleaner;
