@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::{Selector, SelectorExt};
-use kube::runtime::reflector::{self, ReflectHandle, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -26,12 +26,20 @@ use super::manager::Task;
 /// How many changes a slow subscriber may lag behind before the informer waits for it.
 const BUFFER: usize = 4096;
 
+/// A subscriber's stream of changed objects (see [`Informer::subscribe`]).
+pub type Changes<K> = tokio_stream::wrappers::ReceiverStream<Arc<K>>;
+
 /// One watch of a resource across all namespaces, as client-go's shared informer: a
 /// cache ([`Store`]) and a stream of changed objects for each subscriber. Subscribe
 /// before [`Informer::run`], which consumes the watch.
+///
+/// Unlike kube-runtime's shared reflector, deletions reach the subscribers too (a
+/// ReplicaSet must hear that one of its pods went), including those missed while the
+/// watch was down and found on the relist.
 pub struct Informer<K: Resource<DynamicType = ()> + Clone + 'static> {
     store: Store<K>,
     writer: Option<reflector::store::Writer<K>>,
+    subscribers: Mutex<Vec<tokio::sync::mpsc::Sender<Arc<K>>>>,
     api: Api<K>,
 }
 
@@ -40,10 +48,11 @@ where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
     pub fn new(client: &Client) -> Self {
-        let (store, writer) = reflector::store_shared(BUFFER);
+        let writer = reflector::store::Writer::default();
         Informer {
-            store,
+            store: writer.as_reader(),
             writer: Some(writer),
+            subscribers: Mutex::new(vec![]),
             api: Api::all(client.clone()),
         }
     }
@@ -53,29 +62,62 @@ where
         self.store.clone()
     }
 
-    /// A stream of every object the watch sees added, modified or relisted. Deletions
-    /// are not sent (kube-runtime's dispatcher has no object left to hand out): a
-    /// controller that must act on one looks at the cache again, on its owner's events
-    /// or on a timer.
-    pub fn subscribe(&self) -> ReflectHandle<K> {
-        self.writer
-            .as_ref()
-            .and_then(|w| w.subscribe())
-            .expect("subscribe before the informer runs")
+    /// A stream of every object the watch sees added, modified, relisted or deleted (a
+    /// deleted object arrives as it was last seen; the cache no longer holds it).
+    pub fn subscribe(&self) -> Changes<K> {
+        assert!(self.writer.is_some(), "subscribe before the informer runs");
+        let (tx, rx) = tokio::sync::mpsc::channel(BUFFER);
+        self.subscribers.lock().unwrap().push(tx);
+        tokio_stream::wrappers::ReceiverStream::new(rx)
     }
 
     /// The loop that keeps the cache and feeds the subscribers; runs until dropped.
     pub fn run(&mut self) -> Task {
-        let writer = self.writer.take().expect("an informer runs once");
-        let stream = watcher(self.api.clone(), watcher::Config::default())
-            .default_backoff()
-            .reflect_shared(writer);
+        let mut writer = self.writer.take().expect("an informer runs once");
+        let subscribers = std::mem::take(&mut *self.subscribers.lock().unwrap());
+        let stream = watcher(self.api.clone(), watcher::Config::default()).default_backoff();
         let kind = K::kind(&()).to_string();
+        let store = self.store.clone();
         Box::pin(async move {
             let mut stream = std::pin::pin!(stream);
+            // Objects cached before a relist; those the relist does not return were
+            // deleted while the watch was down.
+            let mut before: HashMap<reflector::ObjectRef<K>, Arc<K>> = HashMap::new();
             while let Some(ev) = stream.next().await {
-                if let Err(e) = ev {
-                    debug!(kind, error = %e, "informer watch");
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        debug!(kind, error = %e, "informer watch");
+                        continue;
+                    }
+                };
+                let mut send: Vec<Arc<K>> = vec![];
+                match &ev {
+                    watcher::Event::Init => {
+                        before = store
+                            .state()
+                            .into_iter()
+                            .map(|o| (reflector::ObjectRef::from_obj(o.as_ref()), o))
+                            .collect();
+                    }
+                    watcher::Event::InitApply(o) => {
+                        before.remove(&reflector::ObjectRef::from_obj(o));
+                    }
+                    watcher::Event::InitDone => {}
+                    watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+                        send.push(Arc::new(o.clone()))
+                    }
+                }
+                writer.apply_watcher_event(&ev);
+                if let watcher::Event::InitDone = ev {
+                    send.extend(before.drain().map(|(_, o)| o));
+                    send.extend(store.state());
+                }
+                for obj in send {
+                    for tx in &subscribers {
+                        // A subscriber that has gone (its controller stopped) is skipped.
+                        let _ = tx.send(obj.clone()).await;
+                    }
                 }
             }
         })
@@ -362,12 +404,24 @@ impl<N: Eq + Hash + Clone> Expectations<N> {
     /// the cache holds an object. Seen entries are dropped; a timed-out owner is
     /// satisfied.
     pub fn satisfied(&self, owner: &str, present: impl Fn(&N) -> bool) -> bool {
+        self.satisfied_by(owner, &present, &present)
+    }
+
+    /// As [`Expectations::satisfied`], with creations seen once `added` holds and
+    /// deletions once `remains` no longer does (a pod being deleted gracefully stays in
+    /// the cache but no longer counts).
+    pub fn satisfied_by(
+        &self,
+        owner: &str,
+        added: impl Fn(&N) -> bool,
+        remains: impl Fn(&N) -> bool,
+    ) -> bool {
         let mut p = self.pending.lock().unwrap();
         let Some(e) = p.get_mut(owner) else {
             return true;
         };
-        e.adds.retain(|n| !present(n));
-        e.dels.retain(|n| present(n));
+        e.adds.retain(|n| !added(n));
+        e.dels.retain(|n| remains(n));
         if (e.adds.is_empty() && e.dels.is_empty()) || e.since.elapsed() > EXPECTATIONS_TIMEOUT {
             p.remove(owner);
             return true;
