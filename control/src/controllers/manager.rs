@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use super::shared::Informers;
-use super::{leader, replicaset};
+use super::{leader, replicaset, scheduler};
 
 pub type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -33,7 +33,7 @@ fn controllers(client: &kube::Client) -> Vec<Task> {
 /// The scheduler's loops.
 fn scheduler(client: &kube::Client) -> Vec<Task> {
     let mut informers = Informers::new(client);
-    let mut tasks: Vec<Task> = vec![];
+    let mut tasks: Vec<Task> = vec![scheduler::run(client.clone(), &informers)];
     tasks.extend(informers.run());
     tasks
 }

@@ -7,5 +7,6 @@ pub mod leader;
 pub mod manager;
 pub mod namespace;
 pub mod replicaset;
+pub mod scheduler;
 pub mod shared;
 pub mod tokencleaner;

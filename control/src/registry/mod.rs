@@ -85,7 +85,7 @@ mod lease;
 pub mod meta;
 mod namespace;
 mod node;
-mod pod;
+pub mod pod;
 mod poddisruptionbudget;
 mod replicaset;
 mod secret;
