@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use super::deployment;
 use super::leader;
 use super::shared::Informers;
 
@@ -25,7 +26,7 @@ pub fn identity() -> String {
 /// the informers they share.
 fn controllers(client: &kube::Client) -> Vec<Task> {
     let mut informers = Informers::new(client);
-    let mut tasks: Vec<Task> = vec![];
+    let mut tasks: Vec<Task> = vec![deployment::run(client.clone(), &informers)];
     tasks.extend(informers.run());
     tasks
 }
