@@ -1285,6 +1285,7 @@ mod tests {
             let d = get(client, name).await;
             let s = d.status.clone().unwrap_or_default();
             (progressing(&d).as_deref() == Some("NewReplicaSetAvailable")
+                && s.observed_generation == d.metadata.generation
                 && s.updated_replicas == Some(n)
                 && s.available_replicas == Some(n)
                 && s.replicas == Some(n))
@@ -1329,7 +1330,7 @@ mod tests {
         assert_eq!(a["kubernetes.io/change-cause"], "image nginx:1");
         assert!(!a.contains_key(LAST_APPLIED));
         assert_eq!(shared::controller_of(&rs.metadata).unwrap().name, "web");
-        walk(&client, "web", 3, 1, 0).await;
+        walk(&client, "web", 3, 1, 3).await;
         let d = get(&client, "web").await;
         assert_eq!(d.annotations()[REVISION], "1");
         let s = d.status.unwrap();
@@ -1352,7 +1353,7 @@ mod tests {
         )
         .await
         .unwrap();
-        walk(&client, "web", 3, 1, 0).await;
+        walk(&client, "web", 3, 1, 3).await;
         set_image(&client, "web", "nginx:2").await;
         let all = eventually("a second replica set", || async {
             let l = rss(&client, "web").await;
@@ -1415,7 +1416,7 @@ mod tests {
         )
         .await
         .unwrap();
-        walk(&client, "api", 4, 0, 2).await;
+        walk(&client, "api", 4, 0, 4).await;
         set_image(&client, "api", "app:2").await;
         walk(&client, "api", 4, 0, 2).await;
         let all = rss(&client, "api").await;
@@ -1429,7 +1430,7 @@ mod tests {
         let mut d = deployment("web", 1, "v:1", rolling_strategy(1, 0));
         d.spec.as_mut().unwrap().revision_history_limit = Some(1);
         api.create(&PostParams::default(), &d).await.unwrap();
-        walk(&client, "web", 1, 1, 0).await;
+        walk(&client, "web", 1, 1, 1).await;
         for v in ["v:2", "v:3"] {
             set_image(&client, "web", v).await;
             walk(&client, "web", 1, 1, 0).await;
@@ -1487,7 +1488,7 @@ mod tests {
         )
         .await
         .unwrap();
-        walk(&client, "web", 2, 1, 0).await;
+        walk(&client, "web", 2, 1, 2).await;
         let pause = serde_json::json!({"spec": {"paused": true, "replicas": 4}});
         api.patch("web", &PatchParams::default(), &Patch::Merge(&pause))
             .await
@@ -1508,7 +1509,7 @@ mod tests {
         api.patch("web", &PatchParams::default(), &Patch::Merge(&resume))
             .await
             .unwrap();
-        walk(&client, "web", 4, 1, 0).await;
+        walk(&client, "web", 4, 1, 4).await;
         let all = rss(&client, "web").await;
         assert_eq!(all.len(), 2);
         assert_eq!(image(&all[1]), "nginx:2");
@@ -1524,7 +1525,7 @@ mod tests {
         )
         .await
         .unwrap();
-        walk(&client, "web", 10, 3, 2).await;
+        walk(&client, "web", 10, 3, 10).await;
         set_image(&client, "web", "a:2").await;
         // New gets 3 (surge) and old drops to 8 (unavailable 2): 11 of max 13... then scale.
         eventually("rollout started", || async {
