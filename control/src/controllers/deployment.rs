@@ -485,7 +485,7 @@ async fn sync_revision(ctx: &Ctx, v: &mut View, create: bool) -> Result<(), Erro
     let count = new_rs_replicas(&v.d, &v.old, None);
     rs.spec.as_mut().unwrap().replicas = Some(count);
     let key = shared::key(&v.d.metadata);
-    ctx.expectations.expect(&key, &[name.clone()], &[]);
+    ctx.expectations.expect(&key, std::slice::from_ref(&name), &[]);
     let created = match api.create(&PostParams::default(), &rs).await {
         Ok(c) => c,
         Err(kube::Error::Api(s)) if s.code == 409 => {
