@@ -485,7 +485,8 @@ async fn sync_revision(ctx: &Ctx, v: &mut View, create: bool) -> Result<(), Erro
     let count = new_rs_replicas(&v.d, &v.old, None);
     rs.spec.as_mut().unwrap().replicas = Some(count);
     let key = shared::key(&v.d.metadata);
-    ctx.expectations.expect(&key, std::slice::from_ref(&name), &[]);
+    ctx.expectations
+        .expect(&key, std::slice::from_ref(&name), &[]);
     let created = match api.create(&PostParams::default(), &rs).await {
         Ok(c) => c,
         Err(kube::Error::Api(s)) if s.code == 409 => {
@@ -1333,6 +1334,15 @@ mod tests {
         walk(&client, "web", 3, 1, 3).await;
         let d = get(&client, "web").await;
         assert_eq!(d.annotations()[REVISION], "1");
+        let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), NS);
+        let msg = format!("Scaled up replica set {} from 0 to 3", rs.name_any());
+        let found = events.list(&ListParams::default()).await.unwrap().items;
+        assert!(found
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ScalingReplicaSet")
+                && e.message.as_deref() == Some(msg.as_str())
+                && e.source.as_ref().and_then(|s| s.component.as_deref())
+                    == Some("deployment-controller")));
         let s = d.status.unwrap();
         assert_eq!(s.observed_generation, d.metadata.generation);
         assert_eq!(
@@ -1537,6 +1547,12 @@ mod tests {
         api.patch("web", &PatchParams::default(), &Patch::Merge(&scale))
             .await
             .unwrap();
+        // 12 more spread by max-replicas 13: old 8 -> 8+6 and the leftover 4, new 3 -> 5.
+        eventually("proportional sizes", || async {
+            let l = rss(&client, "web").await;
+            (replicas(&l[0]) == 18 && replicas(&l[1]) == 5).then_some(())
+        })
+        .await;
         // Availability lags the new size, so only the surge bound is checked.
         walk(&client, "web", 20, 3, 20).await;
     }
