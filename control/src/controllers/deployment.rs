@@ -1557,6 +1557,57 @@ mod tests {
         walk(&client, "web", 20, 3, 20).await;
     }
 
+    #[tokio::test]
+    async fn matching_orphans_are_adopted_and_unmatched_ones_released() {
+        let (client, _g) = start().await;
+        let d = deployment("web", 2, "nginx:1", rolling_strategy(1, 0));
+        let spec = d.spec.clone().unwrap();
+        let orphan = ReplicaSet {
+            metadata: ObjectMeta {
+                name: Some("web-manual".into()),
+                namespace: Some(NS.into()),
+                labels: spec.template.metadata.as_ref().unwrap().labels.clone(),
+                ..Default::default()
+            },
+            spec: Some(ReplicaSetSpec {
+                replicas: Some(2),
+                selector: spec.selector.clone(),
+                template: Some(spec.template.clone()),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let rsapi: Api<ReplicaSet> = Api::namespaced(client.clone(), NS);
+        rsapi.create(&PostParams::default(), &orphan).await.unwrap();
+        let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
+        api.create(&PostParams::default(), &d).await.unwrap();
+        walk(&client, "web", 2, 1, 2).await;
+        let all = rss(&client, "web").await;
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].name_any(), "web-manual");
+        assert_eq!(shared::controller_of(&all[0].metadata).unwrap().name, "web");
+        assert_eq!(all[0].annotations()[REVISION], "1");
+
+        let relabel = serde_json::json!({"metadata": {"labels": {"app": "gone"}}});
+        rsapi
+            .patch(
+                "web-manual",
+                &PatchParams::default(),
+                &Patch::Merge(&relabel),
+            )
+            .await
+            .unwrap();
+        eventually("released, and a new one made", || async {
+            let gone = rsapi.get("web-manual").await.unwrap();
+            let l = rss(&client, "web").await;
+            (shared::controller_of(&gone.metadata).is_none()
+                && l.len() == 1
+                && l[0].name_any() != "web-manual")
+                .then_some(())
+        })
+        .await;
+    }
+
     #[test]
     fn hashes_are_stable_and_change_with_the_collision_count() {
         let t = template_of(&deployment("x", 1, "i", rolling_strategy(1, 0)));
