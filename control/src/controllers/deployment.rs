@@ -1608,6 +1608,33 @@ mod tests {
         .await;
     }
 
+    #[tokio::test]
+    async fn a_rollout_without_progress_times_out() {
+        let (client, _g) = start().await;
+        let mut d = deployment("slow", 1, "nginx:1", rolling_strategy(1, 0));
+        d.spec.as_mut().unwrap().progress_deadline_seconds = Some(1);
+        let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
+        api.create(&PostParams::default(), &d).await.unwrap();
+        let d = eventually("ProgressDeadlineExceeded", || async {
+            let d = get(&client, "slow").await;
+            (progressing(&d).as_deref() == Some("ProgressDeadlineExceeded")).then_some(d)
+        })
+        .await;
+        let c = condition(d.status.as_ref().unwrap(), "Progressing").unwrap();
+        assert_eq!(c.status, "False");
+        let rs = &rss(&client, "slow").await[0];
+        assert_eq!(
+            c.message.as_deref(),
+            Some(
+                format!(
+                    "ReplicaSet \"{}\" has timed out progressing.",
+                    rs.name_any()
+                )
+                .as_str()
+            )
+        );
+    }
+
     #[test]
     fn hashes_are_stable_and_change_with_the_collision_count() {
         let t = template_of(&deployment("x", 1, "i", rolling_strategy(1, 0)));
