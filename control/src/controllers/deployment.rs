@@ -298,6 +298,25 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if d.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    let sel = d
+        .spec
+        .as_ref()
+        .map(|s| s.selector.clone())
+        .unwrap_or_default();
+    if sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && sel.match_expressions.as_ref().is_none_or(|e| e.is_empty())
+    {
+        // A selector of everything would claim every ReplicaSet of the namespace.
+        ctx.recorder
+            .publish(
+                &*d,
+                "Warning",
+                "SelectingAll",
+                "This deployment is selecting all pods. A non-empty selector is required.",
+            )
+            .await;
+        return Ok(Action::await_change());
+    }
     let rss = ctx.replicasets.clone();
     if !ctx
         .expectations
