@@ -25,7 +25,12 @@ pub fn identity() -> String {
 /// the informers they share.
 fn controllers(client: &kube::Client) -> Vec<Task> {
     let mut informers = Informers::new(client);
-    let mut tasks: Vec<Task> = vec![];
+    let mut tasks: Vec<Task> = vec![
+        super::endpoints::run(client.clone(), &informers),
+        super::endpoints::run_slices(client.clone(), &informers),
+        super::disruption::run(client.clone(), &informers),
+        super::podgc::run(client.clone(), &informers),
+    ];
     tasks.extend(informers.run());
     tasks
 }

@@ -3,8 +3,11 @@
 
 pub mod client;
 pub mod csr;
+pub mod disruption;
+pub mod endpoints;
 pub mod leader;
 pub mod manager;
 pub mod namespace;
+pub mod podgc;
 pub mod shared;
 pub mod tokencleaner;

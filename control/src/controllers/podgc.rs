@@ -1,0 +1,73 @@
+//! The pod garbage collector (kube-controller-manager's podgc): pods bound to a node
+//! that no longer exists are force-deleted, as are terminating pods that were never
+//! bound. The terminated-pod threshold (--terminated-pod-gc-threshold) is not kept here.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::DeleteParams;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client};
+use tracing::{info, warn};
+
+use super::manager::Task;
+use super::shared::Informers;
+
+/// How often the pods are looked at without a change, as upstream's gcCheckPeriod.
+const CHECK: Duration = Duration::from_secs(20);
+
+/// Runs the collector on pod changes and every [`CHECK`].
+pub fn run(client: Client, informers: &Informers) -> Task {
+    let pods = informers.pods.store();
+    let nodes = informers.nodes.store();
+    let mut events = informers.pods.subscribe().map(|_| ()).boxed();
+    Box::pin(async move {
+        let _ = tokio::join!(pods.wait_until_ready(), nodes.wait_until_ready());
+        loop {
+            collect(&client, &pods, &nodes).await;
+            match tokio::time::timeout(CHECK, events.next()).await {
+                Ok(None) => return,
+                Ok(Some(())) | Err(_) => {}
+            }
+            while let Ok(Some(())) =
+                tokio::time::timeout(Duration::from_millis(50), events.next()).await
+            {}
+        }
+    })
+}
+
+/// One pass: force-deletes orphaned pods and unbound terminating pods.
+pub async fn collect(client: &Client, pods: &Store<Pod>, nodes: &Store<Node>) {
+    let node_api: Api<Node> = Api::all(client.clone());
+    for pod in pods.state() {
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        let reason = match &node {
+            None if pod.metadata.deletion_timestamp.is_some() => "unscheduled and terminating",
+            None => continue,
+            Some(n) if nodes.get(&ObjectRef::new(n)).is_some() => continue,
+            // The cache may lag behind: the node is asked for before its pods go.
+            Some(n) => match node_api.get_opt(n).await {
+                Ok(None) => "node gone",
+                Ok(Some(_)) => continue,
+                Err(e) => {
+                    warn!(node = %n, error = %e, "podgc node lookup");
+                    continue;
+                }
+            },
+        };
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        match api
+            .delete(&name, &DeleteParams::default().grace_period(0))
+            .await
+        {
+            Ok(_) => {
+                info!(namespace = %ns, pod = %name, node = ?node, reason, "pod garbage collected")
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => warn!(namespace = %ns, pod = %name, error = %e, "podgc delete"),
+        }
+    }
+}
