@@ -218,3 +218,58 @@ pub fn status(
         conditions: Some(vec![condition]),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::auth::token::memory_api;
+    use crate::api::auth::CONTROLLER_MANAGER_USER;
+    use crate::controllers::client::in_process;
+    use crate::controllers::endpoints::tests::{eventually, make_pod, set_pod_status};
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn min_available_two_of_three() {
+        let (api, _stop) = memory_api().await;
+        let client = in_process(api, CONTROLLER_MANAGER_USER);
+        for (i, name) in ["p1", "p2", "p3"].iter().enumerate() {
+            make_pod(&client, name, json!({"app": "web"})).await;
+            set_pod_status(&client, name, &format!("10.2.0.{i}"), true).await;
+        }
+        let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), "default");
+        let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+            "metadata": {"name": "web"},
+            "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}
+        }))
+        .unwrap();
+        pdbs.create(&PostParams::default(), &pdb).await.unwrap();
+        let mut informers = Informers::new(&client);
+        let mut tasks = vec![run(client.clone(), &informers)];
+        tasks.extend(informers.run());
+        let _h = tokio::spawn(futures_util::future::join_all(tasks));
+
+        let s = eventually(|| async {
+            let s = pdbs.get("web").await.unwrap().status?;
+            (s.current_healthy == 3).then_some(s)
+        })
+        .await;
+        assert_eq!(s.disruptions_allowed, 1);
+        assert_eq!(s.desired_healthy, 2);
+        assert_eq!(s.expected_pods, 3);
+        assert_eq!(s.observed_generation, Some(1));
+        assert_eq!(s.conditions.as_ref().unwrap()[0].reason, "SufficientPods");
+
+        set_pod_status(&client, "p3", "10.2.0.2", false).await;
+        let s = eventually(|| async {
+            let s = pdbs.get("web").await.unwrap().status?;
+            (s.current_healthy == 2).then_some(s)
+        })
+        .await;
+        assert_eq!(s.disruptions_allowed, 0);
+        let c = &s.conditions.as_ref().unwrap()[0];
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "InsufficientPods")
+        );
+    }
+}

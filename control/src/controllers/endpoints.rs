@@ -595,3 +595,159 @@ async fn delete_slice(api: &Api<EndpointSlice>, s: &EndpointSlice) {
         Err(e) => warn!(slice = %name, error = %e, "endpointslice delete"),
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::api::auth::token::memory_api;
+    use crate::api::auth::CONTROLLER_MANAGER_USER;
+    use crate::controllers::client::in_process;
+    use kube::api::{ListParams, Patch, PatchParams};
+    use serde_json::json;
+
+    /// Polls `f` until it gives a value, for at most 20 s.
+    pub(crate) async fn eventually<T, F, Fut>(mut f: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub(crate) async fn make_pod(client: &Client, name: &str, labels: serde_json::Value) {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox",
+                "ports": [{"name": "http", "containerPort": 8080}]}]}
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+
+    /// Writes what a kubelet would: the pod running with this IP, ready or not.
+    pub(crate) async fn set_pod_status(client: &Client, name: &str, ip: &str, ready: bool) {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}});
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn endpoints_and_slices_follow_pods() {
+        let (api, _stop) = memory_api().await;
+        let client = in_process(api, CONTROLLER_MANAGER_USER);
+        let mut informers = Informers::new(&client);
+        let mut tasks = vec![
+            run(client.clone(), &informers),
+            run_slices(client.clone(), &informers),
+        ];
+        tasks.extend(informers.run());
+        let _h = tokio::spawn(futures_util::future::join_all(tasks));
+
+        let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "labels": {"team": "a"}},
+            "spec": {"selector": {"app": "web"},
+                "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}
+        }))
+        .unwrap();
+        svcs.create(&PostParams::default(), &svc).await.unwrap();
+        make_pod(&client, "p1", json!({"app": "web"})).await;
+        make_pod(&client, "p2", json!({"app": "web"})).await;
+        make_pod(&client, "other", json!({"app": "db"})).await;
+        set_pod_status(&client, "p1", "10.1.0.1", true).await;
+        set_pod_status(&client, "p2", "10.1.0.2", true).await;
+        set_pod_status(&client, "other", "10.1.0.3", true).await;
+
+        let eps: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+        let ep = eventually(|| async {
+            let ep = eps.get_opt("web").await.unwrap()?;
+            let s = ep.subsets.clone()?;
+            (s.len() == 1 && s[0].addresses.as_ref()?.len() == 2).then_some(ep)
+        })
+        .await;
+        let subset = &ep.subsets.as_ref().unwrap()[0];
+        let addrs = subset.addresses.as_ref().unwrap();
+        assert_eq!(addrs[0].ip, "10.1.0.1");
+        assert_eq!(addrs[0].node_name.as_deref(), Some("n1"));
+        assert_eq!(
+            addrs[0].target_ref.as_ref().unwrap().name.as_deref(),
+            Some("p1")
+        );
+        // The named target port is the container's.
+        assert_eq!(subset.ports.as_ref().unwrap()[0].port, 8080);
+        assert_eq!(
+            ep.metadata
+                .labels
+                .as_ref()
+                .unwrap()
+                .get("team")
+                .map(String::as_str),
+            Some("a")
+        );
+
+        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+        let lp = ListParams::default().labels("kubernetes.io/service-name=web");
+        let slice = eventually(|| async {
+            let list = slices.list(&lp).await.unwrap().items;
+            (list.len() == 1 && list[0].endpoints.len() == 2).then(|| list[0].clone())
+        })
+        .await;
+        assert_eq!(slice.address_type, "IPv4");
+        assert_eq!(
+            slice.metadata.labels.as_ref().unwrap()[MANAGED_BY_LABEL],
+            MANAGED_BY
+        );
+        assert_eq!(slice.ports.as_ref().unwrap()[0].port, Some(8080));
+        assert_eq!(
+            slice.metadata.owner_references.as_ref().unwrap()[0].kind,
+            "Service"
+        );
+        assert!(slice.metadata.name.as_ref().unwrap().starts_with("web-"));
+
+        // Not ready: into notReadyAddresses, and ready=false in the slice.
+        set_pod_status(&client, "p2", "10.1.0.2", false).await;
+        eventually(|| async {
+            let ep = eps.get_opt("web").await.unwrap()?;
+            let s = &ep.subsets.clone()?[0];
+            let nr = s.not_ready_addresses.as_ref()?;
+            (s.addresses.as_ref()?.len() == 1 && nr[0].ip == "10.1.0.2").then_some(())
+        })
+        .await;
+        eventually(|| async {
+            let list = slices.list(&lp).await.unwrap().items;
+            let e = list
+                .first()?
+                .endpoints
+                .iter()
+                .find(|e| e.addresses[0] == "10.1.0.2")?;
+            let c = e.conditions.as_ref()?;
+            (c.ready == Some(false) && c.serving == Some(false)).then_some(())
+        })
+        .await;
+
+        // The service goes, and its Endpoints and slices with it.
+        svcs.delete("web", &DeleteParams::default()).await.unwrap();
+        eventually(|| async { eps.get_opt("web").await.unwrap().is_none().then_some(()) }).await;
+        eventually(|| async {
+            slices
+                .list(&lp)
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+                .then_some(())
+        })
+        .await;
+    }
+}

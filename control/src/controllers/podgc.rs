@@ -71,3 +71,45 @@ pub async fn collect(client: &Client, pods: &Store<Pod>, nodes: &Store<Node>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::auth::token::memory_api;
+    use crate::api::auth::CONTROLLER_MANAGER_USER;
+    use crate::controllers::client::in_process;
+    use crate::controllers::endpoints::tests::eventually;
+    use kube::api::PostParams;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn pods_of_a_missing_node_are_deleted() {
+        let (api, _stop) = memory_api().await;
+        let client = in_process(api, CONTROLLER_MANAGER_USER);
+        let nodes: Api<Node> = Api::all(client.clone());
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": "alive"}})).unwrap();
+        nodes.create(&PostParams::default(), &node).await.unwrap();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        for (name, node) in [("orphan", "gone"), ("kept", "alive")] {
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}
+            }))
+            .unwrap();
+            pods.create(&PostParams::default(), &pod).await.unwrap();
+        }
+        let mut informers = Informers::new(&client);
+        let mut tasks = vec![run(client.clone(), &informers)];
+        tasks.extend(informers.run());
+        let _h = tokio::spawn(futures_util::future::join_all(tasks));
+        eventually(|| async {
+            pods.get_opt("orphan")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        })
+        .await;
+        assert!(pods.get_opt("kept").await.unwrap().is_some());
+    }
+}
