@@ -66,9 +66,8 @@ pub fn run(client: Client, informers: &Informers) -> Task {
                         warn!(namespace = %ns, pdb = %name, error = %e, "pdb status");
                     }
                 }
-                match tokio::time::timeout(RESYNC, events.next()).await {
-                    Ok(None) => return,
-                    Ok(Some(())) | Err(_) => {}
+                if let Ok(None) = tokio::time::timeout(RESYNC, events.next()).await {
+                    return;
                 }
                 while let Ok(Some(())) =
                     tokio::time::timeout(Duration::from_millis(50), events.next()).await

@@ -42,9 +42,8 @@ const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// Waits for a change on any of `streams` (or the resync), then for the burst to settle.
 async fn next_round(events: &mut (impl Stream<Item = ()> + Unpin)) -> bool {
-    match tokio::time::timeout(RESYNC, events.next()).await {
-        Ok(None) => return false,
-        Ok(Some(())) | Err(_) => {}
+    if let Ok(None) = tokio::time::timeout(RESYNC, events.next()).await {
+        return false;
     }
     // Coalesce the burst that usually follows one change.
     while let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(50), events.next()).await {}
@@ -246,8 +245,7 @@ fn labels(svc: &Service) -> BTreeMap<String, String> {
 pub fn subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> {
     let publish = publish_not_ready(svc);
     type Group = (Vec<EndpointAddress>, Vec<EndpointAddress>);
-    let mut groups: BTreeMap<Vec<(Option<String>, i32, String, Option<String>)>, Group> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<PortKey, Group> = BTreeMap::new();
     for pod in selected(svc, pods) {
         if !should_be_in_endpoints(pod, publish) {
             continue;
@@ -501,6 +499,15 @@ async fn sync_slices(
 ) {
     let pods = pods.state();
     let services = services.state();
+    let present: std::collections::HashSet<(String, String)> = services
+        .iter()
+        .map(|s| {
+            (
+                s.metadata.namespace.clone().unwrap_or_default(),
+                s.metadata.name.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
     let mut owned: HashMap<(String, String), Vec<Arc<EndpointSlice>>> = HashMap::new();
     for s in slices.state() {
         let l = s.metadata.labels.clone().unwrap_or_default();
@@ -578,8 +585,11 @@ async fn sync_slices(
             delete_slice(&api, &s).await;
         }
     }
-    // Slices of services that are gone (or lost their selector).
-    for ((ns, _), list) in owned {
+    // Slices of services that are gone; a service without a selector keeps what it has.
+    for ((ns, svc), list) in owned {
+        if present.contains(&(ns.clone(), svc)) {
+            continue;
+        }
         let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
         for s in list {
             delete_slice(&api, &s).await;

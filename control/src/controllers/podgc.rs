@@ -26,9 +26,8 @@ pub fn run(client: Client, informers: &Informers) -> Task {
         let _ = tokio::join!(pods.wait_until_ready(), nodes.wait_until_ready());
         loop {
             collect(&client, &pods, &nodes).await;
-            match tokio::time::timeout(CHECK, events.next()).await {
-                Ok(None) => return,
-                Ok(Some(())) | Err(_) => {}
+            if let Ok(None) = tokio::time::timeout(CHECK, events.next()).await {
+                return;
             }
             while let Ok(Some(())) =
                 tokio::time::timeout(Duration::from_millis(50), events.next()).await
