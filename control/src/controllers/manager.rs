@@ -28,6 +28,10 @@ fn controllers(client: &kube::Client) -> Vec<Task> {
     let mut tasks: Vec<Task> = vec![
         replicaset::run(client.clone(), &informers),
         deployment::run(client.clone(), &informers),
+        super::endpoints::run(client.clone(), &informers),
+        super::endpoints::run_slices(client.clone(), &informers),
+        super::disruption::run(client.clone(), &informers),
+        super::podgc::run(client.clone(), &informers),
     ];
     tasks.extend(informers.run());
     tasks

@@ -4,9 +4,12 @@
 pub mod client;
 pub mod csr;
 pub mod deployment;
+pub mod disruption;
+pub mod endpoints;
 pub mod leader;
 pub mod manager;
 pub mod namespace;
+pub mod podgc;
 pub mod replicaset;
 pub mod scheduler;
 pub mod shared;

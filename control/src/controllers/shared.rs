@@ -130,6 +130,7 @@ pub struct Informers {
     pub nodes: Informer<k8s_openapi::api::core::v1::Node>,
     pub replicasets: Informer<k8s_openapi::api::apps::v1::ReplicaSet>,
     pub deployments: Informer<k8s_openapi::api::apps::v1::Deployment>,
+    pub services: Informer<k8s_openapi::api::core::v1::Service>,
 }
 
 impl Informers {
@@ -139,6 +140,7 @@ impl Informers {
             nodes: Informer::new(client),
             replicasets: Informer::new(client),
             deployments: Informer::new(client),
+            services: Informer::new(client),
         }
     }
 
@@ -149,6 +151,7 @@ impl Informers {
             self.nodes.run(),
             self.replicasets.run(),
             self.deployments.run(),
+            self.services.run(),
         ]
     }
 }
