@@ -6,5 +6,6 @@ pub mod csr;
 pub mod leader;
 pub mod manager;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod shared;
 pub mod tokencleaner;
