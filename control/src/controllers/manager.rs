@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use super::shared::Informers;
-use super::{leader, nodelifecycle};
+use super::{daemonset, leader, nodelifecycle};
 
 pub type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -25,7 +25,10 @@ pub fn identity() -> String {
 /// the informers they share.
 fn controllers(client: &kube::Client) -> Vec<Task> {
     let mut informers = Informers::new(client);
-    let mut tasks: Vec<Task> = vec![nodelifecycle::run(client.clone(), &informers)];
+    let mut tasks: Vec<Task> = vec![
+        nodelifecycle::run(client.clone(), &informers),
+        daemonset::run(client.clone(), &informers),
+    ];
     tasks.extend(informers.run());
     tasks
 }

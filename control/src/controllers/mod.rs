@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod csr;
+pub mod daemonset;
 pub mod leader;
 pub mod manager;
 pub mod namespace;

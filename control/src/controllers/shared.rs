@@ -88,6 +88,7 @@ pub struct Informers {
     pub nodes: Informer<k8s_openapi::api::core::v1::Node>,
     pub replicasets: Informer<k8s_openapi::api::apps::v1::ReplicaSet>,
     pub deployments: Informer<k8s_openapi::api::apps::v1::Deployment>,
+    pub daemonsets: Informer<k8s_openapi::api::apps::v1::DaemonSet>,
 }
 
 impl Informers {
@@ -97,6 +98,7 @@ impl Informers {
             nodes: Informer::new(client),
             replicasets: Informer::new(client),
             deployments: Informer::new(client),
+            daemonsets: Informer::new(client),
         }
     }
 
@@ -107,6 +109,7 @@ impl Informers {
             self.nodes.run(),
             self.replicasets.run(),
             self.deployments.run(),
+            self.daemonsets.run(),
         ]
     }
 }
