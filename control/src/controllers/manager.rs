@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use super::shared::Informers;
-use super::{deployment, leader, replicaset, scheduler};
+use super::{daemonset, deployment, leader, nodelifecycle, replicaset, scheduler};
 
 pub type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -32,6 +32,8 @@ fn controllers(client: &kube::Client) -> Vec<Task> {
         super::endpoints::run_slices(client.clone(), &informers),
         super::disruption::run(client.clone(), &informers),
         super::podgc::run(client.clone(), &informers),
+        nodelifecycle::run(client.clone(), &informers),
+        daemonset::run(client.clone(), &informers),
     ];
     tasks.extend(informers.run());
     tasks
@@ -40,9 +42,12 @@ fn controllers(client: &kube::Client) -> Vec<Task> {
 /// The scheduler's loops.
 fn scheduler(client: &kube::Client) -> Vec<Task> {
     let mut informers = Informers::new(client);
-    let mut tasks: Vec<Task> = vec![scheduler::run(client.clone(), &informers)];
-    tasks.extend(informers.run());
-    tasks
+    // The scheduler reads only pods and nodes.
+    vec![
+        scheduler::run(client.clone(), &informers),
+        informers.pods.run(),
+        informers.nodes.run(),
+    ]
 }
 
 async fn all(tasks: Vec<Task>) {

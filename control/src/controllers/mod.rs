@@ -3,12 +3,14 @@
 
 pub mod client;
 pub mod csr;
+pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
 pub mod leader;
 pub mod manager;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod podgc;
 pub mod replicaset;
 pub mod scheduler;

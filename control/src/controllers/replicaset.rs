@@ -532,7 +532,12 @@ mod tests {
         .await;
 
         // A pod whose label is edited away is released and replaced.
-        let victim = pods_of(&pods, "web").await[0].name_any();
+        let victim = pods_of(&pods, "web")
+            .await
+            .into_iter()
+            .find(pod_ready)
+            .unwrap()
+            .name_any();
         pods.patch(
             &victim,
             &PatchParams::default(),

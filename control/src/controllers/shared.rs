@@ -131,6 +131,7 @@ pub struct Informers {
     pub replicasets: Informer<k8s_openapi::api::apps::v1::ReplicaSet>,
     pub deployments: Informer<k8s_openapi::api::apps::v1::Deployment>,
     pub services: Informer<k8s_openapi::api::core::v1::Service>,
+    pub daemonsets: Informer<k8s_openapi::api::apps::v1::DaemonSet>,
 }
 
 impl Informers {
@@ -141,6 +142,7 @@ impl Informers {
             replicasets: Informer::new(client),
             deployments: Informer::new(client),
             services: Informer::new(client),
+            daemonsets: Informer::new(client),
         }
     }
 
@@ -152,6 +154,7 @@ impl Informers {
             self.replicasets.run(),
             self.deployments.run(),
             self.services.run(),
+            self.daemonsets.run(),
         ]
     }
 }

@@ -49,6 +49,19 @@ const REPLICASET: &[Column] = &[
         "Selector is a label query over pods that should match the replica count.",
     ),
 ];
+const DAEMONSET: &[Column] = &[
+    NAME,
+    Column { name: "Desired", type_: "integer", format: "", description: "The total number of nodes that should be running the daemon pod (including nodes correctly running the daemon pod).", priority: 0 },
+    Column { name: "Current", type_: "integer", format: "", description: "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod.", priority: 0 },
+    Column { name: "Ready", type_: "integer", format: "", description: "numberReady is the number of nodes that should be running the daemon pod and have one or more of the daemon pod running with a Ready Condition.", priority: 0 },
+    Column { name: "Up-to-date", type_: "integer", format: "", description: "The total number of nodes that are running updated daemon pod", priority: 0 },
+    Column { name: "Available", type_: "integer", format: "", description: "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available (ready for at least spec.minReadySeconds)", priority: 0 },
+    col("Node Selector", "NodeSelector is a selector which must be true for the pod to fit on a node. Selector which must match a node's labels for the pod to be scheduled on that node. More info: https://kubernetes.io/docs/concepts/configuration/assign-pod-node/"),
+    AGE,
+    wide("Containers", "Names of each container in the template."),
+    wide("Images", "Images referenced by each container in the template."),
+    wide("Selector", "A label query over pods that are managed by the daemon set. Must match in order to be controlled. It must match the pod template's labels. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors"),
+];
 const LEASE: &[Column] = &[
     NAME,
     col(
@@ -136,6 +149,7 @@ pub fn columns(kind: &str) -> Option<&'static [Column]> {
         "CertificateSigningRequest" => CSR,
         "Deployment" => DEPLOYMENT,
         "ReplicaSet" => REPLICASET,
+        "DaemonSet" => DAEMONSET,
         "Lease" => LEASE,
         "EndpointSlice" => ENDPOINTSLICE,
         "PodDisruptionBudget" => PDB,
@@ -212,6 +226,33 @@ pub fn cells(kind: &str, o: &Value, now: DateTime<Utc>) -> Option<Vec<Value>> {
                 json!(o["spec"]["replicas"].as_i64().unwrap_or(1)),
                 json!(int(&st["replicas"])),
                 json!(int(&st["readyReplicas"])),
+                age(o, now),
+                json!(c),
+                json!(i),
+                json!(label_selector_text(&o["spec"]["selector"])),
+            ]
+        }
+        "DaemonSet" => {
+            let (c, i) = containers_and_images(o);
+            // labels.FormatLabels of spec.template.spec.nodeSelector.
+            let sel: Vec<String> = o["spec"]["template"]["spec"]["nodeSelector"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect();
+            vec![
+                json!(name(o)),
+                json!(int(&st["desiredNumberScheduled"])),
+                json!(int(&st["currentNumberScheduled"])),
+                json!(int(&st["numberReady"])),
+                json!(int(&st["updatedNumberScheduled"])),
+                json!(int(&st["numberAvailable"])),
+                json!(if sel.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    sel.join(",")
+                }),
                 age(o, now),
                 json!(c),
                 json!(i),

@@ -487,6 +487,7 @@ fn every_printer_has_one_cell_per_column() {
         ("", "ServiceAccount"),
         ("", "Event"),
         ("apps", "ReplicaSet"),
+        ("apps", "DaemonSet"),
         ("apps", "Deployment"),
         ("coordination.k8s.io", "Lease"),
         ("discovery.k8s.io", "EndpointSlice"),

@@ -76,6 +76,7 @@ pub trait Strategy: Send + Sync + 'static {
 
 pub mod certificatesigningrequest;
 mod configmap;
+mod daemonset;
 mod deployment;
 mod endpoints;
 mod endpointslice;
@@ -106,6 +107,7 @@ pub fn all() -> Vec<Box<dyn Strategy>> {
         &event::DEF,
         &replicaset::DEF,
         &deployment::DEF,
+        &daemonset::DEF,
         &lease::DEF,
         &endpointslice::DEF,
         &poddisruptionbudget::DEF,
@@ -226,6 +228,25 @@ mod tests {
         let s = lookup("apps", "replicasets");
         assert_eq!(s.field(&rs, "status.replicas").as_deref(), Some("0"));
         assert_eq!(s.field(&json!({}), "status.replicas").as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn daemonset_defaults_and_status() {
+        let mut ds = deployment(json!({"app": "web"}));
+        ds["spec"].as_object_mut().unwrap().remove("replicas");
+        let (ds, causes) = create("apps", "daemonsets", ds);
+        assert!(causes.is_empty(), "{causes:?}");
+        assert_eq!(
+            ds["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
+        );
+        assert_eq!(ds["spec"]["revisionHistoryLimit"], 10);
+        assert!(ds["spec"].get("replicas").is_none());
+        assert_eq!(ds["spec"]["template"]["spec"]["restartPolicy"], "Always");
+        assert_eq!(ds["status"]["desiredNumberScheduled"], 0);
+        let s = lookup("apps", "daemonsets");
+        assert_eq!(s.info().short_names, ["ds"]);
+        assert_eq!(s.info().subresources, ["status"]);
     }
 
     fn allocated_service() -> Value {
