@@ -10,6 +10,8 @@ mod ran;
 
 pub use ran::{cannot_run, mark_ran};
 
+pub mod simnode;
+
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

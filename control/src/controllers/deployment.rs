@@ -243,11 +243,15 @@ fn equal_ignore_hash(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
 }
 
 /// Sets the annotations a ReplicaSet carries from its deployment; true if any changed.
+/// Only the new ReplicaSet (`new_revision` given) takes the deployment's own annotations,
+/// such as its change-cause; scaling an old one touches only the replica counts, as
+/// upstream, so each revision keeps the change-cause it was made with.
 fn set_rs_annotations(d: &Deployment, rs: &mut ReplicaSet, new_revision: Option<i64>) -> bool {
     let before = rs.metadata.annotations.clone();
     let a = rs.metadata.annotations.get_or_insert_with(BTreeMap::new);
     for (k, v) in d.metadata.annotations.iter().flatten() {
-        if k == LAST_APPLIED || k.starts_with("deployment.kubernetes.io/") {
+        if new_revision.is_none() || k == LAST_APPLIED || k.starts_with("deployment.kubernetes.io/")
+        {
             continue;
         }
         a.insert(k.clone(), v.clone());
@@ -1402,6 +1406,11 @@ mod tests {
         assert_eq!(replicas(&all[0]), 0);
         assert_eq!(replicas(&all[1]), 3);
         assert_eq!(image(&all[1]), "nginx:2");
+        // Scaling the old one down left its change-cause as it was.
+        assert_eq!(
+            all[0].annotations()["kubernetes.io/change-cause"],
+            "image nginx:1"
+        );
         let d = get(&client, "web").await;
         assert_eq!(d.annotations()[REVISION], "2");
         let msg = condition(d.status.as_ref().unwrap(), "Progressing")
