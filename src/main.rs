@@ -224,6 +224,16 @@ enum Command {
         #[command(subcommand)]
         action: Option<ServerAction>,
     },
+    /// The scheduler and the controllers (ReplicaSets, Deployments, DaemonSets, node
+    /// lifecycle, endpoints, disruption budgets, garbage collection) against any
+    /// Kubernetes API server, each behind its leader-election Lease, as
+    /// kube-controller-manager and kube-scheduler run. For use with `podrun server
+    /// --controllers=false` or another API server.
+    ControllerManager {
+        /// The kubeconfig to reach the API server with.
+        #[arg(long)]
+        kubeconfig: PathBuf,
+    },
     /// The per-pod monitor (started by podrun itself).
     #[command(hide = true)]
     Monitor {
@@ -320,7 +330,10 @@ fn main() -> ExitCode {
                 tracing_subscriber::EnvFilter::new(
                     if matches!(
                         cli.command,
-                        Command::Monitor { .. } | Command::Agent { .. } | Command::Server { .. }
+                        Command::Monitor { .. }
+                            | Command::Agent { .. }
+                            | Command::Server { .. }
+                            | Command::ControllerManager { .. }
                     ) {
                         "info"
                     } else {

@@ -1,6 +1,7 @@
 //! One function per subcommand: build what the library needs and call it.
 
 mod agent;
+mod controller_manager;
 mod exec;
 pub mod image;
 mod logs;
@@ -109,6 +110,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             | Command::Exec { .. }
             | Command::Agent { .. }
             | Command::Server { .. }
+            | Command::ControllerManager { .. }
             | Command::Monitor { .. }
             | Command::Oci { .. }
     ) {
@@ -120,6 +122,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             stream_addr,
         } => agent::agent(&cli, socket, stream_addr),
         Command::Server { .. } => server::server(&cli),
+        Command::ControllerManager { kubeconfig } => controller_manager::run(kubeconfig),
         Command::Monitor {
             ready_fd,
             state_dir,

@@ -79,3 +79,18 @@ pub async fn run_scheduler(client: kube::Client, identity: String, timing: leade
     })
     .await
 }
+
+/// `podrun controller-manager`: the controllers and the scheduler against the API server
+/// `client` reaches, each behind its Lease, until `stop` resolves.
+pub async fn run_standalone(client: kube::Client, stop: impl Future<Output = ()>) {
+    let id = identity();
+    let cm = tokio::spawn(run_controller_manager(
+        client.clone(),
+        id.clone(),
+        leader::Timing::default(),
+    ));
+    let sched = tokio::spawn(run_scheduler(client, id, leader::Timing::default()));
+    stop.await;
+    cm.abort();
+    sched.abort();
+}
