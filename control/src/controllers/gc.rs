@@ -12,8 +12,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions,
-    PropagationPolicy,
+    ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy,
 };
 use kube::core::PartialObjectMeta;
 use kube::discovery::{verbs, Discovery, Scope};
@@ -76,10 +75,11 @@ pub fn run(client: Client) -> Task {
                     Ok(resources) => {
                         for r in resources {
                             let key = format!("{}/{}", r.ar.group, r.ar.plural);
-                            graph.lock().unwrap().kinds.insert(
-                                (r.ar.group.clone(), r.ar.kind.clone()),
-                                r.clone(),
-                            );
+                            graph
+                                .lock()
+                                .unwrap()
+                                .kinds
+                                .insert((r.ar.group.clone(), r.ar.kind.clone()), r.clone());
                             if watched.insert(key) {
                                 watchers.push(tokio::spawn(watch(
                                     client.clone(),
@@ -102,7 +102,10 @@ pub fn run(client: Client) -> Task {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let snapshot = {
                 let g = graph.lock().unwrap();
-                (g.nodes.values().cloned().collect::<Vec<_>>(), g.kinds.clone())
+                (
+                    g.nodes.values().cloned().collect::<Vec<_>>(),
+                    g.kinds.clone(),
+                )
             };
             if collect(&client, &snapshot.0, &snapshot.1).await {
                 // Something was changed: look again soon even without an event.
@@ -118,7 +121,8 @@ async fn discover(client: &Client) -> Result<Vec<Arc<Resource>>, kube::Error> {
     let mut out = Vec::new();
     for group in discovery.groups() {
         for (ar, caps) in group.recommended_resources() {
-            let events = ar.plural == "events" && (ar.group.is_empty() || ar.group == "events.k8s.io");
+            let events =
+                ar.plural == "events" && (ar.group.is_empty() || ar.group == "events.k8s.io");
             if events
                 || ![verbs::LIST, verbs::WATCH, verbs::DELETE]
                     .iter()
@@ -268,7 +272,11 @@ async fn patch_meta(client: &Client, n: &Node, meta: serde_json::Value) -> bool 
     let mut meta = meta;
     meta["uid"] = json!(n.uid);
     match api
-        .patch_metadata(&n.name, &PatchParams::default(), &Patch::Merge(json!({"metadata": meta})))
+        .patch_metadata(
+            &n.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": meta})),
+        )
         .await
     {
         Ok(_) => true,
@@ -308,10 +316,18 @@ async fn collect(
 
     // Owners being deleted that wait on the collector.
     for owner in snapshot.iter().filter(|n| n.deleting) {
-        let deps = dependents.get(owner.uid.as_str()).cloned().unwrap_or_default();
+        let deps = dependents
+            .get(owner.uid.as_str())
+            .cloned()
+            .unwrap_or_default();
         if owner.finalizers.iter().any(|f| f == ORPHAN) {
             for d in &deps {
-                let keep = d.owners.iter().filter(|o| o.uid != owner.uid).cloned().collect();
+                let keep = d
+                    .owners
+                    .iter()
+                    .filter(|o| o.uid != owner.uid)
+                    .cloned()
+                    .collect();
                 acted |= set_owners(client, d, keep).await;
             }
             acted |= drop_finalizer(client, owner, ORPHAN).await;
@@ -340,13 +356,16 @@ async fn collect(
 
     // Dependents whose owners are gone.
     let mut cache = HashMap::new();
-    for n in snapshot.iter().filter(|n| !n.owners.is_empty() && !n.deleting) {
+    for n in snapshot
+        .iter()
+        .filter(|n| !n.owners.is_empty() && !n.deleting)
+    {
         let mut dangling = Vec::new();
         // An owner that cannot be told about counts as live: nothing is deleted for it.
         for o in &n.owners {
-            match owner_exists(client, &nodes, kinds, n, o, &mut cache).await {
-                Some(false) => dangling.push(o.uid.clone()),
-                Some(true) | None => {}
+            let exists = owner_exists(client, &nodes, kinds, n, o, &mut cache).await;
+            if exists == Some(false) {
+                dangling.push(o.uid.clone());
             }
         }
         if dangling.is_empty() {
@@ -373,4 +392,154 @@ async fn collect(
         }
     }
     acted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::auth::token::memory_api;
+    use crate::api::auth::CONTROLLER_MANAGER_USER;
+    use crate::controllers::client::in_process;
+    use crate::controllers::endpoints::tests::eventually;
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+    use kube::api::PostParams;
+
+    fn owner_ref(kind: &str, api_version: &str, name: &str, uid: &str) -> serde_json::Value {
+        json!({"apiVersion": api_version, "kind": kind, "name": name, "uid": uid,
+               "controller": true, "blockOwnerDeletion": true})
+    }
+
+    /// A ReplicaSet owning two pods, with the collector running.
+    async fn setup() -> (Client, Api<ReplicaSet>, Api<Pod>, impl Drop) {
+        let (api, stop) = memory_api().await;
+        let client = in_process(api, CONTROLLER_MANAGER_USER);
+        let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+        let rs: ReplicaSet = serde_json::from_value(json!({
+            "metadata": {"name": "rs"},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "a"}},
+                     "template": {"metadata": {"labels": {"app": "a"}},
+                                  "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}
+        }))
+        .unwrap();
+        let rs = rss.create(&PostParams::default(), &rs).await.unwrap();
+        let uid = rs.metadata.uid.unwrap();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        for name in ["p1", "p2"] {
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": {"app": "a"},
+                             "ownerReferences": [owner_ref("ReplicaSet", "apps/v1", "rs", &uid)]},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+            }))
+            .unwrap();
+            pods.create(&PostParams::default(), &pod).await.unwrap();
+        }
+        let h = tokio::spawn(run(client.clone()));
+        (client, rss, pods, Abort(h, stop))
+    }
+
+    struct Abort<T>(tokio::task::JoinHandle<()>, T);
+    impl<T> Drop for Abort<T> {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+
+    async fn gone(pods: &Api<Pod>, names: &[&str]) {
+        for n in names {
+            eventually(|| async { pods.get_opt(n).await.unwrap().is_none().then_some(()) }).await;
+        }
+    }
+
+    fn policy(p: PropagationPolicy) -> DeleteParams {
+        DeleteParams {
+            propagation_policy: Some(p),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn background_deletion_removes_dependents() {
+        let (_c, rss, pods, _g) = setup().await;
+        rss.delete("rs", &policy(PropagationPolicy::Background))
+            .await
+            .unwrap();
+        gone(&pods, &["p1", "p2"]).await;
+    }
+
+    #[tokio::test]
+    async fn orphan_deletion_keeps_dependents_without_the_reference() {
+        let (_c, rss, pods, _g) = setup().await;
+        rss.delete("rs", &policy(PropagationPolicy::Orphan))
+            .await
+            .unwrap();
+        eventually(|| async { rss.get_opt("rs").await.unwrap().is_none().then_some(()) }).await;
+        for n in ["p1", "p2"] {
+            let p = pods.get(n).await.unwrap();
+            assert!(
+                p.metadata.owner_references.unwrap_or_default().is_empty(),
+                "{n}"
+            );
+        }
+        // The pods stay: a later pass does not take them.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(pods.get_opt("p1").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn foreground_deletion_removes_dependents_then_the_owner() {
+        let (_c, rss, pods, _g) = setup().await;
+        rss.delete("rs", &policy(PropagationPolicy::Foreground))
+            .await
+            .unwrap();
+        // The owner waits, marked deleting, until its pods are gone.
+        let rs = rss.get_opt("rs").await.unwrap();
+        if let Some(rs) = rs {
+            assert!(rs.metadata.deletion_timestamp.is_some());
+        }
+        gone(&pods, &["p1", "p2"]).await;
+        eventually(|| async { rss.get_opt("rs").await.unwrap().is_none().then_some(()) }).await;
+    }
+
+    #[tokio::test]
+    async fn dangling_reference_is_removed_next_to_a_live_one() {
+        let (client, rss, _pods, _g) = setup().await;
+        let live = rss.get("rs").await.unwrap().metadata.uid.unwrap();
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+        let cm: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "cm", "ownerReferences": [
+                owner_ref("ReplicaSet", "apps/v1", "rs", &live),
+                owner_ref("ReplicaSet", "apps/v1", "dead", "0000-dead"),
+            ]}
+        }))
+        .unwrap();
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+        eventually(|| async {
+            let refs = cms.get("cm").await.unwrap().metadata.owner_references?;
+            (refs.len() == 1).then_some(refs)
+        })
+        .await;
+        let refs = cms
+            .get("cm")
+            .await
+            .unwrap()
+            .metadata
+            .owner_references
+            .unwrap();
+        assert_eq!(refs[0].uid, live);
+    }
+
+    #[tokio::test]
+    async fn object_without_live_owners_is_deleted() {
+        let (client, _rss, _pods, _g) = setup().await;
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+        let cm: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "cm", "ownerReferences": [
+                owner_ref("ReplicaSet", "apps/v1", "rs", "0000-other-uid"),
+            ]}
+        }))
+        .unwrap();
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+        eventually(|| async { cms.get_opt("cm").await.unwrap().is_none().then_some(()) }).await;
+    }
 }
