@@ -47,6 +47,7 @@ struct Node {
     namespace: Option<String>,
     name: String,
     uid: String,
+    resource_version: Option<String>,
     owners: Vec<OwnerReference>,
     deleting: bool,
     finalizers: Vec<String>,
@@ -143,6 +144,7 @@ fn node(resource: &Arc<Resource>, meta: &ObjectMeta) -> Option<Node> {
         namespace: meta.namespace.clone(),
         name: meta.name.clone()?,
         uid: meta.uid.clone()?,
+        resource_version: meta.resource_version.clone(),
         owners: meta.owner_references.clone().unwrap_or_default(),
         deleting: meta.deletion_timestamp.is_some(),
         finalizers: meta.finalizers.clone().unwrap_or_default(),
@@ -217,15 +219,25 @@ async fn owner_exists(
     owner: &OwnerReference,
     cache: &mut HashMap<String, Option<bool>>,
 ) -> Option<bool> {
-    if nodes.contains_key(owner.uid.as_str()) {
-        return Some(true);
+    // A namespaced owner counts only in its dependent's namespace.
+    if let Some(o) = nodes.get(owner.uid.as_str()) {
+        if !o.resource.namespaced || o.namespace == dependent.namespace {
+            return Some(true);
+        }
     }
-    if let Some(known) = cache.get(&owner.uid) {
+    let cache_key = format!(
+        "{}/{}",
+        dependent.namespace.as_deref().unwrap_or(""),
+        owner.uid
+    );
+    if let Some(known) = cache.get(&cache_key) {
         return *known;
     }
     let key = (group_of(&owner.api_version).to_string(), owner.kind.clone());
     let found = match kinds.get(&key) {
         None => None,
+        // A cluster-scoped dependent cannot have a namespaced owner: as upstream, absent.
+        Some(r) if r.namespaced && dependent.namespace.is_none() => Some(false),
         Some(r) => {
             // A namespaced owner is in its dependent's namespace.
             let api = api_of(client, r, dependent.namespace.as_deref());
@@ -239,7 +251,7 @@ async fn owner_exists(
             }
         }
     };
-    cache.insert(owner.uid.clone(), found);
+    cache.insert(cache_key, found);
     found
 }
 
@@ -268,9 +280,14 @@ async fn delete(client: &Client, n: &Node, policy: PropagationPolicy) -> bool {
 
 async fn patch_meta(client: &Client, n: &Node, meta: serde_json::Value) -> bool {
     let api = api_of(client, &n.resource, n.namespace.as_deref());
-    // The uid guards against a same-named successor.
+    // The uid guards against a same-named successor, the resourceVersion against a list
+    // (finalizers, ownerReferences) changed since the graph saw it; a conflict is retried
+    // on the next pass, when the watch has brought the newer object.
     let mut meta = meta;
     meta["uid"] = json!(n.uid);
+    if let Some(rv) = &n.resource_version {
+        meta["resourceVersion"] = json!(rv);
+    }
     match api
         .patch_metadata(
             &n.name,
