@@ -519,6 +519,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn foreground_owner_waits_for_a_blocking_dependent() {
+        let (_c, rss, pods, _g) = setup().await;
+        // p1 cannot go until its own finalizer is removed.
+        pods.patch(
+            "p1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": ["example.com/hold"]}})),
+        )
+        .await
+        .unwrap();
+        rss.delete("rs", &policy(PropagationPolicy::Foreground))
+            .await
+            .unwrap();
+        gone(&pods, &["p2"]).await;
+        eventually(|| async {
+            let p = pods.get("p1").await.unwrap();
+            p.metadata.deletion_timestamp.map(|_| ())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rs = rss.get("rs").await.unwrap();
+        assert!(rs.metadata.deletion_timestamp.is_some());
+        assert_eq!(rs.metadata.finalizers, Some(vec![FOREGROUND.to_string()]));
+        pods.patch(
+            "p1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+        gone(&pods, &["p1"]).await;
+        eventually(|| async { rss.get_opt("rs").await.unwrap().is_none().then_some(()) }).await;
+    }
+
+    #[tokio::test]
     async fn dangling_reference_is_removed_next_to_a_live_one() {
         let (client, rss, _pods, _g) = setup().await;
         let live = rss.get("rs").await.unwrap().metadata.uid.unwrap();
