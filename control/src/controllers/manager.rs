@@ -34,6 +34,7 @@ fn controllers(client: &kube::Client) -> Vec<Task> {
         super::podgc::run(client.clone(), &informers),
         nodelifecycle::run(client.clone(), &informers),
         daemonset::run(client.clone(), &informers),
+        super::gc::run(client.clone()),
     ];
     tasks.extend(informers.run());
     tasks

@@ -7,6 +7,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
+pub mod gc;
 pub mod leader;
 pub mod manager;
 pub mod namespace;
