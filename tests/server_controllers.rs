@@ -426,3 +426,69 @@ spec:
     assert!(!after.contains_key("w2-k8s"), "{after:?}");
     finish(server, nodes);
 }
+
+#[test]
+fn a_separate_controller_manager_drives_a_server_without_controllers() {
+    let test = "a_separate_controller_manager_drives_a_server_without_controllers";
+    let Some(k) = kubectls(test).and_then(|mut v| v.pop()) else {
+        return;
+    };
+    mark_ran();
+    let mut server = Server::start_full(&[], None, &["--controllers=false"]);
+    let mut nodes = SimNodes::start(&server.kubeconfig, &NODES);
+    server.ok(
+        &k,
+        &[
+            "create",
+            "deployment",
+            "solo",
+            "--image=nginx",
+            "--replicas=2",
+        ],
+    );
+    // Nothing happens without controllers: the server alone makes no ReplicaSet.
+    let rs = server.ok(&k, &["get", "rs", "-o", "name"]);
+    assert!(rs.trim().is_empty(), "{rs}");
+    let log = server.root.join("controller-manager.log");
+    let mut cm = std::process::Command::new(env!("CARGO_BIN_EXE_podrun"))
+        .args(["controller-manager", "--kubeconfig"])
+        .arg(&server.kubeconfig)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
+        .spawn()
+        .expect("start podrun controller-manager");
+    let placed = wait_until("two running pods", ROLLOUT, || {
+        let m = running_by_node(&server, &k, "solo-");
+        (total(&m) == 2).then_some(m)
+    });
+    assert_eq!(total(&placed), 2);
+    let leases = server.ok(
+        &k,
+        &[
+            "get",
+            "lease",
+            "-n",
+            "kube-system",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ],
+    );
+    assert!(
+        leases.contains("kube-controller-manager") && leases.contains("kube-scheduler"),
+        "{leases}"
+    );
+    // SIGTERM, by PID: it stops cleanly.
+    let pid = nix::unistd::Pid::from_raw(cm.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = wait_until("the controller-manager to exit", ROLLOUT, || {
+        cm.try_wait().unwrap()
+    });
+    assert!(
+        status.success(),
+        "{status}: {}",
+        std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
+    );
+    nodes.stop();
+    server.stop();
+}

@@ -208,6 +208,8 @@ pub struct Server {
     pub port: u16,
     log: PathBuf,
     etcd: Vec<String>,
+    /// More `podrun server` flags.
+    pub extra: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -221,6 +223,11 @@ impl Server {
     /// the start, as a second control-plane node gets them), so that one kubeconfig and
     /// the node certificates work against both.
     pub fn start_with_ca(etcd: &[String], other: Option<&Server>) -> Server {
+        Server::start_full(etcd, other, &[])
+    }
+
+    /// A server started with more flags.
+    pub fn start_full(etcd: &[String], other: Option<&Server>, extra: &[&str]) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("podrun-server-")
             .tempdir()
@@ -234,6 +241,7 @@ impl Server {
             port: 0,
             log,
             etcd: etcd.to_vec(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             _dir: dir,
         };
         if let Some(o) = other {
@@ -266,6 +274,7 @@ impl Server {
         if !self.etcd.is_empty() {
             cmd.arg("--etcd-servers").arg(self.etcd.join(","));
         }
+        cmd.args(&self.extra);
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
