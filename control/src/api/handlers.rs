@@ -685,7 +685,7 @@ impl Api {
             })?
             .to_string();
         let now = object::timestamp(Utc::now());
-        self.guaranteed_update(s, ns, name, None, opts, |old| {
+        self.guaranteed_update(s, ns, name, Some("binding"), opts, |old| {
             if object::deletion_timestamp(old).is_some() {
                 return Err(ApiError::conflict(&t, "pod is being deleted, cannot be assigned to a host"));
             }

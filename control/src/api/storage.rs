@@ -436,6 +436,9 @@ impl Api {
                     }
                 }
             }
+            // pods/binding writes spec.nodeName and the PodScheduled condition
+            // together, both made by the server itself from the Binding.
+            Some("binding") => {}
             _ => s.prepare_for_update(&mut obj, &old),
         }
         let mut causes = s.validate(&obj);

@@ -937,6 +937,115 @@ mod tests {
         assert_eq!(d.requests["memory"], 64 * 1024 * 1024 * ONE);
     }
 
+    #[tokio::test]
+    async fn pending_pods_are_bound_or_told_why_not() {
+        use crate::api::auth::SCHEDULER_USER;
+        use crate::controllers::client::in_process;
+        use k8s_openapi::api::core::v1::Event;
+        use kube::api::ListParams;
+        let (api, _stop) = crate::api::auth::token::memory_api().await;
+        let client = in_process(api, SCHEDULER_USER);
+        let nodes: Api<Node> = Api::all(client.clone());
+        let n: Node = serde_json::from_value(json!({"metadata": {"name": "w1"}})).unwrap();
+        nodes.create(&PostParams::default(), &n).await.unwrap();
+        nodes
+            .patch_status(
+                "w1",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"status": {"allocatable": {"cpu": "1", "memory": "1Gi", "pods": "10"}}}),
+                ),
+            )
+            .await
+            .unwrap();
+        let mut informers = Informers::new(&client);
+        let task = run(client.clone(), &informers);
+        let running = tokio::spawn(futures_util::future::join_all(vec![
+            task,
+            informers.pods.run(),
+            informers.nodes.run(),
+        ]));
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        let mut small = pod(
+            json!({"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "500m"}}}]}),
+        );
+        small.metadata.name = Some("small".into());
+        let mut big = pod(
+            json!({"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "2"}}}]}),
+        );
+        big.metadata.name = Some("big".into());
+        pods.create(&PostParams::default(), &small).await.unwrap();
+        pods.create(&PostParams::default(), &big).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = pods.get("small").await.unwrap();
+            let b = pods.get("big").await.unwrap();
+            let bound = s.spec.as_ref().and_then(|s| s.node_name.clone());
+            let sched =
+                super::super::shared::pod_condition(&s, "PodScheduled").map(|c| c.status.clone());
+            let why = super::super::shared::pod_condition(&b, "PodScheduled")
+                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
+            if bound.as_deref() == Some("w1") && sched.as_deref() == Some("True") && why.is_some() {
+                let (status, reason, message) = why.unwrap();
+                assert_eq!(status, "False");
+                assert_eq!(reason.as_deref(), Some("Unschedulable"));
+                assert_eq!(
+                    message.as_deref(),
+                    Some("0/1 nodes are available: 1 Insufficient cpu.")
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "small {bound:?} {sched:?}; big {why:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let events: Api<Event> = Api::namespaced(client.clone(), "default");
+        let reasons: Vec<(String, String)> = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|e| {
+                (
+                    e.reason.unwrap_or_default(),
+                    e.involved_object.name.unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert!(
+            reasons.contains(&("Scheduled".into(), "small".into())),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.contains(&("FailedScheduling".into(), "big".into())),
+            "{reasons:?}"
+        );
+        // More room on the node: the pod that did not fit is tried again and bound.
+        nodes
+            .patch_status(
+                "w1",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"allocatable": {"cpu": "4"}}})),
+            )
+            .await
+            .unwrap();
+        loop {
+            let b = pods.get("big").await.unwrap();
+            if b.spec.and_then(|s| s.node_name).as_deref() == Some("w1") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline + Duration::from_secs(10),
+                "big not retried"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        running.abort();
+    }
+
     #[test]
     fn tolerations_match_as_upstream() {
         let taint = Taint {
