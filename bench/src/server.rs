@@ -517,6 +517,9 @@ impl Daemon {
             "127.0.0.1",
             "--secure-port",
             "0",
+            // The API alone: with no nodes the scheduler would answer every pod
+            // created here with a status write and a FailedScheduling event.
+            "--controllers=false",
         ]);
         if let Some(e) = etcd {
             cmd.arg("--etcd-servers").arg(e);
