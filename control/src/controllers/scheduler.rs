@@ -676,7 +676,9 @@ fn place(
         }
     }
     if fits.is_empty() {
-        let parts: Vec<String> = why.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        // Sorted as whole strings, count first, as upstream's FitError words it.
+        let mut parts: Vec<String> = why.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        parts.sort();
         return Err(format!(
             "0/{} nodes are available: {}.",
             nodes.len(),
@@ -841,6 +843,22 @@ mod tests {
             "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}]
         }));
         assert_eq!(place(&p, &PodDemand::of(&p), &nodes, &mut 0), Ok(2));
+    }
+
+    #[test]
+    fn reasons_sort_as_whole_strings_count_first() {
+        let nodes = vec![
+            node("w1", "100m", json!({})),
+            node("w2", "100m", json!({})),
+            node("w3", "2", json!({"spec": {"unschedulable": true}})),
+        ];
+        let p = pod(
+            json!({"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "500m"}}}]}),
+        );
+        assert_eq!(
+            place(&p, &PodDemand::of(&p), &nodes, &mut 0).unwrap_err(),
+            "0/3 nodes are available: 1 node(s) were unschedulable, 2 Insufficient cpu."
+        );
     }
 
     #[test]
