@@ -1003,8 +1003,9 @@ mod tests {
                 super::super::shared::pod_condition(&s, "PodScheduled").map(|c| c.status.clone());
             let why = super::super::shared::pod_condition(&b, "PodScheduled")
                 .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
-            if bound.as_deref() == Some("w1") && sched.as_deref() == Some("True") && why.is_some() {
-                let (status, reason, message) = why.unwrap();
+            if let (Some("w1"), Some("True"), Some((status, reason, message))) =
+                (bound.as_deref(), sched.as_deref(), why.clone())
+            {
                 assert_eq!(status, "False");
                 assert_eq!(reason.as_deref(), Some("Unschedulable"));
                 assert_eq!(
