@@ -16,9 +16,16 @@ pub fn in_process(api: Arc<Api>, user: &str) -> kube::Client {
         name: user.to_string(),
         groups: vec!["system:authenticated".into()],
     };
-    let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+    // Writes are recorded in managedFields under the program's name, as kube-apiserver
+    // takes it from the user agent: kube-controller-manager, kube-scheduler.
+    let agent = http::HeaderValue::from_str(user.name.trim_start_matches("system:"))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("podrun"));
+    let service = tower::service_fn(move |mut req: http::Request<kube::client::Body>| {
         let api = api.clone();
         let user = user.clone();
+        req.headers_mut()
+            .entry(http::header::USER_AGENT)
+            .or_insert_with(|| agent.clone());
         async move { Ok::<_, Infallible>(api.handle(req, Some(user)).await) }
     });
     kube::Client::new(service, "default")
