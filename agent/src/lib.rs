@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod image_service;
+pub mod kubelet;
 pub mod server;
 pub mod store;
 pub mod streaming;

@@ -1,0 +1,1 @@
+//! The kubelet API on port 10250.

@@ -1,0 +1,1 @@
+//! Joining with a bootstrap token.

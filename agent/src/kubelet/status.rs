@@ -1,0 +1,1 @@
+//! Pod status as kubelet writes it.
