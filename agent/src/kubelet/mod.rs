@@ -9,10 +9,12 @@
 pub mod api;
 pub mod bootstrap;
 pub mod cri;
+pub mod events;
 pub mod node;
 pub mod pods;
 pub mod prober;
 pub mod status;
+pub mod volumes;
 
 use std::net::IpAddr;
 use std::path::PathBuf;

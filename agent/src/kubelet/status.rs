@@ -55,7 +55,10 @@ pub fn instances<'a>(obs: &'a Observed, name: &str) -> Vec<&'a cri::ContainerSta
         .filter(|c| c.metadata.as_ref().is_some_and(|m| m.name == name))
         .collect();
     v.sort_by_key(|c| {
-        std::cmp::Reverse((c.metadata.as_ref().map(|m| m.attempt).unwrap_or(0), c.created_at))
+        std::cmp::Reverse((
+            c.metadata.as_ref().map(|m| m.attempt).unwrap_or(0),
+            c.created_at,
+        ))
     });
     v
 }
@@ -72,7 +75,12 @@ fn state_of(c: &cri::ContainerStatus) -> ContainerState {
             terminated: Some(ContainerStateTerminated {
                 exit_code: c.exit_code,
                 reason: Some(if c.reason.is_empty() {
-                    if c.exit_code == 0 { "Completed" } else { "Error" }.to_owned()
+                    if c.exit_code == 0 {
+                        "Completed"
+                    } else {
+                        "Error"
+                    }
+                    .to_owned()
                 } else {
                     c.reason.clone()
                 }),
@@ -95,7 +103,9 @@ fn state_of(c: &cri::ContainerStatus) -> ContainerState {
             terminated: Some(ContainerStateTerminated {
                 exit_code: 137,
                 reason: Some("ContainerStatusUnknown".into()),
-                message: Some("The container could not be located when the pod was terminated".into()),
+                message: Some(
+                    "The container could not be located when the pod was terminated".into(),
+                ),
                 ..Default::default()
             }),
             ..Default::default()
@@ -156,9 +166,19 @@ fn container_status(
     if let (Some(t), Some(c)) = (state.terminated.as_mut(), current) {
         t.container_id = Some(id(c));
     }
-    if let (Some(ContainerState { terminated: Some(t), .. }), Some(c)) = (
+    if let (
+        Some(ContainerState {
+            terminated: Some(t),
+            ..
+        }),
+        Some(c),
+    ) = (
         last_state.as_mut(),
-        if obs.waiting.contains_key(name) { current } else { previous },
+        if obs.waiting.contains_key(name) {
+            current
+        } else {
+            previous
+        },
     ) {
         t.container_id = Some(id(c));
     }
@@ -168,8 +188,7 @@ fn container_status(
     let ready = if is_init && !is_sidecar(spec) {
         current.is_some_and(|c| is_exited(c) && c.exit_code == 0)
     } else {
-        started
-            && (spec.readiness_probe.is_none() || obs.ready.get(name).copied().unwrap_or(false))
+        started && (spec.readiness_probe.is_none() || obs.ready.get(name).copied().unwrap_or(false))
     };
     let restart_count = current
         .and_then(|c| c.metadata.as_ref())
@@ -189,7 +208,14 @@ fn container_status(
     }
 }
 
-fn condition(prev: Option<&PodStatus>, type_: &str, ok: bool, reason: Option<&str>, message: Option<String>, now: jiff::Timestamp) -> PodCondition {
+fn condition(
+    prev: Option<&PodStatus>,
+    type_: &str,
+    ok: bool,
+    reason: Option<&str>,
+    message: Option<String>,
+    now: jiff::Timestamp,
+) -> PodCondition {
     let status = if ok { "True" } else { "False" };
     let old = prev
         .and_then(|p| p.conditions.as_ref())
@@ -215,7 +241,9 @@ pub fn phase(pod: &Pod, init: &[ContainerStatus], regular: &[ContainerStatus]) -
     let policy = spec
         .and_then(|s| s.restart_policy.as_deref())
         .unwrap_or("Always");
-    let init_specs = spec.and_then(|s| s.init_containers.as_deref()).unwrap_or(&[]);
+    let init_specs = spec
+        .and_then(|s| s.init_containers.as_deref())
+        .unwrap_or(&[]);
     fn terminated(s: &ContainerStatus) -> Option<&ContainerStateTerminated> {
         s.state.as_ref().and_then(|s| s.terminated.as_ref())
     }
@@ -294,7 +322,11 @@ pub fn pod_status(pod: &Pod, obs: &Observed, now: jiff::Timestamp) -> PodStatus 
             st.ready
         }
     });
-    let default_waiting = if initialized { "ContainerCreating" } else { "PodInitializing" };
+    let default_waiting = if initialized {
+        "ContainerCreating"
+    } else {
+        "PodInitializing"
+    };
     let regular: Vec<ContainerStatus> = spec
         .containers
         .iter()
@@ -315,32 +347,71 @@ pub fn pod_status(pod: &Pod, obs: &Observed, now: jiff::Timestamp) -> PodStatus 
         .iter()
         .zip(&init)
         .filter(|(c, st)| is_sidecar(c) && !st.ready)
-        .chain(spec.containers.iter().zip(&regular).filter(|(_, st)| !st.ready))
+        .chain(
+            spec.containers
+                .iter()
+                .zip(&regular)
+                .filter(|(_, st)| !st.ready),
+        )
         .map(|(c, _)| c.name.as_str())
         .collect();
     let incomplete: Vec<&str> = init_specs
         .iter()
         .zip(&init)
-        .filter(|(c, st)| !(if is_sidecar(c) { st.started.unwrap_or(false) } else { st.ready }))
+        .filter(|(c, st)| {
+            !(if is_sidecar(c) {
+                st.started.unwrap_or(false)
+            } else {
+                st.ready
+            })
+        })
         .map(|(c, _)| c.name.as_str())
         .collect();
     let terminal = phase == "Succeeded" || phase == "Failed";
     let containers_ready = unready.is_empty() && !terminal;
-    let not_ready_reason = if terminal { "PodCompleted" } else { "ContainersNotReady" };
+    let not_ready_reason = if terminal {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    };
     let unready_msg = (!unready.is_empty())
         .then(|| format!("containers with unready status: [{}]", unready.join(" ")));
     let mut conditions = vec![
-        condition(prev, "PodReadyToStartContainers", sandbox_ready, None, None, now),
+        condition(
+            prev,
+            "PodReadyToStartContainers",
+            sandbox_ready,
+            None,
+            None,
+            now,
+        ),
         condition(
             prev,
             "Initialized",
             initialized,
             Some("ContainersNotInitialized"),
-            Some(format!("containers with incomplete status: [{}]", incomplete.join(" "))),
+            Some(format!(
+                "containers with incomplete status: [{}]",
+                incomplete.join(" ")
+            )),
             now,
         ),
-        condition(prev, "Ready", containers_ready, Some(not_ready_reason), unready_msg.clone(), now),
-        condition(prev, "ContainersReady", containers_ready, Some(not_ready_reason), unready_msg, now),
+        condition(
+            prev,
+            "Ready",
+            containers_ready,
+            Some(not_ready_reason),
+            unready_msg.clone(),
+            now,
+        ),
+        condition(
+            prev,
+            "ContainersReady",
+            containers_ready,
+            Some(not_ready_reason),
+            unready_msg,
+            now,
+        ),
     ];
     if let Some(s) = prev
         .and_then(|p| p.conditions.as_ref())
@@ -380,9 +451,7 @@ pub fn pod_status(pod: &Pod, obs: &Observed, now: jiff::Timestamp) -> PodStatus 
             .map(|ip| vec![HostIP { ip: ip.clone() }]),
         pod_ip: ips.first().cloned(),
         pod_ips: (!ips.is_empty()).then(|| ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect()),
-        start_time: prev
-            .and_then(|p| p.start_time.clone())
-            .or(Some(Time(now))),
+        start_time: prev.and_then(|p| p.start_time.clone()).or(Some(Time(now))),
         qos_class: Some(qos_class(pod).to_owned()),
         init_container_statuses: (!init.is_empty()).then_some(init),
         container_statuses: Some(regular),
