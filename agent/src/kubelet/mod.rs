@@ -11,6 +11,7 @@ pub mod bootstrap;
 pub mod cri;
 pub mod events;
 pub mod node;
+pub mod podconfig;
 pub mod pods;
 pub mod prober;
 pub mod status;
