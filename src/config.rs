@@ -25,10 +25,19 @@ const KEYS: &[(&str, &str)] = &[
     ("pull", "PODRUN_PULL"),
     ("socket", "PODRUN_SOCKET"),
     ("stream_addr", "PODRUN_STREAM_ADDR"),
+    ("server", "PODRUN_SERVER"),
+    ("token", "PODRUN_TOKEN"),
+    ("certificate_authority", "PODRUN_CERTIFICATE_AUTHORITY"),
+    ("kubeconfig", "PODRUN_KUBECONFIG"),
+    ("node_name", "PODRUN_NODE_NAME"),
+    ("node_ip", "PODRUN_NODE_IP"),
+    ("runtime_endpoint", "PODRUN_RUNTIME_ENDPOINT"),
+    ("kubelet_port", "PODRUN_KUBELET_PORT"),
+    ("max_pods", "PODRUN_MAX_PODS"),
 ];
 
 /// Keys whose value is a number.
-const NUMBERS: &[&str] = &["pod_max_pids"];
+const NUMBERS: &[&str] = &["pod_max_pids", "kubelet_port", "max_pods"];
 
 /// The config file named by `--config FILE` / `--config=FILE` in `args`, else
 /// `PODRUN_CONFIG`, else the default (which may be missing).

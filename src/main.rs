@@ -186,7 +186,7 @@ enum Command {
         command: OciCommand,
     },
     /// Serve the Kubernetes CRI v1 (runtime and image services) on a unix socket, for
-    /// crictl and kubelet.
+    /// crictl and kubelet; with --server or --kubeconfig, also be the node's kubelet.
     Agent {
         /// The CRI socket.
         #[arg(long, env = "PODRUN_SOCKET", default_value = "/run/podrun/podrun.sock")]
@@ -194,6 +194,8 @@ enum Command {
         /// Address of the streaming server (exec, attach, port-forward); port 0 picks one.
         #[arg(long, env = "PODRUN_STREAM_ADDR", default_value = "127.0.0.1:0")]
         stream_addr: std::net::SocketAddr,
+        #[command(flatten)]
+        kubelet: cmd::agent::KubeletArgs,
     },
     /// The control plane: a Kubernetes API server that kubectl drives, on an embedded
     /// store (under --root, in server/) or etcd.

@@ -22,6 +22,8 @@ pub struct AgentConfig {
     pub runtime: RuntimeConfig,
     pub socket: PathBuf,
     pub stream_addr: SocketAddr,
+    /// The kubelet half, when the agent joins a control plane.
+    pub kubelet: Option<crate::kubelet::KubeletConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,8 @@ pub enum AgentError {
     Image(#[from] podrun_runtime::image::ImageError),
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("kubelet: {0}")]
+    Kubelet(#[from] crate::kubelet::KubeletError),
 }
 
 /// Rebuild the store from the pods' state directories: sandboxes the CRI created, with
@@ -198,7 +202,23 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                 .collect()
         })
     });
+    let kubelet_failure = Arc::new(std::sync::Mutex::new(None));
+    if let Some(k) = config.kubelet.clone() {
+        let stop = cri.shutdown.subscribe();
+        let cri = cri.clone();
+        let failure = kubelet_failure.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::kubelet::run(k, stop).await {
+                tracing::error!(error = %e, "kubelet");
+                if let Ok(mut f) = failure.lock() {
+                    *f = Some(e);
+                }
+                let _ = cri.shutdown.send(true);
+            }
+        });
+    }
     let shutdown_cri = cri.clone();
+    let mut stopped = cri.shutdown.subscribe();
     let shutdown = async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
@@ -207,6 +227,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
+            _ = stopped.changed() => {}
         }
         info!("stopping the agent; pods keep running");
         let _ = shutdown_cri.shutdown.send(true);
@@ -231,5 +252,8 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         )
         .await?;
     let _ = std::fs::remove_file(&config.socket);
+    if let Some(e) = kubelet_failure.lock().ok().and_then(|mut f| f.take()) {
+        return Err(e.into());
+    }
     Ok(())
 }

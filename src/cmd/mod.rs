@@ -1,6 +1,6 @@
 //! One function per subcommand: build what the library needs and call it.
 
-mod agent;
+pub mod agent;
 mod controller_manager;
 mod exec;
 pub mod image;
@@ -120,7 +120,8 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Agent {
             socket,
             stream_addr,
-        } => agent::agent(&cli, socket, stream_addr),
+            kubelet,
+        } => agent::agent(&cli, socket, stream_addr, kubelet),
         Command::Server { .. } => server::server(&cli),
         Command::ControllerManager { kubeconfig } => controller_manager::run(kubeconfig),
         Command::Monitor {

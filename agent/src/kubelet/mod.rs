@@ -18,6 +18,8 @@ pub mod status;
 pub mod volumes;
 
 use std::net::IpAddr;
+
+pub use k8s_openapi::api::core::v1::Taint;
 use std::path::PathBuf;
 
 /// kubelet's default for `--max-pods`.
@@ -58,4 +60,154 @@ pub struct KubeletConfig {
     pub cgroup_driver: String,
     /// Where to check disk space for the Node's ephemeral-storage capacity.
     pub root_dir: PathBuf,
+    /// The cgroup the pods' QoS cgroups go under (kubelet's --cgroup-root).
+    pub cgroup_root: String,
+    /// Containers' log files (kubelet writes /var/log/pods).
+    pub pod_logs_dir: PathBuf,
+    /// Registered with the Node (kubelet's --register-with-taints and --node-labels).
+    pub taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    #[error("{0}")]
+    Bootstrap(#[from] bootstrap::BootstrapError),
+    #[error("{0}")]
+    Cri(#[from] cri::CriError),
+    #[error("container runtime at {endpoint}: {message}")]
+    Runtime { endpoint: String, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("node IP: {0}")]
+    NodeIp(String),
+}
+
+/// The address this host reaches `url` from: the node's InternalIP, as kubelet picks it
+/// when `--node-ip` is not given.
+pub fn route_source(url: &http::Uri) -> Result<IpAddr, KubeletError> {
+    let host = url
+        .host()
+        .ok_or_else(|| KubeletError::NodeIp(format!("{url}: no host")))?
+        .trim_matches(['[', ']']);
+    let port = url.port_u16().unwrap_or(443);
+    let target = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(|e| KubeletError::NodeIp(format!("{host}: {e}")))?
+        .next()
+        .ok_or_else(|| KubeletError::NodeIp(format!("{host}: no address")))?;
+    let bind: std::net::SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let sock = std::net::UdpSocket::bind(bind).map_err(|e| KubeletError::NodeIp(e.to_string()))?;
+    sock.connect(target)
+        .map_err(|e| KubeletError::NodeIp(format!("no route to {target}: {e}")))?;
+    let ip = sock
+        .local_addr()
+        .map_err(|e| KubeletError::NodeIp(e.to_string()))?
+        .ip();
+    if ip.is_loopback() && !target.ip().is_loopback() {
+        return Err(KubeletError::NodeIp(format!("the route to {target} leaves from loopback")));
+    }
+    Ok(ip)
+}
+
+/// Joins the cluster and runs the node until `shutdown`: the Node and its Lease, the
+/// pods bound to it, and the kubelet API.
+pub async fn run(
+    cfg: KubeletConfig,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), KubeletError> {
+    let io = |path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| KubeletError::Io { path, source }
+    };
+    std::fs::create_dir_all(&cfg.state_dir).map_err(io(&cfg.state_dir))?;
+    let (client, kube_config) =
+        bootstrap::client(&cfg.access, &cfg.node_name, &cfg.state_dir).await?;
+    let cri = cri::connect(&cfg.runtime_endpoint)?;
+    // The runtime may still be starting (it is this agent's own socket, or a service).
+    let mut version = None;
+    let mut last_err = String::new();
+    for _ in 0..60 {
+        match cri.runtime.clone().version(podrun_cri_proto::v1::VersionRequest::default()).await {
+            Ok(v) => {
+                version = Some(v.into_inner());
+                break;
+            }
+            Err(e) => last_err = e.message().to_owned(),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let version = version.ok_or_else(|| KubeletError::Runtime {
+        endpoint: cfg.runtime_endpoint.clone(),
+        message: last_err,
+    })?;
+    let node_ip = match cfg.node_ip {
+        Some(ip) => ip,
+        None => route_source(&kube_config.cluster_url)?,
+    };
+    let host = node::read_host(&cfg.root_dir);
+    let settings = node::NodeSettings {
+        name: cfg.node_name.clone(),
+        ip: node_ip,
+        port: cfg.port,
+        max_pods: cfg.max_pods,
+        cgroup_driver: cfg.cgroup_driver.clone(),
+        taints: cfg.taints.clone(),
+        labels: cfg.labels.clone(),
+    };
+    tracing::info!(
+        node = %cfg.node_name,
+        server = %kube_config.cluster_url,
+        node_ip = %node_ip,
+        runtime = %format!("{}://{}", version.runtime_name, version.runtime_version),
+        "kubelet starting"
+    );
+    let (registered_tx, mut registered) = tokio::sync::watch::channel(None);
+    let node_task = tokio::spawn(node::run(
+        client.clone(),
+        settings,
+        cri.clone(),
+        cfg.root_dir.clone(),
+        shutdown.clone(),
+        registered_tx,
+    ));
+    // Pods are run once the node exists, as kubelet does.
+    while registered.borrow_and_update().is_none() {
+        if registered.changed().await.is_err() {
+            return Ok(());
+        }
+    }
+    let ctx = podconfig::NodeContext {
+        node_name: cfg.node_name.clone(),
+        node_ip: node_ip.to_string(),
+        cgroup_root: cfg.cgroup_root.clone(),
+        cgroup_driver: cfg.cgroup_driver.clone(),
+        pod_logs_dir: cfg.pod_logs_dir.clone(),
+        memory_capacity: host.memory_bytes,
+    };
+    let driver = match cfg.cgroup_driver.as_str() {
+        "systemd" => podrun_runtime::cgroups::Driver::Systemd,
+        _ => podrun_runtime::cgroups::Driver::Cgroupfs,
+    };
+    let mut kubelet = pods::Kubelet::new(
+        client,
+        cri,
+        ctx,
+        cfg.state_dir.clone(),
+        version.runtime_name,
+    );
+    match podrun_runtime::cgroups::new_manager(driver) {
+        Ok(m) => kubelet = kubelet.with_cgroups(m),
+        Err(e) => tracing::warn!(error = %e, "cgroups: pod cgroups will not be removed"),
+    }
+    let kubelet = std::sync::Arc::new(kubelet);
+    pods::run(kubelet, shutdown).await;
+    let _ = node_task.await;
+    Ok(())
 }

@@ -47,7 +47,11 @@ pub fn log_directory(ctx: &NodeContext, pod: &Pod) -> PathBuf {
 /// The pod's cgroup under its QoS class, in the form of the cgroup driver.
 pub fn cgroup_parent(ctx: &NodeContext, pod: &Pod) -> String {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let qos = qos_class(pod);
+    cgroup_parent_for(ctx, &uid, qos_class(pod))
+}
+
+/// The cgroup parent of pod `uid` in QoS class `qos` (Guaranteed, Burstable, BestEffort).
+pub fn cgroup_parent_for(ctx: &NodeContext, uid: &str, qos: &str) -> String {
     if ctx.cgroup_driver == "systemd" {
         let uid = uid.replace('-', "_");
         return match qos {
