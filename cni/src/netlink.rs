@@ -8,12 +8,13 @@ use std::os::fd::RawFd;
 
 use ipnet::IpNet;
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REQUEST,
+    DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    LinkProtoInfoBridge,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -349,6 +350,21 @@ impl Netlink {
     pub fn set_controller(&mut self, index: u32, controller: u32) -> Result<()> {
         self.set_link("attach to bridge", index, |m| {
             m.attributes.push(LinkAttribute::Controller(controller))
+        })
+    }
+
+    /// Hairpin mode on a bridge port (traffic may leave by the port it came in on), set
+    /// over netlink as `bridge link set hairpin on` does: an AF_BRIDGE RTM_SETLINK with
+    /// IFLA_BRPORT_MODE in IFLA_PROTINFO. Unlike sysfs, this needs no /sys of the
+    /// namespace the port lives in.
+    pub fn set_hairpin(&mut self, index: u32, on: bool) -> Result<()> {
+        /// IFLA_BRPORT_MODE of linux/if_link.h.
+        const IFLA_BRPORT_MODE: u16 = 4;
+        self.set_link("set hairpin mode", index, |m| {
+            m.header.interface_family = AddressFamily::Bridge;
+            m.attributes.push(LinkAttribute::ProtoInfoBridge(vec![
+                LinkProtoInfoBridge::Other(DefaultNla::new(IFLA_BRPORT_MODE, vec![u8::from(on)])),
+            ]));
         })
     }
 

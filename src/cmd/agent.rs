@@ -19,7 +19,12 @@ pub struct KubeletArgs {
     server: Option<String>,
     /// A bootstrap token (`podrun server token create`), exchanged for the node's own
     /// credential on first start.
-    #[arg(long, env = "PODRUN_TOKEN", requires = "server", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "PODRUN_TOKEN",
+        requires = "server",
+        hide_env_values = true
+    )]
     token: Option<String>,
     /// The cluster CA to trust the server with [default: <root>/server/pki/ca.crt,
     /// which exists on the control-plane host].

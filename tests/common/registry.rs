@@ -56,6 +56,7 @@ pub fn ensure_registry_installed() -> bool {
 pub struct Registry {
     child: Child,
     pub port: u16,
+    pub ip: String,
     /// Basic-auth credentials the registry demands (htpasswd), if any.
     basic: Option<(String, String)>,
     _dir: tempfile::TempDir,
@@ -88,18 +89,23 @@ impl Registry {
     }
 
     pub fn start_with(basic: Option<(String, String)>) -> Option<Registry> {
+        Self::start_at("127.0.0.1", basic)
+    }
+
+    /// A registry listening on `ip` (an address of a test's own network).
+    pub fn start_at(ip: &str, basic: Option<(String, String)>) -> Option<Registry> {
         let dir = tempfile::Builder::new()
             .prefix("podrun-registry-")
             .tempdir()
             .unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
+        let port = TcpListener::bind((ip, 0))
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let config = dir.path().join("config.yml");
         let mut yaml = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: podrun-test\n",
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {ip}:{port}\n  secret: podrun-test\n",
             dir.path().join("data").display()
         );
         if let Some((u, p)) = &basic {
@@ -121,6 +127,7 @@ impl Registry {
         let reg = Registry {
             child,
             port,
+            ip: ip.to_owned(),
             basic,
             _dir: dir,
         };
@@ -151,7 +158,7 @@ impl Registry {
     }
 
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     pub fn url(&self) -> String {

@@ -210,6 +210,8 @@ pub struct Server {
     etcd: Vec<String>,
     /// More `podrun server` flags.
     pub extra: Vec<String>,
+    /// The address it listens on (loopback unless a test gives it a network).
+    pub bind: String,
     _dir: tempfile::TempDir,
 }
 
@@ -228,6 +230,11 @@ impl Server {
 
     /// A server started with more flags.
     pub fn start_full(etcd: &[String], other: Option<&Server>, extra: &[&str]) -> Server {
+        Server::start_on("127.0.0.1", etcd, other, extra)
+    }
+
+    /// A server listening on `bind` (an address of a test's own network).
+    pub fn start_on(bind: &str, etcd: &[String], other: Option<&Server>, extra: &[&str]) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("podrun-server-")
             .tempdir()
@@ -242,6 +249,7 @@ impl Server {
             log,
             etcd: etcd.to_vec(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            bind: bind.to_owned(),
             _dir: dir,
         };
         if let Some(o) = other {
@@ -266,7 +274,7 @@ impl Server {
         cmd.arg("--root").arg(&self.root).args([
             "server",
             "--bind-address",
-            "127.0.0.1",
+            &self.bind,
             "--secure-port",
         ]);
         // The same port again after a restart, so the kubeconfig a client holds stays good.
@@ -303,7 +311,9 @@ impl Server {
         );
         self.port = port;
         wait_until("the server to answer /readyz", WAIT, || {
-            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+            TcpStream::connect((self.bind.as_str(), port))
+                .ok()
+                .map(|_| ())
         });
     }
 

@@ -17,11 +17,14 @@ use tracing::debug;
 pub const NORMAL: &str = "Normal";
 pub const WARNING: &str = "Warning";
 
+/// (namespace, uid, fieldPath, reason, message) of an event.
+type EventKey = (String, String, String, String, String);
+
 pub struct Recorder {
     client: Client,
     node: String,
-    /// (namespace, uid, fieldPath, reason, message) → (event name, count).
-    seen: Mutex<HashMap<(String, String, String, String, String), (String, i32)>>,
+    /// The event object and its count, per key.
+    seen: Mutex<HashMap<EventKey, (String, i32)>>,
 }
 
 /// The fieldPath of a container, as kubelet writes it.

@@ -111,7 +111,9 @@ pub fn route_source(url: &http::Uri) -> Result<IpAddr, KubeletError> {
         .map_err(|e| KubeletError::NodeIp(e.to_string()))?
         .ip();
     if ip.is_loopback() && !target.ip().is_loopback() {
-        return Err(KubeletError::NodeIp(format!("the route to {target} leaves from loopback")));
+        return Err(KubeletError::NodeIp(format!(
+            "the route to {target} leaves from loopback"
+        )));
     }
     Ok(ip)
 }
@@ -134,7 +136,12 @@ pub async fn run(
     let mut version = None;
     let mut last_err = String::new();
     for _ in 0..60 {
-        match cri.runtime.clone().version(podrun_cri_proto::v1::VersionRequest::default()).await {
+        match cri
+            .runtime
+            .clone()
+            .version(podrun_cri_proto::v1::VersionRequest::default())
+            .await
+        {
             Ok(v) => {
                 version = Some(v.into_inner());
                 break;

@@ -93,8 +93,8 @@ pub fn read_host(root_dir: &Path) -> HostFacts {
     };
     let (disk_bytes, disk_available) = nix::sys::statvfs::statvfs(root_dir)
         .map(|s| {
-            let f = s.fragment_size() as u64;
-            (s.blocks() as u64 * f, s.blocks_available() as u64 * f)
+            let f = s.fragment_size();
+            (s.blocks() * f, s.blocks_available() * f)
         })
         .unwrap_or((0, 0));
     let read = |p: &str| {

@@ -68,7 +68,13 @@ struct Worker {
 }
 
 impl Kubelet {
-    pub fn new(client: Client, cri: CriClient, ctx: NodeContext, state_dir: PathBuf, runtime_name: String) -> Kubelet {
+    pub fn new(
+        client: Client,
+        cri: CriClient,
+        ctx: NodeContext,
+        state_dir: PathBuf,
+        runtime_name: String,
+    ) -> Kubelet {
         let events = Recorder::new(client.clone(), &ctx.node_name);
         Kubelet {
             client,
@@ -107,7 +113,10 @@ impl Kubelet {
 
     /// The pods this node runs now.
     pub fn pods(&self) -> Vec<Pod> {
-        self.pods.lock().map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.pods
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Asks for a container to be restarted (a failed liveness or startup probe).
@@ -139,7 +148,13 @@ impl Kubelet {
                 Some(b) => (b.delay * 2).min(BACKOFF_MAX),
                 None => BACKOFF_INITIAL,
             };
-            m.insert(key, Backoff { delay, last: Instant::now() });
+            m.insert(
+                key,
+                Backoff {
+                    delay,
+                    last: Instant::now(),
+                },
+            );
         }
     }
 
@@ -179,7 +194,10 @@ impl Kubelet {
         let mut out = Vec::with_capacity(list.len());
         for c in list {
             match rt
-                .container_status(cri::ContainerStatusRequest { container_id: c.id.clone(), verbose: false })
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: c.id.clone(),
+                    verbose: false,
+                })
                 .await
             {
                 Ok(s) => out.extend(s.into_inner().status),
@@ -190,7 +208,14 @@ impl Kubelet {
         Ok(out)
     }
 
-    async fn record(&self, pod: &Pod, container: Option<&str>, type_: &str, reason: &str, message: &str) {
+    async fn record(
+        &self,
+        pod: &Pod,
+        container: Option<&str>,
+        type_: &str,
+        reason: &str,
+        message: &str,
+    ) {
         let path = container.map(|c| container_path(pod, c));
         self.events.record(pod, path, type_, reason, message).await;
     }
@@ -200,26 +225,51 @@ impl Kubelet {
         let (_, _, uid) = podconfig::pod_key(pod);
         let image = c.image.clone().unwrap_or_default();
         let mut img = self.cri.image.clone();
-        let spec = cri::ImageSpec { image: image.clone(), ..Default::default() };
+        let spec = cri::ImageSpec {
+            image: image.clone(),
+            ..Default::default()
+        };
         let present = img
-            .image_status(cri::ImageStatusRequest { image: Some(spec.clone()), verbose: false })
+            .image_status(cri::ImageStatusRequest {
+                image: Some(spec.clone()),
+                verbose: false,
+            })
             .await
             .ok()
             .and_then(|r| r.into_inner().image)
             .map(|i| i.id);
         let policy = c.image_pull_policy.clone().unwrap_or_else(|| {
-            let tagged = image.rsplit('/').next().is_some_and(|last| last.contains(':') && !last.ends_with(":latest"));
-            if tagged || image.contains('@') { "IfNotPresent".into() } else { "Always".into() }
+            let tagged = image
+                .rsplit('/')
+                .next()
+                .is_some_and(|last| last.contains(':') && !last.ends_with(":latest"));
+            if tagged || image.contains('@') {
+                "IfNotPresent".into()
+            } else {
+                "Always".into()
+            }
         });
         let name = c.name.as_str();
         match (policy.as_str(), &present) {
             ("Never", None) => {
-                let msg = format!("Container image {image:?} is not present with pull policy of Never");
-                self.record(pod, Some(name), WARNING, "ErrImageNeverPull", &msg).await;
-                return Err(Waiting { reason: "ErrImageNeverPull".into(), message: msg });
+                let msg =
+                    format!("Container image {image:?} is not present with pull policy of Never");
+                self.record(pod, Some(name), WARNING, "ErrImageNeverPull", &msg)
+                    .await;
+                return Err(Waiting {
+                    reason: "ErrImageNeverPull".into(),
+                    message: msg,
+                });
             }
             ("Never" | "IfNotPresent", Some(id)) => {
-                self.record(pod, Some(name), NORMAL, "Pulled", &format!("Container image {image:?} already present on machine")).await;
+                self.record(
+                    pod,
+                    Some(name),
+                    NORMAL,
+                    "Pulled",
+                    &format!("Container image {image:?} already present on machine"),
+                )
+                .await;
                 return Ok(id.clone());
             }
             _ => {}
@@ -228,17 +278,34 @@ impl Kubelet {
         if self.in_backoff(&key).is_some() {
             let msg = format!("Back-off pulling image {image:?}");
             self.record(pod, Some(name), NORMAL, "BackOff", &msg).await;
-            return Err(Waiting { reason: "ImagePullBackOff".into(), message: msg });
+            return Err(Waiting {
+                reason: "ImagePullBackOff".into(),
+                message: msg,
+            });
         }
-        self.record(pod, Some(name), NORMAL, "Pulling", &format!("Pulling image {image:?}")).await;
+        self.record(
+            pod,
+            Some(name),
+            NORMAL,
+            "Pulling",
+            &format!("Pulling image {image:?}"),
+        )
+        .await;
         let started = Instant::now();
         match img
-            .pull_image(cri::PullImageRequest { image: Some(spec), auth: None, sandbox_config: None })
+            .pull_image(cri::PullImageRequest {
+                image: Some(spec),
+                auth: None,
+                sandbox_config: None,
+            })
             .await
         {
             Ok(r) => {
                 self.clear_backoff(&key);
-                let msg = format!("Successfully pulled image {image:?} in {:.3}s", started.elapsed().as_secs_f64());
+                let msg = format!(
+                    "Successfully pulled image {image:?} in {:.3}s",
+                    started.elapsed().as_secs_f64()
+                );
                 self.record(pod, Some(name), NORMAL, "Pulled", &msg).await;
                 Ok(r.into_inner().image_ref)
             }
@@ -246,15 +313,23 @@ impl Kubelet {
                 self.bump_backoff(key);
                 let msg = format!("Failed to pull image {image:?}: {}", e.message());
                 self.record(pod, Some(name), WARNING, "Failed", &msg).await;
-                self.record(pod, Some(name), WARNING, "Failed", "Error: ErrImagePull").await;
-                Err(Waiting { reason: "ErrImagePull".into(), message: msg })
+                self.record(pod, Some(name), WARNING, "Failed", "Error: ErrImagePull")
+                    .await;
+                Err(Waiting {
+                    reason: "ErrImagePull".into(),
+                    message: msg,
+                })
             }
         }
     }
 
     /// The configMaps and secrets a container's env refers to, from the API.
     async fn env_data(&self, pod: &Pod, c: &Container) -> EnvData {
-        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let ns = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         let (cms, secrets) = podconfig::env_references(c);
         let src = ApiSource(self.client.clone());
         let mut data = EnvData::default();
@@ -287,14 +362,27 @@ impl Kubelet {
         let image_ref = self.ensure_image(pod, c).await?;
         let name = c.name.as_str();
         let data = self.env_data(pod, c).await;
-        let config_error = |message: String| Waiting { reason: "CreateContainerConfigError".into(), message };
+        let config_error = |message: String| Waiting {
+            reason: "CreateContainerConfigError".into(),
+            message,
+        };
         let env = podconfig::resolve_env(pod, c, &self.ctx, pod_ip, &data).map_err(config_error)?;
-        let image = if image_ref.is_empty() { c.image.clone().unwrap_or_default() } else { image_ref };
+        let image = if image_ref.is_empty() {
+            c.image.clone().unwrap_or_default()
+        } else {
+            image_ref
+        };
         let config = podconfig::container_config(
             &self.ctx,
             pod,
             c,
-            &ContainerInputs { attempt, env, volumes: vols, files, image },
+            &ContainerInputs {
+                attempt,
+                env,
+                volumes: vols,
+                files,
+                image,
+            },
         )
         .map_err(config_error)?;
         let mut rt = self.cri.runtime.clone();
@@ -309,17 +397,44 @@ impl Kubelet {
             Ok(r) => r.into_inner().container_id,
             Err(e) => {
                 let msg = e.message().to_owned();
-                self.record(pod, Some(name), WARNING, "Failed", &format!("Error: {msg}")).await;
-                return Err(Waiting { reason: "CreateContainerError".into(), message: msg });
+                self.record(pod, Some(name), WARNING, "Failed", &format!("Error: {msg}"))
+                    .await;
+                return Err(Waiting {
+                    reason: "CreateContainerError".into(),
+                    message: msg,
+                });
             }
         };
-        self.record(pod, Some(name), NORMAL, "Created", &format!("Created container: {name}")).await;
-        if let Err(e) = rt.start_container(cri::StartContainerRequest { container_id: id.clone() }).await {
+        self.record(
+            pod,
+            Some(name),
+            NORMAL,
+            "Created",
+            &format!("Created container: {name}"),
+        )
+        .await;
+        if let Err(e) = rt
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+        {
             let msg = e.message().to_owned();
-            self.record(pod, Some(name), WARNING, "Failed", &format!("Error: {msg}")).await;
-            return Err(Waiting { reason: "RunContainerError".into(), message: msg });
+            self.record(pod, Some(name), WARNING, "Failed", &format!("Error: {msg}"))
+                .await;
+            return Err(Waiting {
+                reason: "RunContainerError".into(),
+                message: msg,
+            });
         }
-        self.record(pod, Some(name), NORMAL, "Started", &format!("Started container {name}")).await;
+        self.record(
+            pod,
+            Some(name),
+            NORMAL,
+            "Started",
+            &format!("Started container {name}"),
+        )
+        .await;
         Ok(())
     }
 
@@ -329,17 +444,29 @@ impl Kubelet {
         let mut rt = self.cri.runtime.clone();
         for old in all.iter().skip(1) {
             if old.state != cri::ContainerState::ContainerRunning as i32 {
-                let _ = rt.remove_container(cri::RemoveContainerRequest { container_id: old.id.clone() }).await;
+                let _ = rt
+                    .remove_container(cri::RemoveContainerRequest {
+                        container_id: old.id.clone(),
+                    })
+                    .await;
             }
         }
     }
 
     async fn stop_container(&self, pod: &Pod, c: &cri::ContainerStatus, grace: i64, reason: &str) {
-        let name = c.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-        self.record(pod, Some(&name), NORMAL, "Killing", reason).await;
+        let name = c
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        self.record(pod, Some(&name), NORMAL, "Killing", reason)
+            .await;
         let mut rt = self.cri.runtime.clone();
         if let Err(e) = rt
-            .stop_container(cri::StopContainerRequest { container_id: c.id.clone(), timeout: grace.max(0) })
+            .stop_container(cri::StopContainerRequest {
+                container_id: c.id.clone(),
+                timeout: grace.max(0),
+            })
             .await
         {
             warn!(container = %c.id, error = %e.message(), "stop container");
@@ -360,12 +487,21 @@ impl Kubelet {
     async fn sync_inner(&self, pod: &Pod) -> Result<Duration, tonic::Status> {
         let (ns, name, uid) = podconfig::pod_key(pod);
         let spec = pod.spec.clone().unwrap_or_default();
-        let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
         let mut rt = self.cri.runtime.clone();
-        let api_phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+        let api_phase = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
         let terminal = api_phase == "Succeeded" || api_phase == "Failed";
         let sandboxes = self.sandboxes(&uid).await?;
-        let ready = sandboxes.iter().find(|s| s.state == cri::PodSandboxState::SandboxReady as i32);
+        let ready = sandboxes
+            .iter()
+            .find(|s| s.state == cri::PodSandboxState::SandboxReady as i32);
         let mut waiting: HashMap<String, Waiting> = HashMap::new();
         let mut next = RESYNC;
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -375,12 +511,17 @@ impl Kubelet {
             // kept for logs until the pod is deleted.
             for c in self.containers(&uid).await? {
                 if c.state == cri::ContainerState::ContainerRunning as i32 {
-                    self.stop_container(pod, &c, 0, "Stopping container of a finished pod").await;
+                    self.stop_container(pod, &c, 0, "Stopping container of a finished pod")
+                        .await;
                 }
             }
             for s in &sandboxes {
                 if s.state == cri::PodSandboxState::SandboxReady as i32 {
-                    let _ = rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: s.id.clone() }).await;
+                    let _ = rt
+                        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                            pod_sandbox_id: s.id.clone(),
+                        })
+                        .await;
                 }
             }
             return Ok(Duration::from_secs(60));
@@ -389,7 +530,10 @@ impl Kubelet {
         let (sandbox_id, sandbox_config) = match ready {
             Some(s) => {
                 let attempt = s.metadata.as_ref().map(|m| m.attempt).unwrap_or(0);
-                (s.id.clone(), podconfig::sandbox_config(&self.ctx, pod, attempt, &host_resolv))
+                (
+                    s.id.clone(),
+                    podconfig::sandbox_config(&self.ctx, pod, attempt, &host_resolv),
+                )
             }
             None => {
                 let attempt = sandboxes
@@ -398,11 +542,26 @@ impl Kubelet {
                     .map(|m| m.attempt + 1)
                     .unwrap_or(0);
                 if !sandboxes.is_empty() {
-                    self.record(pod, None, NORMAL, "SandboxChanged", "Pod sandbox changed, it will be killed and re-created.").await;
+                    self.record(
+                        pod,
+                        None,
+                        NORMAL,
+                        "SandboxChanged",
+                        "Pod sandbox changed, it will be killed and re-created.",
+                    )
+                    .await;
                 }
                 for s in &sandboxes {
-                    let _ = rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: s.id.clone() }).await;
-                    let _ = rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: s.id.clone() }).await;
+                    let _ = rt
+                        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                            pod_sandbox_id: s.id.clone(),
+                        })
+                        .await;
+                    let _ = rt
+                        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                            pod_sandbox_id: s.id.clone(),
+                        })
+                        .await;
                 }
                 let config = podconfig::sandbox_config(&self.ctx, pod, attempt, &host_resolv);
                 match rt
@@ -415,15 +574,20 @@ impl Kubelet {
                     Ok(r) => (r.into_inner().pod_sandbox_id, config),
                     Err(e) => {
                         let msg = format!("Failed to create pod sandbox: {}", e.message());
-                        self.record(pod, None, WARNING, "FailedCreatePodSandBox", &msg).await;
-                        self.write_status(pod, Observed::default(), HashMap::new()).await;
+                        self.record(pod, None, WARNING, "FailedCreatePodSandBox", &msg)
+                            .await;
+                        self.write_status(pod, Observed::default(), HashMap::new())
+                            .await;
                         return Ok(Duration::from_secs(5));
                     }
                 }
             }
         };
         let sandbox = rt
-            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: sandbox_id.clone(), verbose: false })
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: sandbox_id.clone(),
+                verbose: false,
+            })
             .await?
             .into_inner()
             .status;
@@ -460,20 +624,31 @@ impl Kubelet {
             let hosts = pod_dir.join("etc-hosts");
             let text = podconfig::etc_hosts(pod, &pod_ips);
             if std::fs::read_to_string(&hosts).ok().as_deref() != Some(text.as_str()) {
-                if let Err(e) = std::fs::create_dir_all(&pod_dir).and_then(|_| std::fs::write(&hosts, &text)) {
+                if let Err(e) =
+                    std::fs::create_dir_all(&pod_dir).and_then(|_| std::fs::write(&hosts, &text))
+                {
                     warn!(pod = %name, error = %e, "/etc/hosts of the pod");
                 }
             }
-            PodFiles { etc_hosts: Some(hosts) }
+            PodFiles {
+                etc_hosts: Some(hosts),
+            }
         };
 
         let all = self.containers(&uid).await?;
-        let obs_now = Observed { containers: all.clone(), ..Default::default() };
+        let obs_now = Observed {
+            containers: all.clone(),
+            ..Default::default()
+        };
         let restarts: HashSet<String> = self
             .restarts
             .lock()
             .map(|mut r| {
-                let mine: HashSet<String> = r.iter().filter(|(u, _)| *u == uid).map(|(_, c)| c.clone()).collect();
+                let mine: HashSet<String> = r
+                    .iter()
+                    .filter(|(u, _)| *u == uid)
+                    .map(|(_, c)| c.clone())
+                    .collect();
                 r.retain(|(u, _)| *u != uid);
                 mine
             })
@@ -487,7 +662,8 @@ impl Kubelet {
         for ic in inits {
             let inst = instances(&obs_now, &ic.name);
             let latest = inst.first().copied();
-            let running = latest.is_some_and(|c| c.state == cri::ContainerState::ContainerRunning as i32);
+            let running =
+                latest.is_some_and(|c| c.state == cri::ContainerState::ContainerRunning as i32);
             let exited = latest.filter(|c| c.state == cri::ContainerState::ContainerExited as i32);
             if is_sidecar(ic) {
                 match (latest, exited) {
@@ -525,10 +701,20 @@ impl Kubelet {
                     continue;
                 };
                 let attempt = latest.metadata.as_ref().map(|m| m.attempt + 1).unwrap_or(0);
-                let state = cri::ContainerState::try_from(latest.state).unwrap_or(cri::ContainerState::ContainerUnknown);
+                let state = cri::ContainerState::try_from(latest.state)
+                    .unwrap_or(cri::ContainerState::ContainerUnknown);
                 match state {
                     cri::ContainerState::ContainerRunning if restarts.contains(&c.name) => {
-                        self.stop_container(pod, latest, grace, &format!("Container {} failed liveness probe, will be restarted", c.name)).await;
+                        self.stop_container(
+                            pod,
+                            latest,
+                            grace,
+                            &format!(
+                                "Container {} failed liveness probe, will be restarted",
+                                c.name
+                            ),
+                        )
+                        .await;
                         next = Duration::from_millis(200);
                     }
                     cri::ContainerState::ContainerRunning => {}
@@ -545,7 +731,11 @@ impl Kubelet {
                     // Created but never started (an earlier agent stopped halfway), or
                     // unknown: replaced.
                     _ => {
-                        let _ = rt.remove_container(cri::RemoveContainerRequest { container_id: latest.id.clone() }).await;
+                        let _ = rt
+                            .remove_container(cri::RemoveContainerRequest {
+                                container_id: latest.id.clone(),
+                            })
+                            .await;
                         plan.push((c, attempt.saturating_sub(1)));
                     }
                 }
@@ -555,7 +745,10 @@ impl Kubelet {
         for (c, attempt) in plan {
             let key = (uid.clone(), c.name.clone());
             let inst = instances(&obs_now, &c.name);
-            if let Some(prev) = inst.first().filter(|p| p.state == cri::ContainerState::ContainerExited as i32) {
+            if let Some(prev) = inst
+                .first()
+                .filter(|p| p.state == cri::ContainerState::ContainerExited as i32)
+            {
                 // A container that ran long enough starts with a clean slate.
                 let ran = Duration::from_nanos((prev.finished_at - prev.started_at).max(0) as u64);
                 if ran >= BACKOFF_RESET {
@@ -568,15 +761,40 @@ impl Kubelet {
                         delay.as_secs(),
                         c.name
                     );
-                    self.record(pod, Some(&c.name), WARNING, "BackOff", &format!("Back-off restarting failed container {} in pod {name}_{ns}({uid})", c.name)).await;
-                    waiting.insert(c.name.clone(), Waiting { reason: "CrashLoopBackOff".into(), message: msg });
+                    self.record(
+                        pod,
+                        Some(&c.name),
+                        WARNING,
+                        "BackOff",
+                        &format!(
+                            "Back-off restarting failed container {} in pod {name}_{ns}({uid})",
+                            c.name
+                        ),
+                    )
+                    .await;
+                    waiting.insert(
+                        c.name.clone(),
+                        Waiting {
+                            reason: "CrashLoopBackOff".into(),
+                            message: msg,
+                        },
+                    );
                     next = next.min(left + Duration::from_millis(50));
                     continue;
                 }
                 self.bump_backoff(key.clone());
             }
             match self
-                .start_container(pod, c, attempt, &sandbox_id, &sandbox_config, &pod_ip, &vols, &files)
+                .start_container(
+                    pod,
+                    c,
+                    attempt,
+                    &sandbox_id,
+                    &sandbox_config,
+                    &pod_ip,
+                    &vols,
+                    &files,
+                )
                 .await
             {
                 Ok(()) => {
@@ -585,7 +803,8 @@ impl Kubelet {
                 }
                 Err(w) => {
                     let retry = if w.reason == "ErrImagePull" || w.reason == "ImagePullBackOff" {
-                        self.in_backoff(&(uid.clone(), format!("image:{}", c.name))).unwrap_or(Duration::from_secs(1))
+                        self.in_backoff(&(uid.clone(), format!("image:{}", c.name)))
+                            .unwrap_or(Duration::from_secs(1))
                     } else {
                         Duration::from_secs(5)
                     };
@@ -621,7 +840,12 @@ impl Kubelet {
     }
 
     /// Writes the status when it differs from what the API holds; returns the phase.
-    async fn write_status(&self, pod: &Pod, mut obs: Observed, waiting: HashMap<String, Waiting>) -> Option<String> {
+    async fn write_status(
+        &self,
+        pod: &Pod,
+        mut obs: Observed,
+        waiting: HashMap<String, Waiting>,
+    ) -> Option<String> {
         if obs.runtime_name.is_empty() {
             obs.runtime_name = self.runtime_name.clone();
             obs.host_ip = Some(self.ctx.node_ip.clone());
@@ -637,7 +861,10 @@ impl Kubelet {
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
         let patch = json!({ "metadata": { "uid": uid }, "status": status });
-        match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(p) => {
                 if let Ok(mut m) = self.pods.lock() {
                     m.insert(uid, p);
@@ -658,15 +885,31 @@ impl Kubelet {
                 .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
                 .collect();
             let stops = running.iter().map(|c| {
-                let cname = c.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-                async move { self.stop_container(pod, c, grace, &format!("Stopping container {cname}")).await }
+                let cname = c
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.name.clone())
+                    .unwrap_or_default();
+                async move {
+                    self.stop_container(pod, c, grace, &format!("Stopping container {cname}"))
+                        .await
+                }
             });
             futures_util::future::join_all(stops).await;
         }
         if let Ok(sbs) = self.sandboxes(&uid).await {
             for s in sbs {
-                let _ = rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: s.id.clone() }).await;
-                if let Err(e) = rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: s.id.clone() }).await {
+                let _ = rt
+                    .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                        pod_sandbox_id: s.id.clone(),
+                    })
+                    .await;
+                if let Err(e) = rt
+                    .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                        pod_sandbox_id: s.id.clone(),
+                    })
+                    .await
+                {
                     warn!(pod = %name, sandbox = %s.id, error = %e.message(), "remove sandbox");
                 }
             }
@@ -704,7 +947,11 @@ impl EnvSource for EnvData {
 pub fn grace_period(pod: &Pod) -> i64 {
     pod.metadata
         .deletion_grace_period_seconds
-        .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
         .unwrap_or(30)
         .max(0)
 }
@@ -728,7 +975,10 @@ async fn work(k: Arc<Kubelet>, mut rx: watch::Receiver<Option<Pod>>, wake: Arc<N
                 let api: Api<Pod> = Api::namespaced(k.client.clone(), &ns);
                 let dp = DeleteParams {
                     grace_period_seconds: Some(0),
-                    preconditions: Some(Preconditions { uid: Some(uid), resource_version: None }),
+                    preconditions: Some(Preconditions {
+                        uid: Some(uid),
+                        resource_version: None,
+                    }),
                     ..Default::default()
                 };
                 match api.delete(&name, &dp).await {
@@ -745,6 +995,12 @@ async fn work(k: Arc<Kubelet>, mut rx: watch::Receiver<Option<Pod>>, wake: Arc<N
             Some(p) => {
                 if let Ok(mut m) = k.pods.lock() {
                     m.insert(p.metadata.uid.clone().unwrap_or_default(), p.clone());
+                }
+                if last.is_none() {
+                    let uid = p.metadata.uid.clone().unwrap_or_default();
+                    if k.sandboxes(&uid).await.is_ok_and(|s| !s.is_empty()) {
+                        info!(pod = %p.metadata.name.as_deref().unwrap_or(""), uid = %uid, "adopting the pod's sandbox");
+                    }
                 }
                 let next = k.sync(&p).await;
                 last = Some(p);
@@ -858,14 +1114,20 @@ fn deliver(k: &Arc<Kubelet>, workers: &mut HashMap<String, Worker>, p: Pod) {
 async fn pleg(k: &Kubelet) -> HashMap<String, Vec<(String, i32)>> {
     let mut rt = k.cri.runtime.clone();
     let mut out: HashMap<String, Vec<(String, i32)>> = HashMap::new();
-    if let Ok(r) = rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await {
+    if let Ok(r) = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+    {
         for s in r.into_inner().items {
             if let Some(uid) = s.labels.get(POD_UID) {
                 out.entry(uid.clone()).or_default().push((s.id, s.state));
             }
         }
     }
-    if let Ok(r) = rt.list_containers(cri::ListContainersRequest { filter: None }).await {
+    if let Ok(r) = rt
+        .list_containers(cri::ListContainersRequest { filter: None })
+        .await
+    {
         for c in r.into_inner().containers {
             if let Some(uid) = c.labels.get(POD_UID) {
                 out.entry(uid.clone()).or_default().push((c.id, c.state));
@@ -881,13 +1143,26 @@ async fn pleg(k: &Kubelet) -> HashMap<String, Vec<(String, i32)>> {
 /// Removes the sandboxes of a pod the API no longer has.
 async fn orphan(k: &Kubelet, uid: &str) {
     let mut rt = k.cri.runtime.clone();
-    let Ok(sbs) = k.sandboxes(uid).await else { return };
+    let Ok(sbs) = k.sandboxes(uid).await else {
+        return;
+    };
     for s in sbs {
         info!(sandbox = %s.id, uid, "removing the sandbox of a pod this node no longer runs");
-        let _ = rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: s.id.clone() }).await;
-        let _ = rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: s.id.clone() }).await;
+        let _ = rt
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: s.id.clone(),
+            })
+            .await;
+        let _ = rt
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: s.id.clone(),
+            })
+            .await;
         if let Some(md) = &s.metadata {
-            let dir = k.ctx.pod_logs_dir.join(format!("{}_{}_{}", md.namespace, md.name, md.uid));
+            let dir = k
+                .ctx
+                .pod_logs_dir
+                .join(format!("{}_{}_{}", md.namespace, md.name, md.uid));
             let _ = std::fs::remove_dir_all(dir);
         }
     }

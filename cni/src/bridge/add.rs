@@ -83,10 +83,8 @@ impl BridgePlugin {
         nl.set_up(host.index)
             .map_err(nl_err("bring host veth up"))?;
         if conf.hairpin_mode {
-            write_sysfs(
-                &format!("/sys/class/net/{host_name}/brport/hairpin_mode"),
-                "1",
-            )?;
+            nl.set_hairpin(host.index, true)
+                .map_err(nl_err("set hairpin mode on the host veth"))?;
         }
 
         if conf.is_gateway {

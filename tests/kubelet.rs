@@ -1,0 +1,227 @@
+//! `podrun agent` as the node's kubelet: agents join `podrun server` with a bootstrap
+//! token, each in a network namespace of its own, and real kubectl runs pods on them:
+//! `get nodes`, `run`, `get pods -o wide`, `describe`, restarts and back-off, image pull
+//! failures, graceful deletion, an agent killed and restarted. Every test ends with the
+//! leak check on every node.
+
+// Both harnesses carry the record of which tests ran.
+#![allow(clippy::duplicate_mod)]
+
+mod common;
+mod kubelet_common;
+mod server_common;
+
+use kubelet_common::Cluster;
+use serde_json::Value;
+
+fn container_status(p: &Value) -> Option<&Value> {
+    p["status"]["containerStatuses"].get(0)
+}
+
+fn waiting_reason(p: &Value) -> Option<String> {
+    container_status(p)?["state"]["waiting"]["reason"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[test]
+fn nodes_join_and_run_pods() {
+    let Some(mut c) = Cluster::start("nodes_join_and_run_pods", &["w1-k8s", "w2-k8s"]) else {
+        return;
+    };
+
+    // The nodes as kubectl shows them.
+    let nodes: Value = serde_json::from_str(&c.ok(&["get", "nodes", "-o", "json"])).unwrap();
+    for n in nodes["items"].as_array().unwrap() {
+        let name = n["metadata"]["name"].as_str().unwrap();
+        let info = &n["status"]["nodeInfo"];
+        assert!(
+            info["containerRuntimeVersion"]
+                .as_str()
+                .unwrap()
+                .starts_with("podrun://"),
+            "{info}"
+        );
+        assert_eq!(info["operatingSystem"], "linux");
+        assert_eq!(n["status"]["capacity"]["pods"], "110");
+        let ip = n["status"]["addresses"][0]["address"].as_str().unwrap();
+        let node = c.nodes.iter().find(|x| x.name == name).unwrap();
+        assert_eq!(
+            ip, node.ip,
+            "the InternalIP is the address the server is reached from"
+        );
+        assert_eq!(n["metadata"]["labels"]["kubernetes.io/hostname"], name);
+        // The node's Lease is renewed in kube-node-lease.
+        let lease = c.ok(&[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            name,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ]);
+        assert_eq!(lease, name);
+    }
+    let wide = c.ok(&["get", "nodes", "-o", "wide"]);
+    assert!(wide.contains("podrun://"), "{wide}");
+
+    // kubectl run, as the tutorials do it: the image comes through the node's mirror.
+    c.ok(&["run", "nginx-pod", "--image=nginx"]);
+    let (ip, node) = c.wait_pod("nginx-pod", "Running with an IP", |p| {
+        (p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string()).then(|| {
+            (
+                p["status"]["podIP"].as_str().unwrap().to_owned(),
+                p["spec"]["nodeName"].as_str().unwrap().to_owned(),
+            )
+        })
+    });
+    let wide = c.ok(&["get", "pods", "-o", "wide"]);
+    let line = wide.lines().find(|l| l.starts_with("nginx-pod")).unwrap();
+    assert!(
+        line.contains(&ip) && line.contains(&node) && line.contains("1/1"),
+        "{wide}"
+    );
+    let n = c.nodes.iter().find(|n| n.name == node).unwrap();
+    assert!(
+        ip.starts_with(&n.net.subnet_prefix),
+        "{ip} is in {node}'s pod network"
+    );
+    // The pod answers on its IP, from its node.
+    let got = n.exec(&["curl", "-s", "-m", "10", &format!("http://{ip}/")]);
+    assert!(
+        String::from_utf8_lossy(&got.stdout)
+            .to_lowercase()
+            .contains("nginx"),
+        "curl {ip}: {}{}",
+        String::from_utf8_lossy(&got.stdout),
+        String::from_utf8_lossy(&got.stderr)
+    );
+    let pod = c.pod("nginx-pod").unwrap();
+    let cs = container_status(&pod).unwrap();
+    assert!(
+        cs["containerID"].as_str().unwrap().starts_with("podrun://"),
+        "{cs}"
+    );
+    assert_eq!(cs["ready"], true);
+    assert_eq!(cs["started"], true);
+    assert!(cs["imageID"].as_str().unwrap().contains("sha256:"), "{cs}");
+    assert_eq!(pod["status"]["qosClass"], "BestEffort");
+    assert_eq!(pod["status"]["hostIP"], n.ip.as_str());
+    for cond in [
+        "PodScheduled",
+        "Initialized",
+        "ContainersReady",
+        "Ready",
+        "PodReadyToStartContainers",
+    ] {
+        let ok = pod["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["type"] == cond && x["status"] == "True");
+        assert!(ok, "{cond} is True: {}", pod["status"]);
+    }
+    let described = c.ok(&["describe", "pod", "nginx-pod"]);
+    for reason in ["Scheduled", "Pulling", "Pulled", "Created", "Started"] {
+        assert!(
+            described.contains(reason),
+            "describe shows {reason}:\n{described}"
+        );
+    }
+
+    // A container that keeps failing: restarts with growing back-off.
+    c.ok(&[
+        "run",
+        "crash",
+        "--image=busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo dying; exit 3",
+    ]);
+    c.wait_pod("crash", "CrashLoopBackOff after two restarts", |p| {
+        let cs = container_status(p)?;
+        (cs["restartCount"].as_i64()? >= 2
+            && waiting_reason(p).as_deref() == Some("CrashLoopBackOff"))
+        .then_some(())
+    });
+    let pod = c.pod("crash").unwrap();
+    let last = &container_status(&pod).unwrap()["lastState"]["terminated"];
+    assert_eq!(last["exitCode"], 3, "{last}");
+    assert_eq!(last["reason"], "Error", "{last}");
+    let described = c.ok(&["describe", "pod", "crash"]);
+    assert!(described.contains("BackOff"), "{described}");
+
+    // An image no registry has.
+    let missing = format!("{}/nope/missing:1", c.registry.host());
+    c.ok(&["run", "nope", &format!("--image={missing}")]);
+    c.wait_pod("nope", "ImagePullBackOff", |p| {
+        (waiting_reason(p).as_deref() == Some("ImagePullBackOff")).then_some(())
+    });
+    let described = c.ok(&["describe", "pod", "nope"]);
+    assert!(described.contains("Failed to pull image"), "{described}");
+
+    // Run to completion.
+    c.ok(&[
+        "run",
+        "once",
+        "--image=busybox",
+        "--restart=Never",
+        "--",
+        "true",
+    ]);
+    c.wait_pod("once", "Succeeded", |p| {
+        (p["status"]["phase"] == "Succeeded").then_some(())
+    });
+    let pod = c.pod("once").unwrap();
+    assert_eq!(
+        container_status(&pod).unwrap()["state"]["terminated"]["reason"],
+        "Completed"
+    );
+
+    // Graceful deletion: the kubelet stops the pod, then removes the object.
+    c.ok(&["delete", "pod", "nginx-pod", "--wait=true"]);
+    assert!(c.pod("nginx-pod").is_none());
+
+    // An agent killed with -9 and started again adopts the pods it ran.
+    c.ok(&["run", "keeper", "--image=busybox", "--", "sleep", "3600"]);
+    let (node, id) = c.wait_pod("keeper", "Running", |p| {
+        (p["status"]["phase"] == "Running").then(|| {
+            (
+                p["spec"]["nodeName"].as_str().unwrap().to_owned(),
+                container_status(p).unwrap()["containerID"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            )
+        })
+    });
+    let n = c.node(&node);
+    n.kill_hard();
+    let before = n.log_text().len();
+    n.restart();
+    let n = c.nodes.iter().find(|x| x.name == node).unwrap();
+    server_common::wait_until(
+        "the restarted agent to adopt keeper",
+        kubelet_common::SLOW,
+        || {
+            let log = n.log_text();
+            log[before..]
+                .lines()
+                .any(|l| l.contains("adopting the pod's sandbox") && l.contains("keeper"))
+                .then_some(())
+        },
+    );
+    let pod = c.pod("keeper").unwrap();
+    assert_eq!(pod["status"]["phase"], "Running");
+    let cs = container_status(&pod).unwrap();
+    assert_eq!(
+        cs["containerID"].as_str().unwrap(),
+        id,
+        "the same container, adopted"
+    );
+    assert_eq!(cs["restartCount"], 0);
+
+    c.finish();
+}
