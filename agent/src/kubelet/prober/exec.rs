@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::EnvVar;
 use podrun_cri_proto::v1::ExecSyncRequest;
 
 use super::{rpc_error, ProbeOutcome, Target};
@@ -72,5 +73,108 @@ pub(super) async fn probe(cmd: &[String], target: &Target, timeout: Duration) ->
         }
         Err(ExecError::Timeout(m)) => ProbeOutcome::Failure(m),
         Err(ExecError::Runtime(m)) => ProbeOutcome::Error(m),
+    }
+}
+
+/// `$(VAR)` in an exec probe's command, from the container's env given by value only
+/// (kubelet's `ExpandContainerCommandOnlyStatic`): `$$` is a literal `$`, and a
+/// reference to anything else stays as written.
+pub(super) fn expand_command(command: &[String], env: &[EnvVar]) -> Vec<String> {
+    let lookup = |name: &str| {
+        env.iter()
+            .rev()
+            .find(|e| e.name == name && e.value_from.is_none())
+            .map(|e| e.value.clone().unwrap_or_default())
+    };
+    command.iter().map(|arg| expand(arg, &lookup)).collect()
+}
+
+fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let mut chars = after.chars();
+        match chars.next() {
+            // A lone `$` at the end.
+            None => {
+                out.push('$');
+                rest = after;
+            }
+            Some('$') => {
+                out.push('$');
+                rest = &after[1..];
+            }
+            Some('(') => match after.find(')') {
+                Some(close) => {
+                    let name = &after[1..close];
+                    match lookup(name) {
+                        Some(v) => out.push_str(&v),
+                        None => {
+                            out.push_str("$(");
+                            out.push_str(name);
+                            out.push(')');
+                        }
+                    }
+                    rest = &after[close + 1..];
+                }
+                // Unclosed: kept as written.
+                None => {
+                    out.push_str("$(");
+                    rest = &after[1..];
+                }
+            },
+            Some(c) => {
+                out.push('$');
+                out.push(c);
+                rest = &after[c.len_utf8()..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str, value: &str) -> EnvVar {
+        EnvVar {
+            name: name.into(),
+            value: Some(value.into()),
+            value_from: None,
+        }
+    }
+
+    #[test]
+    fn expands_static_env_only() {
+        let env = [
+            env("PORT", "8080"),
+            EnvVar {
+                name: "SECRET".into(),
+                value: None,
+                value_from: Some(Default::default()),
+            },
+        ];
+        let got = expand_command(
+            &[
+                "curl".into(),
+                "localhost:$(PORT)/$(SECRET)".into(),
+                "$$(PORT) $x $ $(unclosed".into(),
+                "é$é$".into(),
+            ],
+            &env,
+        );
+        assert_eq!(
+            got,
+            [
+                "curl",
+                "localhost:8080/$(SECRET)",
+                "$(PORT) $x $ $(unclosed",
+                "é$é$"
+            ]
+        );
     }
 }

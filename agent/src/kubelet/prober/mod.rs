@@ -2,12 +2,41 @@
 //! `ExecSync`, httpGet, tcpSocket and grpc from the node to the pod's IP.
 //!
 //! [`run_probe`] runs one probe once; [`run_hook`] runs a postStart or preStop handler.
+//! [`ProbeManager`] keeps one worker task per probe of each running container and tells
+//! the pod sync, through [`ProbeEvent`]s, when a container became ready or started, when
+//! a probe failed (an `Unhealthy` Event), and when a liveness or startup probe failed
+//! often enough that the container must be restarted.
+//!
+//! One worker's state (kubelet's `prober/worker.go`):
+//!
+//! ```text
+//!            add_container: result = initial value
+//!            (readiness Failure, liveness Success, startup Unknown)
+//!                 │
+//!                 ▼  first run at once (or after a random part of the period
+//!   ┌──────► wait    when the agent started less than one period ago)
+//!   │  period │  or a trigger
+//!   │         ▼
+//!   │       skip ── younger than initialDelaySeconds; startup already succeeded;
+//!   │         │     liveness/readiness before the startup probe succeeded
+//!   │         ▼
+//!   │       run ─── Error: retried twice at once, then an Unhealthy warning
+//!   │         │     "… probe errored …" and the run is not counted
+//!   │         ▼
+//!   │       count the same result in a row (Failure: an Unhealthy warning each run)
+//!   │         │  below successThreshold / failureThreshold: result unchanged
+//!   │         ▼
+//!   └──────  record ── liveness/startup Failure: RestartNeeded once, then on hold
+//!                      until add_container brings a new container ID
+//! ```
 
 mod exec;
 mod grpc;
 mod hooks;
 mod http;
+mod manager;
 mod tcp;
+mod worker;
 
 #[cfg(test)]
 mod tests;
@@ -26,6 +55,8 @@ use super::cri::CriClient;
 pub use hooks::{
     format_pod, run_hook, HookError, REASON_FAILED_POST_START_HOOK, REASON_FAILED_PRE_STOP_HOOK,
 };
+pub use manager::{ProbeEvent, ProbeEventResult, ProbeManager};
+pub use worker::{Clock, CriProbeRunner, ProbeKind, ProbeResult, ProbeRunner, TokioClock};
 
 /// The Kubernetes version whose kubelet this one behaves as (k8s-openapi's v1_33): probes
 /// send `User-Agent: kube-probe/1.33`, HTTP hooks `kube-lifecycle/1.33`.
@@ -36,7 +67,7 @@ pub const KUBE_MINOR: &str = "33";
 pub const REASON_UNHEALTHY: &str = "Unhealthy";
 pub const REASON_PROBE_WARNING: &str = "ProbeWarning";
 
-/// A boxed future that can move between threads.
+/// The futures of [`Clock`] and [`ProbeRunner`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// kubelet's default `timeoutSeconds`.

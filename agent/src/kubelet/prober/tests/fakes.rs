@@ -1,23 +1,24 @@
 //! The fakes the probe tests run against.
 
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use k8s_openapi::api::core::v1::ContainerPort;
+use k8s_openapi::api::core::v1::{ContainerPort, Probe};
 use podrun_cri_proto::v1::{ExecSyncRequest, ExecSyncResponse};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::kubelet::cri;
-use crate::kubelet::prober::{BoxFuture, Target};
+use crate::kubelet::prober::{BoxFuture, Clock, ProbeOutcome, ProbeRunner, Target};
 
 /// A target on 127.0.0.1 whose runtime socket is never dialled.
 pub fn target(ports: Vec<ContainerPort>) -> Target {
@@ -41,6 +42,177 @@ pub fn named_port(name: &str, port: u16) -> ContainerPort {
 pub async fn closed_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap().port()
+}
+
+// ---- time ----
+
+/// A clock that moves only when told. Sleepers wake when it passes their deadline.
+pub struct FakeClock {
+    base: Instant,
+    inner: Mutex<FakeTime>,
+}
+
+struct FakeTime {
+    now: Duration,
+    sleepers: Vec<(Instant, oneshot::Sender<()>)>,
+    jitter: f64,
+}
+
+impl FakeClock {
+    pub fn new(jitter: f64) -> Arc<Self> {
+        Arc::new(FakeClock {
+            base: Instant::now(),
+            inner: Mutex::new(FakeTime {
+                now: Duration::ZERO,
+                sleepers: Vec::new(),
+                jitter,
+            }),
+        })
+    }
+
+    /// Time since the clock was made.
+    pub fn elapsed(&self) -> Duration {
+        self.inner.lock().unwrap().now
+    }
+
+    pub fn advance(&self, by: Duration) {
+        let mut t = self.inner.lock().unwrap();
+        t.now += by;
+        let now = self.base + t.now;
+        let (due, waiting): (Vec<_>, Vec<_>) = t.sleepers.drain(..).partition(|(d, _)| *d <= now);
+        t.sleepers = waiting;
+        for (_, tx) in due {
+            let _ = tx.send(());
+        }
+    }
+
+    fn sleeping(&self) -> usize {
+        let t = self.inner.lock().unwrap();
+        t.sleepers.iter().filter(|(_, tx)| !tx.is_closed()).count()
+    }
+
+    /// Lets the tasks run until `workers` of them wait on this clock.
+    pub async fn settle(&self, workers: usize) {
+        for _ in 0..10_000 {
+            tokio::task::yield_now().await;
+            if self.sleeping() == workers {
+                // One more round for anything woken by the last one.
+                tokio::task::yield_now().await;
+                if self.sleeping() == workers {
+                    return;
+                }
+            }
+        }
+        panic!("{} tasks wait on the clock, not {workers}", self.sleeping());
+    }
+
+    /// Moves the clock on by `by` in steps of one second, letting `workers` settle
+    /// after each.
+    pub async fn run_for(&self, by: Duration, workers: usize) {
+        let mut left = by;
+        while !left.is_zero() {
+            let step = left.min(Duration::from_secs(1));
+            self.advance(step);
+            self.settle(workers).await;
+            left -= step;
+        }
+    }
+}
+
+impl Clock for FakeClock {
+    fn now(&self) -> Instant {
+        self.base + self.inner.lock().unwrap().now
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> BoxFuture<'static, ()> {
+        let mut t = self.inner.lock().unwrap();
+        if deadline <= self.base + t.now {
+            return Box::pin(std::future::ready(()));
+        }
+        let (tx, rx) = oneshot::channel();
+        t.sleepers.push((deadline, tx));
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+
+    fn jitter(&self, max: Duration) -> Duration {
+        max.mul_f64(self.inner.lock().unwrap().jitter)
+    }
+}
+
+// ---- probe runs ----
+
+/// One run: the probe's exec command and the fake time it ran at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub command: Vec<String>,
+    pub at: Duration,
+}
+
+/// Outcomes scripted by the first word of the probe's exec command; Success once a
+/// script runs out.
+pub struct ScriptedRunner {
+    clock: Arc<FakeClock>,
+    scripts: Mutex<HashMap<String, VecDeque<ProbeOutcome>>>,
+    runs: Mutex<Vec<Run>>,
+}
+
+impl ScriptedRunner {
+    pub fn new(clock: Arc<FakeClock>) -> Arc<Self> {
+        Arc::new(ScriptedRunner {
+            clock,
+            scripts: Mutex::new(HashMap::new()),
+            runs: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn script(&self, name: &str, outcomes: impl IntoIterator<Item = ProbeOutcome>) {
+        self.scripts
+            .lock()
+            .unwrap()
+            .entry(name.into())
+            .or_default()
+            .extend(outcomes);
+    }
+
+    /// When the runs of `name` happened, in seconds of fake time.
+    pub fn times(&self, name: &str) -> Vec<u64> {
+        self.runs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.command.first().map(String::as_str) == Some(name))
+            .map(|r| r.at.as_secs())
+            .collect()
+    }
+
+    pub fn runs(&self) -> Vec<Run> {
+        self.runs.lock().unwrap().clone()
+    }
+}
+
+impl ProbeRunner for ScriptedRunner {
+    fn run<'a>(&'a self, probe: &'a Probe, _target: &'a Target) -> BoxFuture<'a, ProbeOutcome> {
+        let command = probe
+            .exec
+            .as_ref()
+            .and_then(|e| e.command.clone())
+            .unwrap_or_default();
+        let name = command.first().cloned().unwrap_or_default();
+        self.runs.lock().unwrap().push(Run {
+            command,
+            at: self.clock.elapsed(),
+        });
+        let outcome = self
+            .scripts
+            .lock()
+            .unwrap()
+            .get_mut(&name)
+            .and_then(VecDeque::pop_front)
+            .unwrap_or(ProbeOutcome::Success);
+        Box::pin(std::future::ready(outcome))
+    }
 }
 
 // ---- the runtime ----
