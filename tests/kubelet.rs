@@ -225,3 +225,70 @@ fn nodes_join_and_run_pods() {
 
     c.finish();
 }
+
+/// The Ready condition's status.
+fn ready(p: &Value) -> Option<&str> {
+    p["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?["status"]
+        .as_str()
+}
+
+#[test]
+fn probes_gate_readiness_and_restart_the_unhealthy() {
+    let Some(c) = Cluster::start(
+        "probes_gate_readiness_and_restart_the_unhealthy",
+        &["p1-k8s"],
+    ) else {
+        return;
+    };
+    // Ready only once /tmp/ready exists (3 s in); alive while /tmp/ok exists (until 8 s
+    // in, then it fails and is restarted, which starts the clock again).
+    let manifest = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: probed
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: web
+    image: busybox
+    command: ["sh", "-c", "rm -f /tmp/ready; touch /tmp/ok; (sleep 3; touch /tmp/ready; sleep 5; rm /tmp/ok) & exec httpd -f -p 8080 -h /tmp"]
+    readinessProbe:
+      httpGet: { path: /ready, port: 8080 }
+      periodSeconds: 1
+    livenessProbe:
+      exec: { command: ["test", "-f", "/tmp/ok"] }
+      periodSeconds: 1
+      failureThreshold: 2
+"#;
+    let out = c
+        .server
+        .kubectl_stdin(&c.k, &["apply", "-f", "-"], manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Running but not Ready while the readiness probe fails.
+    c.wait_pod("probed", "Running and not Ready", |p| {
+        (p["status"]["phase"] == "Running" && ready(p) == Some("False")).then_some(())
+    });
+    c.wait_pod("probed", "Ready once the probe passes", |p| {
+        (ready(p) == Some("True")).then_some(())
+    });
+    // The liveness probe fails: the container is restarted.
+    c.wait_pod("probed", "a restart after the liveness probe failed", |p| {
+        (container_status(p)?["restartCount"].as_i64()? >= 1).then_some(())
+    });
+    let described = c.ok(&["describe", "pod", "probed"]);
+    assert!(described.contains("Readiness probe failed"), "{described}");
+    assert!(described.contains("Liveness probe failed"), "{described}");
+    assert!(
+        described.contains("failed liveness probe, will be restarted"),
+        "{described}"
+    );
+    c.finish();
+}

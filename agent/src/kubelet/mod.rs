@@ -202,7 +202,7 @@ pub async fn run(
         "systemd" => podrun_runtime::cgroups::Driver::Systemd,
         _ => podrun_runtime::cgroups::Driver::Cgroupfs,
     };
-    let mut kubelet = pods::Kubelet::new(
+    let (mut kubelet, probe_events) = pods::Kubelet::new(
         client,
         cri,
         ctx,
@@ -214,6 +214,7 @@ pub async fn run(
         Err(e) => tracing::warn!(error = %e, "cgroups: pod cgroups will not be removed"),
     }
     let kubelet = std::sync::Arc::new(kubelet);
+    tokio::spawn(pods::handle_probe_events(kubelet.clone(), probe_events));
     pods::run(kubelet, shutdown).await;
     let _ = node_task.await;
     Ok(())

@@ -25,6 +25,10 @@ use tracing::{debug, info, warn};
 use super::cri::{CriClient, POD_UID};
 use super::events::{container_path, Recorder, NORMAL, WARNING};
 use super::podconfig::{self, ContainerInputs, EnvSource, NodeContext, PodFiles};
+use super::prober::{
+    format_pod, run_hook, ProbeEvent, ProbeEventResult, ProbeManager, Target,
+    REASON_FAILED_POST_START_HOOK, REASON_FAILED_PRE_STOP_HOOK,
+};
 use super::status::{self, instances, is_sidecar, Observed, Waiting};
 use super::volumes::{self, ApiSource};
 
@@ -60,6 +64,10 @@ pub struct Kubelet {
     /// Pod cgroups are kubelet's: the runtime creates them under the parent kubelet
     /// names and leaves them when the sandbox goes.
     cgroups: Option<Box<dyn podrun_runtime::cgroups::CgroupManager>>,
+    /// Liveness, readiness and startup probes of the running containers.
+    pub probes: ProbeManager,
+    /// Each pod worker's wake-up, for probe results.
+    wakes: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 struct Worker {
@@ -68,15 +76,17 @@ struct Worker {
 }
 
 impl Kubelet {
+    /// The kubelet and the receiver of its probe events (see [`handle_probe_events`]).
     pub fn new(
         client: Client,
         cri: CriClient,
         ctx: NodeContext,
         state_dir: PathBuf,
         runtime_name: String,
-    ) -> Kubelet {
+    ) -> (Kubelet, tokio::sync::mpsc::UnboundedReceiver<ProbeEvent>) {
         let events = Recorder::new(client.clone(), &ctx.node_name);
-        Kubelet {
+        let (probes, probe_events) = ProbeManager::new();
+        let k = Kubelet {
             client,
             cri,
             ctx,
@@ -87,6 +97,28 @@ impl Kubelet {
             pods: Mutex::new(HashMap::new()),
             restarts: Mutex::new(HashSet::new()),
             cgroups: None,
+            probes,
+            wakes: Mutex::new(HashMap::new()),
+        };
+        (k, probe_events)
+    }
+
+    fn wake(&self, uid: &str) {
+        if let Some(w) = self.wakes.lock().ok().and_then(|m| m.get(uid).cloned()) {
+            w.notify_one();
+        }
+    }
+
+    fn pod_by_uid(&self, uid: &str) -> Option<Pod> {
+        self.pods.lock().ok().and_then(|m| m.get(uid).cloned())
+    }
+
+    fn target(&self, pod_ip: &str, container_id: &str, c: &Container) -> Target {
+        Target {
+            pod_ip: pod_ip.parse().ok(),
+            container_id: container_id.to_owned(),
+            ports: c.ports.clone().unwrap_or_default(),
+            cri: self.cri.clone(),
         }
     }
 
@@ -358,7 +390,7 @@ impl Kubelet {
         pod_ip: &str,
         vols: &HashMap<String, PathBuf>,
         files: &PodFiles,
-    ) -> Result<(), Waiting> {
+    ) -> Result<String, Waiting> {
         let image_ref = self.ensure_image(pod, c).await?;
         let name = c.name.as_str();
         let data = self.env_data(pod, c).await;
@@ -435,7 +467,33 @@ impl Kubelet {
             &format!("Started container {name}"),
         )
         .await;
-        Ok(())
+        if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+            let target = self.target(pod_ip, &id, c);
+            if let Err(e) = run_hook(hook, &target, Duration::from_secs(30)).await {
+                let (ns, pname, uid) = podconfig::pod_key(pod);
+                let msg = e.message(name, &format_pod(&pname, &ns, &uid));
+                self.record(
+                    pod,
+                    Some(name),
+                    WARNING,
+                    REASON_FAILED_POST_START_HOOK,
+                    &msg,
+                )
+                .await;
+                // As kubelet: a failed postStart hook kills the container.
+                let _ = rt
+                    .stop_container(cri::StopContainerRequest {
+                        container_id: id.clone(),
+                        timeout: 0,
+                    })
+                    .await;
+                return Err(Waiting {
+                    reason: "PostStartHookError".into(),
+                    message: msg,
+                });
+            }
+        }
+        Ok(id)
     }
 
     /// Removes every instance of a container but the newest, which `kubectl logs
@@ -705,16 +763,22 @@ impl Kubelet {
                     .unwrap_or(cri::ContainerState::ContainerUnknown);
                 match state {
                     cri::ContainerState::ContainerRunning if restarts.contains(&c.name) => {
-                        self.stop_container(
-                            pod,
-                            latest,
-                            grace,
-                            &format!(
-                                "Container {} failed liveness probe, will be restarted",
+                        let (kind, probe_grace) = self
+                            .probes
+                            .restart_needed(&uid, &c.name)
+                            .map(|(k, g)| (k.to_string().to_lowercase(), g))
+                            .unwrap_or_else(|| ("liveness".into(), None));
+                        let msg = if policy == "Never" {
+                            format!("Container {} failed {kind} probe", c.name)
+                        } else {
+                            format!(
+                                "Container {} failed {kind} probe, will be restarted",
                                 c.name
-                            ),
-                        )
-                        .await;
+                            )
+                        };
+                        self.stop_container(pod, latest, probe_grace.unwrap_or(grace), &msg)
+                            .await;
+                        self.probes.remove_container(&uid, &c.name);
                         next = Duration::from_millis(200);
                     }
                     cri::ContainerState::ContainerRunning => {}
@@ -797,7 +861,9 @@ impl Kubelet {
                 )
                 .await
             {
-                Ok(()) => {
+                Ok(id) => {
+                    self.probes
+                        .add_container(&uid, &c.name, &id, c, self.target(&pod_ip, &id, c));
                     self.prune_instances(&inst).await;
                     next = next.min(Duration::from_secs(1));
                 }
@@ -813,7 +879,41 @@ impl Kubelet {
                 }
             }
         }
-        let obs = self.observe(pod, sandbox, &uid, waiting.clone()).await?;
+        let mut obs = self.observe(pod, sandbox, &uid, waiting.clone()).await?;
+        // Probes run for every running container, those an earlier agent started too.
+        for c in inits
+            .iter()
+            .filter(|c| is_sidecar(c))
+            .chain(spec.containers.iter())
+        {
+            let inst = instances(&obs, &c.name);
+            let Some(cur) = inst
+                .first()
+                .filter(|x| x.state == cri::ContainerState::ContainerRunning as i32)
+            else {
+                continue;
+            };
+            let started =
+                std::time::UNIX_EPOCH + Duration::from_nanos(cur.started_at.max(0) as u64);
+            self.probes.add_container_started_at(
+                &uid,
+                &c.name,
+                &cur.id,
+                c,
+                self.target(&pod_ip, &cur.id, c),
+                started,
+            );
+            if c.readiness_probe.is_some() {
+                obs.ready
+                    .insert(c.name.clone(), self.probes.ready(&uid, &c.name));
+            }
+            if c.startup_probe.is_some() {
+                obs.started.insert(
+                    c.name.clone(),
+                    self.probes.started(&uid, &c.name).unwrap_or(false),
+                );
+            }
+        }
         let phase = self.write_status(pod, obs, waiting).await;
         if !init_done || phase.as_deref() == Some("Pending") {
             next = next.min(Duration::from_secs(1));
@@ -884,14 +984,52 @@ impl Kubelet {
                 .iter()
                 .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
                 .collect();
+            let spec = pod.spec.clone().unwrap_or_default();
+            let specs: Vec<Container> = spec
+                .init_containers
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .chain(spec.containers.clone())
+                .collect();
+            let pod_ip = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .unwrap_or_default();
             let stops = running.iter().map(|c| {
                 let cname = c
                     .metadata
                     .as_ref()
                     .map(|m| m.name.clone())
                     .unwrap_or_default();
+                let cspec = specs.iter().find(|s| s.name == cname).cloned();
+                let pod_ip = pod_ip.clone();
                 async move {
-                    self.stop_container(pod, c, grace, &format!("Stopping container {cname}"))
+                    let started = Instant::now();
+                    let hook = cspec
+                        .as_ref()
+                        .and_then(|s| s.lifecycle.as_ref())
+                        .and_then(|l| l.pre_stop.clone());
+                    if let (Some(hook), Some(cs)) = (hook, cspec.as_ref()) {
+                        let target = self.target(&pod_ip, &c.id, cs);
+                        let budget = Duration::from_secs(grace.max(0) as u64);
+                        if let Err(e) = run_hook(&hook, &target, budget).await {
+                            let (ns, pname, uid) = podconfig::pod_key(pod);
+                            let msg = e.message(&cname, &format_pod(&pname, &ns, &uid));
+                            self.record(
+                                pod,
+                                Some(&cname),
+                                WARNING,
+                                REASON_FAILED_PRE_STOP_HOOK,
+                                &msg,
+                            )
+                            .await;
+                        }
+                    }
+                    // The hook's time comes off the grace period, as kubelet counts it.
+                    let left = grace - started.elapsed().as_secs() as i64;
+                    self.stop_container(pod, c, left.max(2), &format!("Stopping container {cname}"))
                         .await
                 }
             });
@@ -921,6 +1059,10 @@ impl Kubelet {
             m.retain(|(u, _), _| *u != uid);
         }
         if let Ok(mut m) = self.pods.lock() {
+            m.remove(&uid);
+        }
+        self.probes.remove_pod(&uid);
+        if let Ok(mut m) = self.wakes.lock() {
             m.remove(&uid);
         }
         self.events.forget(&uid);
@@ -1106,8 +1248,35 @@ fn deliver(k: &Arc<Kubelet>, workers: &mut HashMap<String, Worker>, p: Pod) {
     }
     let (tx, rx) = watch::channel(Some(p));
     let wake = Arc::new(Notify::new());
+    if let Ok(mut m) = k.wakes.lock() {
+        m.insert(uid.clone(), wake.clone());
+    }
     tokio::spawn(work(k.clone(), rx, wake.clone()));
     workers.insert(uid, Worker { pod: tx, wake });
+}
+
+/// Acts on probe results: events for failures and warnings, a restart for a failed
+/// liveness or startup probe, and a status update when readiness changes.
+pub async fn handle_probe_events(
+    k: Arc<Kubelet>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<ProbeEvent>,
+) {
+    while let Some(ev) = rx.recv().await {
+        let pod = k.pod_by_uid(&ev.pod_uid);
+        match &ev.result {
+            ProbeEventResult::Unhealthy | ProbeEventResult::Warning => {
+                if let (Some(pod), Some(reason)) = (&pod, ev.result.reason()) {
+                    k.record(pod, Some(&ev.container_name), WARNING, reason, &ev.message)
+                        .await;
+                }
+            }
+            ProbeEventResult::RestartNeeded { .. } => {
+                k.request_restart(&ev.pod_uid, &ev.container_name);
+                k.wake(&ev.pod_uid);
+            }
+            ProbeEventResult::Success | ProbeEventResult::Failure => k.wake(&ev.pod_uid),
+        }
+    }
 }
 
 /// The state of every container, per pod uid (sandboxes included).
