@@ -582,6 +582,51 @@ mod tests {
     }
 
     #[test]
+    fn only_those_the_authorizer_allows_reach_a_kubelet() {
+        let attrs = |verb: &str, sub: &str| auth::RequestAttributes {
+            verb: verb.into(),
+            namespace: "prod".into(),
+            resource: "pods".into(),
+            subresource: sub.into(),
+            name: "web".into(),
+            api_group: String::new(),
+        };
+        let admin = auth::User {
+            name: "kubernetes-admin".into(),
+            groups: vec!["system:masters".into()],
+        };
+        let node = auth::User {
+            name: "system:node:w1".into(),
+            groups: vec!["system:nodes".into(), "system:authenticated".into()],
+        };
+        let bootstrap = auth::User {
+            name: "system:bootstrap:abcdef".into(),
+            groups: vec!["system:bootstrappers".into()],
+        };
+        for (verb, sub) in [
+            ("get", "log"),
+            ("create", "exec"),
+            ("get", "exec"),
+            ("create", "portforward"),
+            ("create", "attach"),
+        ] {
+            assert_eq!(
+                auth::authorize(&admin, &attrs(verb, sub)),
+                auth::Decision::Allow
+            );
+            for u in [&node, &bootstrap] {
+                let auth::Decision::Deny(m) = auth::authorize(u, &attrs(verb, sub)) else {
+                    panic!("{} may {verb} pods/{sub}", u.name)
+                };
+                assert!(
+                    m.contains(&format!("cannot {verb} resource \"pods/{sub}\"")),
+                    "{m}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn the_kubelet_is_the_nodes_internal_ip_and_kubelet_port() {
         let n = json!({"status": {
             "addresses": [{"type": "Hostname", "address": "w1"}, {"type": "InternalIP", "address": "10.0.0.5"}],
