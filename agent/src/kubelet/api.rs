@@ -228,6 +228,8 @@ struct State {
     /// CPU samples of pods and containers whose runtime gives no rate: (ns, usage).
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
     node_cpu: Mutex<Option<(i64, u64)>>,
+    /// Ends the log streams being followed when the server stops.
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Serves the kubelet API on `listener` until `shutdown` turns true; connections still
@@ -244,6 +246,7 @@ pub async fn serve(
         pods,
         cpu_samples: Mutex::new(HashMap::new()),
         node_cpu: Mutex::new(None),
+        shutdown: shutdown.clone(),
     });
     if let Ok(a) = listener.local_addr() {
         tracing::info!(addr = %a, "kubelet API listening");
@@ -612,9 +615,16 @@ async fn container_logs(
     });
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let (pod, ctr) = (pod_name.to_string(), container.to_string());
+    let mut shutdown = state.shutdown.clone();
     tokio::spawn(async move {
-        if let Err(e) = logs::stream(reader, path, opts, still_running, tx).await {
-            tracing::warn!(pod = %pod, container = %ctr, error = %e, "reading a container log");
+        tokio::select! {
+            r = logs::stream(reader, path, opts, still_running, tx) => {
+                if let Err(e) = r {
+                    tracing::warn!(pod = %pod, container = %ctr, error = %e, "reading a container log");
+                }
+            }
+            // Ends a follower, so the server's stop need not wait for it.
+            _ = shutdown.wait_for(|stop| *stop) => {}
         }
     });
     Response::builder()

@@ -410,6 +410,37 @@ async fn kubelet_error(resp: Response<hyper::body::Incoming>) -> ApiError {
 }
 
 impl Api {
+    /// A kubelet's streamed body passed on until it ends, the client goes, or the server
+    /// stops (a followed log, like a watch, must not hold the stop up).
+    fn until_shutdown(&self, mut body: hyper::body::Incoming) -> Body {
+        let mut shutdown = self.shutdown.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                let frame = tokio::select! {
+                    f = body.frame() => f,
+                    _ = tx.closed() => return,
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                };
+                match frame {
+                    Some(Ok(f)) => {
+                        if let Ok(data) = f.into_data() {
+                            if tx.send(data).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "reading from the kubelet");
+                        return;
+                    }
+                    None => return,
+                }
+            }
+        });
+        codec::stream_body(rx)
+    }
+
     /// Serves pods/log, exec, attach or portforward of `pod` through its kubelet.
     pub(super) async fn pod_connect(
         &self,
@@ -498,7 +529,7 @@ impl Api {
             if resp.status() != StatusCode::OK {
                 return Err(kubelet_error(resp).await);
             }
-            let body = resp.into_body().map_err(std::io::Error::other).boxed();
+            let body = self.until_shutdown(resp.into_body());
             return Response::builder()
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, "text/plain")

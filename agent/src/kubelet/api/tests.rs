@@ -436,6 +436,32 @@ async fn following_a_log_ends_when_the_container_exits() {
 }
 
 #[tokio::test]
+async fn a_followed_log_ends_cleanly_when_the_server_stops() {
+    let n = node().await;
+    let tls = tls_connect(n.addr, Some(&n.admin)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/containerLogs/default/web/main?follow=1&tailLines=1")
+        .header(header::HOST, "127.0.0.1")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let mut body = send.send_request(req).await.unwrap().into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"third\n");
+    // The server stops without waiting for its drain timeout, which the follower would
+    // otherwise hold it to, and the stream ends (the chunked body's last chunk), not cut off.
+    tokio::time::timeout(DRAIN_TIMEOUT / 2, n.stop())
+        .await
+        .expect("the server stops without waiting for the follower");
+    let end = tokio::time::timeout(DRAIN_TIMEOUT, body.frame())
+        .await
+        .expect("the stream ends");
+    assert!(end.is_none(), "{end:?}");
+}
+
+#[tokio::test]
 async fn exec_and_attach_go_through_to_the_streaming_server() {
     let n = node().await;
     let url = format!("http://{}", front(n.addr, n.admin.clone()).await);
