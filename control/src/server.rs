@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::api::auth::{self, kubeconfig, pki};
+use crate::api::kubelet::KubeletClient;
 use crate::api::{Api, ApiConfig};
 use crate::store::{self, Store};
 
@@ -196,13 +197,20 @@ pub async fn run(config: ServerConfig, stop: impl Future<Output = ()>) -> Result
             .map_err(|e| ServerError::Pki(format!("{}: {e}", path.display())))?;
     }
 
+    let kubelet_client =
+        KubeletClient::new(&pki.kubelet_client_cert_pem, &pki.kubelet_client_key_pem)
+            .map_err(|e| ServerError::Pki(e.to_string()))?;
+
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let api = Arc::new(Api::new(
-        store,
-        api_config,
-        crate::registry::all(),
-        shutdown_rx.clone(),
-    ));
+    let api = Arc::new(
+        Api::new(
+            store,
+            api_config,
+            crate::registry::all(),
+            shutdown_rx.clone(),
+        )
+        .with_kubelet_client(kubelet_client),
+    );
     api.bootstrap()
         .await
         .map_err(|e| ServerError::Bootstrap(e.message))?;

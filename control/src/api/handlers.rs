@@ -1,5 +1,6 @@
 //! The verbs on a resource: get, list, create, update, patch, delete and
-//! deletecollection, with the subresources status, scale, binding and eviction.
+//! deletecollection, with the subresources status, scale, binding and eviction, and
+//! the pod subresources the kubelet serves (log, exec, attach, portforward).
 
 use std::sync::Arc;
 
@@ -376,20 +377,17 @@ impl Api {
                     &status::success(&storage::target(info, name), None),
                 )
             }
-            (
-                Verb::Get | Verb::Create,
-                Some(sub @ ("log" | "exec" | "attach" | "portforward")),
-                Some(name),
-            ) => {
+            (Verb::Get, Some("log"), Some(name))
+            | (Verb::Get | Verb::Create, Some("exec" | "attach" | "portforward"), Some(name)) => {
                 let pod = self.get_object(s, ns, name).await?;
-                match pod["spec"]["nodeName"].as_str() {
-                    Some(node) if !node.is_empty() => Err(ApiError::unavailable(format!(
-                        "pods/{sub} for pod {name:?}: the kubelet API of node {node:?} is not reachable from this server"
-                    ))),
-                    _ => Err(ApiError::bad_request(format!(
-                        "pod {name} does not have a host assigned"
-                    ))),
-                }
+                let mut extensions = parts.extensions;
+                let req = super::kubelet::ClientRequest {
+                    method: &parts.method,
+                    uri: &parts.uri,
+                    headers: &headers,
+                    upgrade: extensions.remove::<hyper::upgrade::OnUpgrade>(),
+                };
+                self.pod_connect(&r, user, &pod, q, req).await
             }
             (verb, _, _) => Err(ApiError::method_not_allowed(
                 verb.as_str(),

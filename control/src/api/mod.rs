@@ -1,5 +1,5 @@
 //! The HTTP API: routing, discovery, OpenAPI, the generic resource handlers, watch,
-//! patch, admission and authentication.
+//! patch, admission, authentication, and the proxy to kubelets.
 
 mod admission;
 pub mod auth;
@@ -7,6 +7,7 @@ mod bootstrap;
 pub mod codec;
 mod discovery;
 pub mod handlers;
+pub mod kubelet;
 pub mod metrics;
 pub mod object;
 pub mod openapi;
@@ -68,6 +69,8 @@ pub struct Api {
     pub metrics: metrics::Metrics,
     /// Ends every watch when the server shuts down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// How pods/log, exec, attach and portforward reach kubelets; without it they are 503.
+    pub kubelet_client: Option<kubelet::KubeletClient>,
 }
 
 impl Api {
@@ -84,7 +87,14 @@ impl Api {
             allocations: tokio::sync::Mutex::new(()),
             metrics: metrics::Metrics::default(),
             shutdown,
+            kubelet_client: None,
         }
+    }
+
+    /// Reaches kubelets with this client.
+    pub fn with_kubelet_client(mut self, client: kubelet::KubeletClient) -> Api {
+        self.kubelet_client = Some(client);
+        self
     }
 
     pub fn resources(&self) -> impl Iterator<Item = &dyn Strategy> {

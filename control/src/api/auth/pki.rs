@@ -1,6 +1,7 @@
 //! The cluster's certificates, as kubeadm lays them out: a CA, the API server's serving
 //! certificate (with every name clients use for it), and client certificates whose
-//! subject says who the holder is (CN the user, O the groups).
+//! subject says who the holder is (CN the user, O the groups): the admin's, and the
+//! API server's own for talking to kubelets.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,11 @@ const FIXED_DNS: &[&str] = &[
     "kubernetes.default.svc.cluster.local",
 ];
 
+/// The subject of the API server's client certificate for kubelets, as kubeadm issues
+/// it (apiserver-kubelet-client.crt): kubelets let it do anything.
+pub const KUBELET_CLIENT_CN: &str = "kube-apiserver-kubelet-client";
+pub const KUBELET_CLIENT_GROUP: &str = "system:masters";
+
 pub struct Pki {
     dir: PathBuf,
     pub ca_pem: String,
@@ -37,6 +43,8 @@ pub struct Pki {
     pub serving_key_pem: String,
     pub admin_cert_pem: String,
     pub admin_key_pem: String,
+    pub kubelet_client_cert_pem: String,
+    pub kubelet_client_key_pem: String,
 }
 
 fn write_secret(path: &Path, text: &str) -> Result<(), AuthError> {
@@ -112,6 +120,8 @@ impl Pki {
             serving_key_pem: String::new(),
             admin_cert_pem: String::new(),
             admin_key_pem: String::new(),
+            kubelet_client_cert_pem: String::new(),
+            kubelet_client_key_pem: String::new(),
         };
         let mut wanted: Vec<String> = FIXED_DNS.iter().map(|s| s.to_string()).collect();
         wanted.extend(names.dns.iter().cloned());
@@ -143,21 +153,39 @@ impl Pki {
                 pki.serving_key_pem = k;
             }
         }
-        let (crt, key) = (dir.join("admin.crt"), dir.join("admin.key"));
+        (pki.admin_cert_pem, pki.admin_key_pem) =
+            pki.ensure_client_cert("admin", "kubernetes-admin", "system:masters", soon)?;
+        (pki.kubelet_client_cert_pem, pki.kubelet_client_key_pem) = pki.ensure_client_cert(
+            "apiserver-kubelet-client",
+            KUBELET_CLIENT_CN,
+            KUBELET_CLIENT_GROUP,
+            soon,
+        )?;
+        Ok(pki)
+    }
+
+    /// The client certificate `<file>.crt` and its key, issued again when missing or
+    /// expiring before `soon`.
+    fn ensure_client_cert(
+        &self,
+        file: &str,
+        common_name: &str,
+        group: &str,
+        soon: OffsetDateTime,
+    ) -> Result<(String, String), AuthError> {
+        let (crt, key) = (
+            self.dir.join(format!("{file}.crt")),
+            self.dir.join(format!("{file}.key")),
+        );
         match (read(&crt), read(&key)) {
-            (Some(c), Some(k)) if inspect(&c).is_some_and(|(_, exp)| exp > soon) => {
-                pki.admin_cert_pem = c;
-                pki.admin_key_pem = k;
-            }
+            (Some(c), Some(k)) if inspect(&c).is_some_and(|(_, exp)| exp > soon) => Ok((c, k)),
             _ => {
-                let (c, k) = pki.issue_client_cert("kubernetes-admin", &["system:masters"], 365)?;
+                let (c, k) = self.issue_client_cert(common_name, &[group], 365)?;
                 write_secret(&key, &k)?;
                 write_secret(&crt, &c)?;
-                pki.admin_cert_pem = c;
-                pki.admin_key_pem = k;
+                Ok((c, k))
             }
         }
-        Ok(pki)
     }
 
     pub fn dir(&self) -> &Path {
@@ -262,6 +290,16 @@ mod tests {
             (a.ca_pem.as_str(), a.serving_cert_pem.as_str()),
             (b.ca_pem.as_str(), b.serving_cert_pem.as_str())
         );
+        assert_eq!(a.kubelet_client_cert_pem, b.kubelet_client_cert_pem);
+        let (_, pem) =
+            x509_parser::pem::parse_x509_pem(a.kubelet_client_cert_pem.as_bytes()).unwrap();
+        let user = crate::api::auth::user_from_client_cert(
+            &rustls_pki_types::CertificateDer::from(pem.contents),
+        )
+        .unwrap();
+        assert_eq!(user.name, KUBELET_CLIENT_CN);
+        assert!(user.in_group(KUBELET_CLIENT_GROUP));
+        assert!(dir.path().join("apiserver-kubelet-client.key").exists());
         let more = ServingNames {
             ips: vec!["10.0.0.6".parse().unwrap()],
             dns: vec![],
