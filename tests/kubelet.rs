@@ -152,6 +152,10 @@ fn nodes_join_and_run_pods() {
     assert_eq!(last["reason"], "Error", "{last}");
     let described = c.ok(&["describe", "pod", "crash"]);
     assert!(described.contains("BackOff"), "{described}");
+    // Logs through the API server and the node's kubelet API: the last run's, and the
+    // one before.
+    assert!(c.ok(&["logs", "crash"]).contains("dying"));
+    assert!(c.ok(&["logs", "crash", "--previous"]).contains("dying"));
 
     // An image no registry has.
     let missing = format!("{}/nope/missing:1", c.registry.host());
@@ -213,6 +217,16 @@ fn nodes_join_and_run_pods() {
                 .then_some(())
         },
     );
+    // exec through the API server, after the agent's restart.
+    let out = c.ok(&[
+        "exec",
+        "keeper",
+        "--",
+        "sh",
+        "-c",
+        "echo hello from $(hostname)",
+    ]);
+    assert_eq!(out.trim(), "hello from keeper");
     let pod = c.pod("keeper").unwrap();
     assert_eq!(pod["status"]["phase"], "Running");
     let cs = container_status(&pod).unwrap();

@@ -84,6 +84,8 @@ pub enum KubeletError {
     },
     #[error("node IP: {0}")]
     NodeIp(String),
+    #[error("kubelet API: {0}")]
+    Api(String),
 }
 
 /// The address this host reaches `url` from: the node's InternalIP, as kubelet picks it
@@ -215,7 +217,105 @@ pub async fn run(
     }
     let kubelet = std::sync::Arc::new(kubelet);
     tokio::spawn(pods::handle_probe_events(kubelet.clone(), probe_events));
+
+    // The kubelet API, for the API server's logs, exec, attach and port-forward.
+    let client_ca = cluster_ca_pem(&kube_config)?;
+    let (cert, key) = serving_cert(&cfg.state_dir, &cfg.node_name, node_ip)?;
+    let tls =
+        api::tls_config(&client_ca, &cert, &key).map_err(|e| KubeletError::Api(e.to_string()))?;
+    let addr = std::net::SocketAddr::new(cfg.address, cfg.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| KubeletError::Io {
+            path: PathBuf::from(format!("kubelet API on {addr}")),
+            source,
+        })?;
+    tracing::info!(addr = %addr, "kubelet API serving");
+    let k2 = kubelet.clone();
+    let api_task = tokio::spawn(api::serve(
+        listener,
+        tls,
+        kubelet.cri.clone(),
+        std::sync::Arc::new(move || k2.pods()),
+        shutdown.clone(),
+    ));
     pods::run(kubelet, shutdown).await;
     let _ = node_task.await;
+    let _ = api_task.await;
     Ok(())
+}
+
+/// The cluster CA of the kubeconfig, as PEM: the kubelet API trusts client
+/// certificates it signed (the API server's).
+fn cluster_ca_pem(config: &kube::Config) -> Result<String, KubeletError> {
+    use base64::Engine;
+    let ders: Vec<Vec<u8>> = match (&config.root_cert, &config.root_cert_file) {
+        (Some(ders), _) => ders.clone(),
+        (None, Some(file)) => {
+            let pem = std::fs::read_to_string(file).map_err(|source| KubeletError::Io {
+                path: file.clone(),
+                source,
+            })?;
+            return Ok(pem);
+        }
+        (None, None) => Vec::new(),
+    };
+    if ders.is_empty() {
+        return Err(KubeletError::Api(
+            "the kubeconfig names no certificate authority; the kubelet API needs it to check clients".into(),
+        ));
+    }
+    let mut pem = String::new();
+    for der in ders {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for chunk in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(chunk));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    Ok(pem)
+}
+
+/// The kubelet API's self-signed serving certificate, kept under the state directory
+/// and made again when the node's address changed.
+fn serving_cert(
+    state_dir: &std::path::Path,
+    node: &str,
+    ip: IpAddr,
+) -> Result<(String, String), KubeletError> {
+    let dir = state_dir.join("pki");
+    let (crt, key, stamp) = (
+        dir.join("kubelet.crt"),
+        dir.join("kubelet.key"),
+        dir.join("kubelet.ip"),
+    );
+    if let (Ok(c), Ok(k), Ok(s)) = (
+        std::fs::read_to_string(&crt),
+        std::fs::read_to_string(&key),
+        std::fs::read_to_string(&stamp),
+    ) {
+        if s.trim() == ip.to_string() {
+            return Ok((c, k));
+        }
+    }
+    let (c, k) = api::self_signed(node, &[ip]).map_err(|e| KubeletError::Api(e.to_string()))?;
+    let io = |path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| KubeletError::Io { path, source }
+    };
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&key)
+        .map_err(io(&key))?;
+    std::io::Write::write_all(&mut f, k.as_bytes()).map_err(io(&key))?;
+    std::fs::write(&crt, &c).map_err(io(&crt))?;
+    std::fs::write(&stamp, ip.to_string()).map_err(io(&stamp))?;
+    Ok((c, k))
 }
