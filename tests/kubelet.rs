@@ -306,3 +306,127 @@ spec:
     );
     c.finish();
 }
+
+#[test]
+fn config_secrets_downward_api_and_memory_limits() {
+    let Some(c) = Cluster::start("config_secrets_downward_api_and_memory_limits", &["c1-k8s"])
+    else {
+        return;
+    };
+    c.ok(&[
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=MODE=fast",
+        "--from-literal=app.conf=color=blue",
+    ]);
+    c.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "--from-literal=password=s3cr3t",
+    ]);
+    let manifest = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: configured
+  labels: { app: configured, tier: backend }
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: app
+    image: busybox
+    command: ["sleep", "3600"]
+    env:
+    - { name: MODE, valueFrom: { configMapKeyRef: { name: settings, key: MODE } } }
+    - { name: PASSWORD, valueFrom: { secretKeyRef: { name: creds, key: password } } }
+    - { name: NODE, valueFrom: { fieldRef: { fieldPath: spec.nodeName } } }
+    - { name: POD_IP, valueFrom: { fieldRef: { fieldPath: status.podIP } } }
+    - { name: GREETING, value: "mode-$(MODE)" }
+    resources: { limits: { memory: 64Mi, cpu: 500m } }
+    volumeMounts:
+    - { name: conf, mountPath: /etc/app }
+    - { name: creds, mountPath: /etc/creds, readOnly: true }
+    - { name: info, mountPath: /etc/info }
+    - { name: scratch, mountPath: /scratch }
+  volumes:
+  - { name: conf, configMap: { name: settings, items: [{ key: app.conf, path: app.conf }] } }
+  - { name: creds, secret: { secretName: creds, defaultMode: 0400 } }
+  - { name: info, downwardAPI: { items: [{ path: labels, fieldRef: { fieldPath: metadata.labels } }] } }
+  - { name: scratch, emptyDir: {} }
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: hog
+spec:
+  restartPolicy: Never
+  containers:
+  - name: hog
+    image: busybox
+    command: ["sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' x); echo survived"]
+    resources: { limits: { memory: 32Mi } }
+"#;
+    let out = c
+        .server
+        .kubectl_stdin(&c.k, &["apply", "-f", "-"], manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ip = c.wait_pod("configured", "Running", |p| {
+        (p["status"]["phase"] == "Running")
+            .then(|| p["status"]["podIP"].as_str().unwrap_or("").to_owned())
+    });
+    let env = c.ok(&["exec", "configured", "--", "env"]);
+    for want in [
+        "MODE=fast",
+        "PASSWORD=s3cr3t",
+        "NODE=c1-k8s",
+        "GREETING=mode-fast",
+        &format!("POD_IP={ip}"),
+    ] {
+        assert!(env.lines().any(|l| l == want), "{want} in:\n{env}");
+    }
+    let files = c.ok(&["exec", "configured", "--", "sh", "-c", "cat /etc/app/app.conf; echo; cat /etc/creds/password; echo; cat /etc/info/labels; echo; stat -L -c %a /etc/creds/password; touch /scratch/x && echo writable"]);
+    assert!(files.contains("color=blue"), "{files}");
+    assert!(files.contains("s3cr3t"), "{files}");
+    assert!(
+        files.contains("app=\"configured\"") && files.contains("tier=\"backend\""),
+        "{files}"
+    );
+    assert!(files.contains("400"), "{files}");
+    assert!(files.contains("writable"), "{files}");
+    let pod = c.pod("configured").unwrap();
+    // Limits only: requests default to them, so the pod is Guaranteed.
+    assert_eq!(pod["status"]["qosClass"], "Guaranteed");
+    // A changed ConfigMap reaches the running pod's volume.
+    c.ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "-p",
+        r#"{"data":{"app.conf":"color=green"}}"#,
+    ]);
+    server_common::wait_until(
+        "the volume to show the new ConfigMap",
+        kubelet_common::SLOW,
+        || {
+            let out = c.kubectl(&["exec", "configured", "--", "cat", "/etc/app/app.conf"]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("color=green")
+                .then_some(())
+        },
+    );
+
+    // Over its memory limit: killed by the kernel, reported as OOMKilled.
+    c.wait_pod("hog", "OOMKilled", |p| {
+        let t = &container_status(p)?["state"]["terminated"];
+        (t["reason"] == "OOMKilled").then_some(())
+    });
+    assert_eq!(c.pod("hog").unwrap()["status"]["phase"], "Failed");
+    c.finish();
+}
