@@ -34,6 +34,7 @@ const KEYS: &[(&str, &str)] = &[
     ("runtime_endpoint", "PODRUN_RUNTIME_ENDPOINT"),
     ("kubelet_port", "PODRUN_KUBELET_PORT"),
     ("max_pods", "PODRUN_MAX_PODS"),
+    ("pod_manifest_path", "PODRUN_POD_MANIFEST_PATH"),
 ];
 
 /// Keys whose value is a number.

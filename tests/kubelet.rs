@@ -430,3 +430,59 @@ spec:
     assert_eq!(c.pod("hog").unwrap()["status"]["phase"], "Failed");
     c.finish();
 }
+
+#[test]
+fn static_pods_run_from_manifest_files() {
+    let Some(c) = Cluster::start("static_pods_run_from_manifest_files", &["s1-k8s"]) else {
+        return;
+    };
+    let node = &c.nodes[0];
+    let manifest = node.manifests.join("web.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: web\n    image: busybox\n    command: [\"httpd\", \"-f\", \"-p\", \"8080\"]\n",
+    )
+    .unwrap();
+    // A bad manifest next to it is skipped, and named in the log.
+    std::fs::write(node.manifests.join("broken.yaml"), "kind: Deployment\n").unwrap();
+    // The mirror pod shows the static pod, named after the node, running.
+    let (uid, id) = c.wait_pod("web-s1-k8s", "the mirror Running", |p| {
+        (p["status"]["phase"] == "Running").then(|| {
+            (
+                p["metadata"]["uid"].as_str().unwrap().to_owned(),
+                container_status(p).unwrap()["containerID"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            )
+        })
+    });
+    let pod = c.pod("web-s1-k8s").unwrap();
+    assert_eq!(
+        pod["metadata"]["annotations"]["kubernetes.io/config.source"],
+        "file"
+    );
+    assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "Node");
+    assert!(
+        node.log_text().contains("broken.yaml"),
+        "{}",
+        node.log_text()
+    );
+    // Deleting the mirror does not stop the pod; the mirror comes back.
+    c.ok(&["delete", "pod", "web-s1-k8s", "--wait=false"]);
+    c.wait_pod("web-s1-k8s", "a new mirror", |p| {
+        (p["metadata"]["uid"] != uid.as_str() && p["status"]["phase"] == "Running").then_some(())
+    });
+    let pod = c.pod("web-s1-k8s").unwrap();
+    assert_eq!(
+        container_status(&pod).unwrap()["containerID"],
+        id.as_str(),
+        "the same container"
+    );
+    // Removing the file stops the pod and removes the mirror.
+    std::fs::remove_file(&manifest).unwrap();
+    server_common::wait_until("the static pod to go", kubelet_common::SLOW, || {
+        c.pod("web-s1-k8s").is_none().then_some(())
+    });
+    c.finish();
+}

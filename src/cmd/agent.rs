@@ -51,6 +51,13 @@ pub struct KubeletArgs {
     /// Pods this node accepts.
     #[arg(long, env = "PODRUN_MAX_PODS", default_value_t = DEFAULT_MAX_PODS)]
     max_pods: u32,
+    /// Static pods: Pod manifests the node runs on its own, mirrored to the API.
+    #[arg(
+        long,
+        env = "PODRUN_POD_MANIFEST_PATH",
+        default_value = "/etc/podrun/manifests"
+    )]
+    pod_manifest_path: PathBuf,
     /// Taints the node registers with, as key[=value]:Effect, comma-separated.
     #[arg(long, value_delimiter = ',')]
     register_with_taints: Vec<String>,
@@ -130,7 +137,7 @@ fn kubelet_config(cli: &Cli, socket: &Path, a: &KubeletArgs) -> Result<Option<Ku
         address: a.address,
         port: a.port,
         node_ip: a.node_ip,
-        pod_manifest_path: PathBuf::from("/etc/podrun/manifests"),
+        pod_manifest_path: a.pod_manifest_path.clone(),
         max_pods: a.max_pods,
         cgroup_driver: cli.cgroup_driver.clone(),
         root_dir: cli.root.clone(),

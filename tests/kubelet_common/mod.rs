@@ -42,6 +42,8 @@ pub struct Node {
     pub env: Env,
     pub net: TestNet,
     pub socket: PathBuf,
+    /// Its static pod manifests.
+    pub manifests: PathBuf,
     child: Option<Child>,
     pub log: PathBuf,
     args: Vec<String>,
@@ -294,7 +296,11 @@ impl Cluster {
         )
         .unwrap();
         let socket = env.dir.path().join("cri.sock");
+        let manifests = env.dir.path().join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
         let args = vec![
+            "--pod-manifest-path".to_owned(),
+            manifests.to_string_lossy().into_owned(),
             "--socket".to_owned(),
             socket.to_string_lossy().into_owned(),
             "--server".to_owned(),
@@ -318,6 +324,7 @@ impl Cluster {
             env,
             net,
             socket,
+            manifests,
             child: None,
             log,
             args,

@@ -14,6 +14,7 @@ pub mod node;
 pub mod podconfig;
 pub mod pods;
 pub mod prober;
+pub mod static_pods;
 pub mod status;
 pub mod volumes;
 
@@ -211,6 +212,7 @@ pub async fn run(
         cfg.state_dir.clone(),
         version.runtime_name,
     );
+    kubelet.manifest_dir = Some(cfg.pod_manifest_path.clone());
     match podrun_runtime::cgroups::new_manager(driver) {
         Ok(m) => kubelet = kubelet.with_cgroups(m),
         Err(e) => tracing::warn!(error = %e, "cgroups: pod cgroups will not be removed"),

@@ -29,6 +29,7 @@ use super::prober::{
     format_pod, run_hook, ProbeEvent, ProbeEventResult, ProbeManager, Target,
     REASON_FAILED_POST_START_HOOK, REASON_FAILED_PRE_STOP_HOOK,
 };
+use super::static_pods;
 use super::status::{self, instances, is_sidecar, Observed, Waiting};
 use super::volumes::{self, ApiSource};
 
@@ -68,6 +69,10 @@ pub struct Kubelet {
     pub probes: ProbeManager,
     /// Each pod worker's wake-up, for probe results.
     wakes: Mutex<HashMap<String, Arc<Notify>>>,
+    /// The status last written for each static pod (their source holds none).
+    static_status: Mutex<HashMap<String, k8s_openapi::api::core::v1::PodStatus>>,
+    /// Where static pod manifests are read from.
+    pub manifest_dir: Option<PathBuf>,
 }
 
 struct Worker {
@@ -99,6 +104,8 @@ impl Kubelet {
             cgroups: None,
             probes,
             wakes: Mutex::new(HashMap::new()),
+            static_status: Mutex::new(HashMap::new()),
+            manifest_dir: None,
         };
         (k, probe_events)
     }
@@ -533,6 +540,20 @@ impl Kubelet {
 
     /// One round of driving the pod toward its spec; returns when to look again.
     pub async fn sync(&self, pod: &Pod) -> Duration {
+        // A static pod carries the status written last, for its transition times.
+        let mut with_status;
+        let pod = if static_pods::is_static(pod) {
+            with_status = pod.clone();
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            with_status.status = self
+                .static_status
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&uid).cloned());
+            &with_status
+        } else {
+            pod
+        };
         match self.sync_inner(pod).await {
             Ok(next) => next,
             Err(e) => {
@@ -960,7 +981,15 @@ impl Kubelet {
             return phase;
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-        let patch = json!({ "metadata": { "uid": uid }, "status": status });
+        // A static pod's status goes to its mirror, whose UID is the API's own.
+        let patch = if static_pods::is_static(pod) {
+            if let Ok(mut m) = self.static_status.lock() {
+                m.insert(uid.clone(), status.clone());
+            }
+            json!({ "status": status })
+        } else {
+            json!({ "metadata": { "uid": uid }, "status": status })
+        };
         match api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
@@ -1065,6 +1094,9 @@ impl Kubelet {
         if let Ok(mut m) = self.wakes.lock() {
             m.remove(&uid);
         }
+        if let Ok(mut m) = self.static_status.lock() {
+            m.remove(&uid);
+        }
         self.events.forget(&uid);
         info!(pod = %name, uid = %uid, "pod terminated");
     }
@@ -1107,7 +1139,13 @@ async fn work(k: Arc<Kubelet>, mut rx: watch::Receiver<Option<Pod>>, wake: Arc<N
             None => {
                 // Gone from the API (deleted at once, or the node no longer holds it).
                 if let Some(p) = &last {
-                    k.terminate(p, grace_period(p).min(2)).await;
+                    if static_pods::is_static(p) {
+                        // Its manifest is gone: stopped as a deleted pod is.
+                        k.terminate(p, grace_period(p)).await;
+                        remove_mirror(&k, p).await;
+                    } else {
+                        k.terminate(p, grace_period(p).min(2)).await;
+                    }
                 }
                 return;
             }
@@ -1172,9 +1210,32 @@ pub async fn run(k: Arc<Kubelet>, mut shutdown: watch::Receiver<bool>) {
     let mut relist = tokio::time::interval(RELIST);
     let mut seen_states: HashMap<String, Vec<(String, i32)>> = HashMap::new();
     let mut ticks = 0u64;
+    // Static pods, by UID; read every 20 s, as kubelet's file source checks.
+    let mut statics: std::collections::BTreeMap<String, Pod> = Default::default();
+    let mut file_check = tokio::time::interval(Duration::from_secs(20));
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
+            _ = file_check.tick() => {
+                let Some(dir) = k.manifest_dir.clone() else { continue };
+                let now = static_pods::read_dir(&dir, &k.ctx.node_name);
+                for uid in statics.keys() {
+                    if !now.contains_key(uid) {
+                        // The worker stops the pod, then removes its mirror.
+                        if let Some(w) = workers.get(uid) {
+                            let _ = w.pod.send(None);
+                        }
+                    }
+                }
+                for (uid, p) in &now {
+                    if !statics.contains_key(uid) {
+                        info!(pod = %p.metadata.name.as_deref().unwrap_or(""), "static pod");
+                        deliver(&k, &mut workers, p.clone());
+                    }
+                    ensure_mirror(&k, p).await;
+                }
+                statics = now;
+            }
             _ = relist.tick() => {
                 ticks += 1;
                 workers.retain(|_, w| !w.pod.is_closed());
@@ -1190,7 +1251,7 @@ pub async fn run(k: Arc<Kubelet>, mut shutdown: watch::Receiver<bool>) {
                 // down) are removed, once the first listing is complete.
                 if synced && ticks % 10 == 1 && listing.is_none() {
                     for uid in now.keys() {
-                        if !workers.contains_key(uid) {
+                        if !workers.contains_key(uid) && !statics.contains_key(uid) {
                             orphan(&k, uid).await;
                         }
                     }
@@ -1201,6 +1262,13 @@ pub async fn run(k: Arc<Kubelet>, mut shutdown: watch::Receiver<bool>) {
                 let Some(ev) = ev else { return };
                 match ev {
                     Ok(watcher::Event::Init) => listing = Some(HashSet::new()),
+                    // Mirror pods are the API's view of static pods; those run from files.
+                    Ok(watcher::Event::InitApply(p) | watcher::Event::Apply(p)) if static_pods::is_mirror(&p) => {
+                        if p.metadata.deletion_timestamp.is_some() {
+                            remove_mirror(&k, &p).await;
+                        }
+                    }
+                    Ok(watcher::Event::Delete(p)) if static_pods::is_mirror(&p) => {}
                     Ok(watcher::Event::InitApply(p)) => {
                         if let Some(l) = listing.as_mut() {
                             l.insert(p.metadata.uid.clone().unwrap_or_default());
@@ -1211,12 +1279,12 @@ pub async fn run(k: Arc<Kubelet>, mut shutdown: watch::Receiver<bool>) {
                         let seen = listing.take().unwrap_or_default();
                         synced = true;
                         for (uid, w) in &workers {
-                            if !seen.contains(uid) {
+                            if !seen.contains(uid) && !statics.contains_key(uid) {
                                 let _ = w.pod.send(None);
                             }
                         }
                         for uid in pleg(&k).await.keys() {
-                            if !seen.contains(uid) && !workers.contains_key(uid) {
+                            if !seen.contains(uid) && !workers.contains_key(uid) && !statics.contains_key(uid) {
                                 orphan(&k, uid).await;
                             }
                         }
@@ -1235,6 +1303,72 @@ pub async fn run(k: Arc<Kubelet>, mut shutdown: watch::Receiver<bool>) {
                 }
             }
         }
+    }
+}
+
+/// Creates the mirror of a static pod when it is missing, or replaces one of another
+/// version of the manifest.
+async fn ensure_mirror(k: &Kubelet, p: &Pod) {
+    let (ns, name, _) = podconfig::pod_key(p);
+    let api: Api<Pod> = Api::namespaced(k.client.clone(), &ns);
+    let hash = p
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(static_pods::CONFIG_HASH).cloned());
+    match api.get_opt(&name).await {
+        Ok(Some(m)) => {
+            let current = m
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(static_pods::CONFIG_MIRROR).cloned());
+            if current == hash && m.metadata.deletion_timestamp.is_none() {
+                return;
+            }
+            if current.is_none() {
+                warn!(pod = %name, "a pod that is not a mirror has the name of a static pod");
+                return;
+            }
+            remove_mirror(k, &m).await;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            debug!(pod = %name, error = %e, "mirror pod");
+            return;
+        }
+    }
+    let node_uid = Api::<k8s_openapi::api::core::v1::Node>::all(k.client.clone())
+        .get_opt(&k.ctx.node_name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|n| n.metadata.uid)
+        .unwrap_or_default();
+    let mirror = static_pods::mirror(p, &node_uid);
+    match api.create(&kube::api::PostParams::default(), &mirror).await {
+        Ok(_) => {
+            // The new mirror has no status yet: the next sync writes it all.
+            let uid = p.metadata.uid.clone().unwrap_or_default();
+            if let Ok(mut m) = k.static_status.lock() {
+                m.remove(&uid);
+            }
+            k.wake(&uid);
+        }
+        Err(e) => debug!(pod = %name, error = %e, "create the mirror pod"),
+    }
+}
+
+/// Deletes a mirror pod at once (its pod runs from the file, not from the API).
+async fn remove_mirror(k: &Kubelet, p: &Pod) {
+    let (ns, name, _) = podconfig::pod_key(p);
+    let api: Api<Pod> = Api::namespaced(k.client.clone(), &ns);
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    if let Err(e) = api.delete(&name, &dp).await {
+        debug!(pod = %name, error = %e, "delete the mirror pod");
     }
 }
 
