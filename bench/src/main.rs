@@ -19,6 +19,7 @@ mod cri;
 mod grpc;
 mod pull;
 mod report;
+mod scheduling;
 mod server;
 mod sys;
 mod workloads;
@@ -65,8 +66,18 @@ struct Args {
     /// Rounds of the API server workload (a fresh server and etcd each).
     #[arg(long, default_value_t = 3)]
     server_rounds: usize,
-    /// Run only this workload: lifecycle, pod-start, pods, image-pull, cni, cri or server.
-    #[arg(long, value_parser = ["lifecycle", "pod-start", "pods", "image-pull", "cni", "cri", "server"])]
+    /// Simulated nodes of the scheduling workload.
+    #[arg(long, default_value_t = 100)]
+    scheduling_nodes: usize,
+    /// Replica counts of the scheduling workload, each a Deployment scaled from 0.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    scheduling_pods: Vec<usize>,
+    /// Rounds of the scheduling workload (a fresh server and etcd each).
+    #[arg(long, default_value_t = 3)]
+    scheduling_rounds: usize,
+    /// Run only this workload: lifecycle, pod-start, pods, image-pull, cni, cri, server or
+    /// scheduling.
+    #[arg(long, value_parser = ["lifecycle", "pod-start", "pods", "image-pull", "cni", "cri", "server", "scheduling"])]
     only: Option<String>,
     /// Do not install missing peers; measure only what is installed.
     #[arg(long)]
@@ -303,9 +314,10 @@ fn run(args: &Args, ctx: &Ctx, hybrid: bool) -> Result<()> {
             "smoke: 1 round, smallest N".into()
         } else {
             format!(
-                "full: {} rounds; API server: {} rounds",
+                "full: {} rounds; API server: {} rounds; scheduling: {} rounds",
                 ctx.rounds.max(10),
-                args.server_rounds.max(1)
+                args.server_rounds.max(1),
+                args.scheduling_rounds.max(1)
             )
         },
         ..Default::default()
@@ -353,13 +365,13 @@ fn run(args: &Args, ctx: &Ctx, hybrid: bool) -> Result<()> {
                 .join("; ")
         ),
     ];
-    if args.only.as_deref() == Some("server") {
+    if matches!(args.only.as_deref(), Some("server" | "scheduling")) {
         // Only the versions line applies; the workload's own notes say the rest.
         report.conditions.retain(|c| c.starts_with("versions: "));
     }
     let want = |w: &str| args.only.as_deref().is_none_or(|o| o == w);
-    // The CNI and API server workloads need no images or bundle.
-    if !matches!(args.only.as_deref(), Some("cni" | "server")) {
+    // The CNI, API server and scheduling workloads need no images or bundle.
+    if !matches!(args.only.as_deref(), Some("cni" | "server" | "scheduling")) {
         progress!("preparing images and bundle in {}", ctx.work.display());
         workloads::prepare(ctx)?;
     }
@@ -391,6 +403,16 @@ fn run(args: &Args, ctx: &Ctx, hybrid: bool) -> Result<()> {
         progress!("API server (podrun server, embedded store vs etcd)");
         let params = server::Params::new(ctx, &args.server_pods, args.server_rounds);
         server::server(ctx, &params, &mut report);
+    }
+    if want("scheduling") {
+        progress!("scheduling throughput (podrun server with its controllers, simulated nodes)");
+        let params = scheduling::Params::new(
+            ctx,
+            args.scheduling_nodes,
+            &args.scheduling_pods,
+            args.scheduling_rounds,
+        );
+        scheduling::scheduling(ctx, &params, &mut report);
     }
     report.loadavg_end = sys::loadavg();
     report.busy |= sys::busy();

@@ -47,16 +47,17 @@ const NAMESPACE: &str = "default";
 /// How long one request or one awaited watch event may take before the round fails.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a server or etcd may take to come up or to stop.
-const START_WAIT: Duration = Duration::from_secs(60);
+pub const START_WAIT: Duration = Duration::from_secs(60);
 /// Pause before an idle-memory reading, so that the last requests' work is over.
-const SETTLE: Duration = Duration::from_secs(1);
+pub const SETTLE: Duration = Duration::from_secs(1);
 /// Pause before the idle reading after the runs: longer than the 5 s period at which the
 /// server hands freed heap back, so the reading is of an idle server, not of the burst.
-const SETTLE_AFTER_RUNS: Duration = Duration::from_secs(6);
+pub const SETTLE_AFTER_RUNS: Duration = Duration::from_secs(6);
 
-const EMBEDDED: &str = "podrun";
-const ON_ETCD: &str = "podrun+etcd";
-const ETCD: &str = "etcd";
+/// The systems: podrun server on its embedded store, on etcd, and the etcd member.
+pub const EMBEDDED: &str = "podrun";
+pub const ON_ETCD: &str = "podrun+etcd";
+pub const ETCD: &str = "etcd";
 
 /// The sizes, rounds and binaries of this workload.
 #[derive(Debug, Clone)]
@@ -80,23 +81,29 @@ impl Params {
         } else {
             (sizes.to_vec(), 1000, rounds.max(1), 5)
         };
-        let env = |var: &str, default: &str| {
-            std::env::var_os(var)
-                .map(PathBuf::from)
-                .unwrap_or_else(|| default.into())
-        };
         Params {
             sizes,
             kubectl_size,
             rounds,
             kubectl_runs,
-            kubectl: env(
+            kubectl: env_path(
                 "PODRUN_KUBECTL_1_37",
                 "/opt/podrun-test/kubectl-venv/bin/kubectl",
             ),
-            etcd: env("PODRUN_ETCD", "/usr/bin/etcd"),
+            etcd: etcd_bin(),
         }
     }
+}
+
+fn env_path(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| default.into())
+}
+
+/// The etcd binary: $PODRUN_ETCD, else Debian's.
+pub fn etcd_bin() -> PathBuf {
+    env_path("PODRUN_ETCD", "/usr/bin/etcd")
 }
 
 pub fn server(ctx: &Ctx, params: &Params, report: &mut Report) {
@@ -291,7 +298,7 @@ pub fn build_of(podrun: &Path) -> String {
 }
 
 /// VmRSS and VmHWM of a process, in KiB.
-fn vm_kib(pid: u32) -> Result<(f64, f64)> {
+pub fn vm_kib(pid: u32) -> Result<(f64, f64)> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
     let field = |name: &str| -> Result<f64> {
@@ -319,7 +326,9 @@ fn server_round(
         None
     };
     let endpoint = etcd.as_ref().and_then(|e| e.endpoint.clone());
-    let mut server = Daemon::server(ctx, dir, endpoint.as_deref())?;
+    // The API alone: with no nodes the scheduler would answer every pod created here
+    // with a status write and a FailedScheduling event.
+    let mut server = Daemon::server(ctx, dir, endpoint.as_deref(), false)?;
     // One runtime per round: dropping it closes the round's connections, so the server
     // stops without waiting for them.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -434,13 +443,13 @@ fn kubectl_get(params: &Params, dir: &Path, kubeconfig: &Path, n: usize) -> Resu
 // ---------------------------------------------------------------------------------
 // The processes: podrun server and etcd, stopped by their PIDs.
 
-struct Daemon {
+pub struct Daemon {
     child: Option<Child>,
-    pid: u32,
-    name: &'static str,
+    pub pid: u32,
+    pub name: &'static str,
     log: PathBuf,
-    kubeconfig: PathBuf,
-    endpoint: Option<String>,
+    pub kubeconfig: PathBuf,
+    pub endpoint: Option<String>,
 }
 
 fn free_port() -> Result<u16> {
@@ -479,7 +488,7 @@ impl Daemon {
         })
     }
 
-    fn etcd(bin: &Path, dir: &Path) -> Result<Daemon> {
+    pub fn etcd(bin: &Path, dir: &Path) -> Result<Daemon> {
         let (client, peer) = (free_port()?, free_port()?);
         let endpoint = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
@@ -508,7 +517,9 @@ impl Daemon {
         Ok(d)
     }
 
-    fn server(ctx: &Ctx, dir: &Path, etcd: Option<&str>) -> Result<Daemon> {
+    /// `podrun server` in `dir`, on etcd when an endpoint is given; `controllers` runs
+    /// the scheduler and the controllers in the process (the server's default).
+    pub fn server(ctx: &Ctx, dir: &Path, etcd: Option<&str>, controllers: bool) -> Result<Daemon> {
         let root = dir.join("root");
         let mut cmd = Command::new(&ctx.podrun);
         cmd.arg("--root").arg(&root).args([
@@ -517,10 +528,8 @@ impl Daemon {
             "127.0.0.1",
             "--secure-port",
             "0",
-            // The API alone: with no nodes the scheduler would answer every pod
-            // created here with a status write and a FailedScheduling event.
-            "--controllers=false",
         ]);
+        cmd.arg(format!("--controllers={controllers}"));
         if let Some(e) = etcd {
             cmd.arg("--etcd-servers").arg(e);
         }
@@ -552,7 +561,7 @@ impl Daemon {
     }
 
     /// The error with the last lines of the daemon's log, when it wrote any.
-    fn with_log(&self, e: anyhow::Error) -> anyhow::Error {
+    pub fn with_log(&self, e: anyhow::Error) -> anyhow::Error {
         let tail = self.log_tail();
         if tail.is_empty() {
             e
@@ -573,7 +582,7 @@ impl Daemon {
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within START_WAIT.
-    fn stop(&mut self) -> Result<()> {
+    pub fn stop(&mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
@@ -618,9 +627,9 @@ impl Drop for Daemon {
 // ---------------------------------------------------------------------------------
 // The HTTPS client.
 
-type Conn = SendRequest<Full<Bytes>>;
+pub type Conn = SendRequest<Full<Bytes>>;
 
-struct Api {
+pub struct Api {
     addr: SocketAddr,
     base: String,
     tls: tokio_rustls::TlsConnector,
@@ -665,7 +674,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 impl Api {
-    async fn connect(kubeconfig: &Path) -> Result<Api> {
+    pub async fn connect(kubeconfig: &Path) -> Result<Api> {
         let text = std::fs::read_to_string(kubeconfig)
             .with_context(|| format!("read {}", kubeconfig.display()))?;
         let v: Value = serde_norway::from_str(&text)
@@ -716,7 +725,7 @@ impl Api {
     }
 
     /// A new HTTP/2 connection; its driver runs as a task until the sender is dropped.
-    async fn open(&self) -> Result<Conn> {
+    pub async fn open(&self) -> Result<Conn> {
         let tcp = tokio::net::TcpStream::connect(self.addr)
             .await
             .with_context(|| format!("connect {}", self.addr))?;
@@ -737,18 +746,24 @@ impl Api {
     }
 
     fn request(&self, method: Method, path: &str, body: Bytes) -> Result<Request<Full<Bytes>>> {
+        // Every PATCH here is a JSON merge patch, as `kubectl scale` sends.
+        let kind = if method == Method::PATCH {
+            "application/merge-patch+json"
+        } else {
+            "application/json"
+        };
         let mut b = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
             .header("accept", "application/json");
         if !body.is_empty() {
-            b = b.header("content-type", "application/json");
+            b = b.header("content-type", kind);
         }
         Ok(b.body(Full::new(body))?)
     }
 
     /// One request with its whole body read; fails unless the status is `want`.
-    async fn call(
+    pub async fn call(
         &self,
         conn: &mut Conn,
         method: Method,
@@ -775,7 +790,7 @@ impl Api {
         Ok(body)
     }
 
-    async fn wait_ready(&self, conn: &mut Conn, server: &Daemon) -> Result<()> {
+    pub async fn wait_ready(&self, conn: &mut Conn, server: &Daemon) -> Result<()> {
         let deadline = Instant::now() + START_WAIT;
         loop {
             let r = self
@@ -820,7 +835,7 @@ impl Api {
         Ok(n as f64 / start.elapsed().as_secs_f64())
     }
 
-    fn clone_light(&self) -> Api {
+    pub fn clone_light(&self) -> Api {
         Api {
             addr: self.addr,
             base: self.base.clone(),
@@ -846,20 +861,56 @@ impl Api {
             .context("pod list: no metadata.resourceVersion")?
             .to_string();
 
-        let mut watch_conn = self.open().await?;
-        watch_conn.ready().await?;
-        let req = self.request(
-            Method::GET,
-            &format!("{pods}?watch=1&resourceVersion={rv}"),
-            Bytes::new(),
-        )?;
-        let resp = tokio::time::timeout(REQUEST_TIMEOUT, watch_conn.send_request(req))
-            .await
-            .context("watch: no answer")??;
-        if resp.status() != StatusCode::OK {
-            bail!("watch: {}", resp.status());
+        let mut watch = self
+            .watch(&format!("{pods}?watch=1&resourceVersion={rv}"))
+            .await?;
+        let mut w = WatchLatency::default();
+        for i in 0..WATCH_CREATES {
+            let name = format!("w-{i:03}");
+            let sent = Instant::now();
+            self.call(conn, Method::POST, &pods, pod(&name), StatusCode::CREATED)
+                .await?;
+            let answered = Instant::now();
+            // Creates are one at a time: the next ADDED event must be this pod's.
+            let seen = loop {
+                let (ev, at) = watch
+                    .next()
+                    .await
+                    .with_context(|| format!("watch: no event for {name}"))?;
+                if ev["type"] != "ADDED" {
+                    continue;
+                }
+                match ev["object"]["metadata"]["name"].as_str() {
+                    Some(got) if got == name => break at,
+                    got => bail!("watch: ADDED {got:?} while waiting for {name}"),
+                }
+            };
+            if seen < answered {
+                w.early += 1;
+            }
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            w.after_response
+                .push(ms(seen.saturating_duration_since(answered)));
+            w.after_request
+                .push(ms(seen.saturating_duration_since(sent)));
         }
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<(String, Instant)>>();
+        w.after_response.sort_by(|a, b| a.total_cmp(b));
+        w.after_request.sort_by(|a, b| a.total_cmp(b));
+        Ok(w)
+    }
+
+    /// A watch on `path` (with its `?watch=1...` query) on a connection of its own.
+    pub async fn watch(&self, path: &str) -> Result<Watch> {
+        let mut conn = self.open().await?;
+        conn.ready().await?;
+        let req = self.request(Method::GET, path, Bytes::new())?;
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, conn.send_request(req))
+            .await
+            .with_context(|| format!("watch {path}: no answer"))??;
+        if resp.status() != StatusCode::OK {
+            bail!("watch {path}: {}", resp.status());
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<(Value, Instant)>>();
         let reader = tokio::spawn(async move {
             let mut body = resp.into_body();
             let mut buf: Vec<u8> = Vec::new();
@@ -883,12 +934,10 @@ impl Api {
                     match stream.next() {
                         Some(Ok(ev)) => {
                             used = stream.byte_offset();
-                            if ev["type"] == "ADDED" {
-                                if let Some(name) = ev["object"]["metadata"]["name"].as_str() {
-                                    let _ = tx.send(Ok((name.to_string(), at)));
-                                }
-                            } else if ev["type"] == "ERROR" {
+                            if ev["type"] == "ERROR" {
                                 let _ = tx.send(Err(anyhow::anyhow!("watch error event: {ev}")));
+                            } else {
+                                let _ = tx.send(Ok((ev, at)));
                             }
                         }
                         Some(Err(e)) if e.is_eof() => break,
@@ -903,44 +952,37 @@ impl Api {
             }
             let _ = tx.send(Err(anyhow::anyhow!("watch stream ended")));
         });
+        Ok(Watch {
+            rx,
+            reader,
+            _conn: conn,
+        })
+    }
+}
 
-        let mut w = WatchLatency::default();
-        let result = async {
-            for i in 0..WATCH_CREATES {
-                let name = format!("w-{i:03}");
-                let sent = Instant::now();
-                self.call(conn, Method::POST, &pods, pod(&name), StatusCode::CREATED)
-                    .await?;
-                let answered = Instant::now();
-                // Creates are one at a time: the next ADDED event must be this pod's.
-                let seen = tokio::time::timeout(REQUEST_TIMEOUT, async {
-                    match rx.recv().await {
-                        Some(Ok((got, at))) if got == name => Ok(at),
-                        Some(Ok((got, _))) => bail!("watch: ADDED {got} while waiting for {name}"),
-                        Some(Err(e)) => Err(e),
-                        None => bail!("watch stream ended"),
-                    }
-                })
-                .await
-                .with_context(|| format!("watch: no event for {name}"))??;
-                if seen < answered {
-                    w.early += 1;
-                }
-                let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-                w.after_response
-                    .push(ms(seen.saturating_duration_since(answered)));
-                w.after_request
-                    .push(ms(seen.saturating_duration_since(sent)));
-            }
-            anyhow::Ok(())
+/// The events of one watch, each with the time its frame arrived. Dropping it stops the
+/// reader and closes the watch's connection.
+pub struct Watch {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Result<(Value, Instant)>>,
+    reader: tokio::task::JoinHandle<()>,
+    _conn: Conn,
+}
+
+impl Watch {
+    /// The next event; an error when the stream fails or none comes within
+    /// REQUEST_TIMEOUT.
+    pub async fn next(&mut self) -> Result<(Value, Instant)> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.rx.recv()).await {
+            Err(_) => bail!("no watch event within {REQUEST_TIMEOUT:?}"),
+            Ok(None) => bail!("watch stream ended"),
+            Ok(Some(r)) => r,
         }
-        .await;
-        reader.abort();
-        drop(watch_conn);
-        result?;
-        w.after_response.sort_by(|a, b| a.total_cmp(b));
-        w.after_request.sort_by(|a, b| a.total_cmp(b));
-        Ok(w)
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.reader.abort();
     }
 }
 
