@@ -486,3 +486,68 @@ fn static_pods_run_from_manifest_files() {
     });
     c.finish();
 }
+
+/// Running pods of a Deployment's pods by node, from `get pods -o wide`.
+fn running_by_node(c: &Cluster, prefix: &str) -> std::collections::BTreeMap<String, usize> {
+    let out = c.ok(&[
+        "get",
+        "pods",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.status.phase} {.spec.nodeName} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
+    ]);
+    let mut by_node = std::collections::BTreeMap::new();
+    for l in out.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() == 3 && f[0].starts_with(prefix) && f[1] == "Running" {
+            *by_node.entry(f[2].to_owned()).or_insert(0) += 1;
+        }
+    }
+    by_node
+}
+
+#[test]
+fn deployments_roll_out_and_drain_on_real_nodes() {
+    let Some(c) = Cluster::start(
+        "deployments_roll_out_and_drain_on_real_nodes",
+        &["d1-k8s", "d2-k8s"],
+    ) else {
+        return;
+    };
+    c.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=4",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    server_common::wait_until("4 running pods on both nodes", kubelet_common::SLOW, || {
+        let by = running_by_node(&c, "web-");
+        (by.values().sum::<usize>() == 4 && by.len() == 2).then_some(())
+    });
+    // A new template rolls out through real restarts of real pods.
+    c.ok(&["set", "image", "deployment/web", "busybox=nginx"]);
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=120s"]);
+    // The old pods terminate gracefully (sleep ignores SIGTERM: the grace period runs out).
+    server_common::wait_until("only the new pods", kubelet_common::SLOW, || {
+        let images = c.ok(&[
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].image}",
+        ]);
+        let all: Vec<&str> = images.split_whitespace().collect();
+        (all.len() == 4 && all.iter().all(|i| *i == "nginx")).then_some(())
+    });
+    // Drain one node: its pods come up on the other.
+    c.ok(&["drain", "d1-k8s", "--ignore-daemonsets", "--timeout=120s"]);
+    server_common::wait_until("all pods on d2-k8s", kubelet_common::SLOW, || {
+        let by = running_by_node(&c, "web-");
+        (by.get("d2-k8s") == Some(&4) && by.len() == 1).then_some(())
+    });
+    c.ok(&["uncordon", "d1-k8s"]);
+    c.ok(&["delete", "deployment", "web"]);
+    c.finish();
+}
