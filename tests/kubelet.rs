@@ -551,3 +551,69 @@ fn deployments_roll_out_and_drain_on_real_nodes() {
     c.ok(&["delete", "deployment", "web"]);
     c.finish();
 }
+
+#[test]
+fn a_stopped_agent_makes_its_node_unknown_and_its_pods_move() {
+    let Some(mut c) = Cluster::start(
+        "a_stopped_agent_makes_its_node_unknown_and_its_pods_move",
+        &["u1-k8s", "u2-k8s"],
+    ) else {
+        return;
+    };
+    let manifest = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: mover
+spec:
+  replicas: 2
+  selector: { matchLabels: { app: mover } }
+  template:
+    metadata: { labels: { app: mover } }
+    spec:
+      terminationGracePeriodSeconds: 2
+      tolerations:
+      - { key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2 }
+      - { key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 2 }
+      containers:
+      - { name: app, image: busybox, command: ["sleep", "3600"] }
+"#;
+    let out = c
+        .server
+        .kubectl_stdin(&c.k, &["apply", "-f", "-"], manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server_common::wait_until("a pod on each node", kubelet_common::SLOW, || {
+        let by = running_by_node(&c, "mover-");
+        (by.len() == 2).then_some(())
+    });
+    // The agent stops (its pods keep running); its Lease is no longer renewed.
+    c.node("u1-k8s").stop();
+    server_common::wait_until("u1-k8s to turn Unknown", kubelet_common::SLOW, || {
+        let s = c.ok(&[
+            "get",
+            "node",
+            "u1-k8s",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]);
+        (s == "Unknown").then_some(())
+    });
+    server_common::wait_until("both pods running on u2-k8s", kubelet_common::SLOW, || {
+        let by = running_by_node(&c, "mover-");
+        (by.get("u2-k8s") == Some(&2)).then_some(())
+    });
+    // Back again: the node is Ready, and the pod evicted while it was away is stopped
+    // and removed by its kubelet.
+    c.node("u1-k8s").restart();
+    c.wait_ready(&["u1-k8s"]);
+    server_common::wait_until("the evicted pod to be gone", kubelet_common::SLOW, || {
+        let out = c.ok(&["get", "pods", "-o", "jsonpath={.items[*].spec.nodeName}"]);
+        (!out.contains("u1-k8s")).then_some(())
+    });
+    c.ok(&["delete", "deployment", "mover"]);
+    c.finish();
+}
