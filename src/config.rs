@@ -35,6 +35,7 @@ const KEYS: &[(&str, &str)] = &[
     ("kubelet_port", "PODRUN_KUBELET_PORT"),
     ("max_pods", "PODRUN_MAX_PODS"),
     ("pod_manifest_path", "PODRUN_POD_MANIFEST_PATH"),
+    ("eviction_hard", "PODRUN_EVICTION_HARD"),
 ];
 
 /// Keys whose value is a number.

@@ -617,3 +617,71 @@ spec:
     c.ok(&["delete", "deployment", "mover"]);
     c.finish();
 }
+
+#[test]
+fn memory_pressure_refuses_and_evicts_pods() {
+    // A threshold no host meets: the node is under memory pressure from the start.
+    let Some(c) = Cluster::start_with_args(
+        "memory_pressure_refuses_and_evicts_pods",
+        &["e1-k8s"],
+        &["--eviction-hard", "memory.available<1000Ti"],
+    ) else {
+        return;
+    };
+    server_common::wait_until("MemoryPressure=True", kubelet_common::SLOW, || {
+        let s = c.ok(&[
+            "get",
+            "node",
+            "e1-k8s",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"MemoryPressure\")].status}",
+        ]);
+        (s == "True").then_some(())
+    });
+    // Bound by name (the scheduler would keep pods off a node under pressure).
+    let manifest = r#"
+apiVersion: v1
+kind: Pod
+metadata: { name: besteffort }
+spec:
+  nodeName: e1-k8s
+  containers: [{ name: c, image: busybox, command: ["sleep", "3600"] }]
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: burstable }
+spec:
+  nodeName: e1-k8s
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: c
+    image: busybox
+    command: ["sleep", "3600"]
+    resources: { requests: { memory: 8Mi } }
+"#;
+    let out = c
+        .server
+        .kubectl_stdin(&c.k, &["apply", "-f", "-"], manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (pod, message) in [
+        ("besteffort", "The node had condition: [MemoryPressure]."),
+        ("burstable", "The node was low on resource: memory."),
+    ] {
+        let status = c.wait_pod(pod, "Failed/Evicted", |p| {
+            (p["status"]["phase"] == "Failed" && p["status"]["reason"] == "Evicted")
+                .then(|| p["status"].clone())
+        });
+        assert!(
+            status["message"].as_str().unwrap_or("").contains(message),
+            "{pod}: {status}"
+        );
+    }
+    // Evicted pods are not restarted; their containers are stopped.
+    let described = c.ok(&["describe", "pod", "burstable"]);
+    assert!(described.contains("Evicted"), "{described}");
+    c.finish();
+}

@@ -58,6 +58,13 @@ pub struct KubeletArgs {
         default_value = "/etc/podrun/manifests"
     )]
     pod_manifest_path: PathBuf,
+    /// Hard eviction thresholds, as kubelet's: signal<quantity or percent, comma-separated.
+    #[arg(
+        long,
+        env = "PODRUN_EVICTION_HARD",
+        default_value = "memory.available<100Mi,nodefs.available<10%,pid.available<10%"
+    )]
+    eviction_hard: String,
     /// Taints the node registers with, as key[=value]:Effect, comma-separated.
     #[arg(long, value_delimiter = ',')]
     register_with_taints: Vec<String>,
@@ -149,6 +156,8 @@ fn kubelet_config(cli: &Cli, socket: &Path, a: &KubeletArgs) -> Result<Option<Ku
             .map(|t| parse_taint(t))
             .collect::<Result<_>>()?,
         labels,
+        eviction_hard: podrun_agent::kubelet::eviction::parse(&a.eviction_hard)
+            .map_err(anyhow::Error::msg)?,
     }))
 }
 

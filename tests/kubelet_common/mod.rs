@@ -201,6 +201,11 @@ impl Cluster {
     /// A server and `names.len()` joined nodes, all Ready; None when kubectl is missing
     /// (after cannot_run).
     pub fn start(test: &str, names: &[&str]) -> Option<Cluster> {
+        Cluster::start_with_args(test, names, &[])
+    }
+
+    /// As `start`, with more `podrun agent` flags for every node.
+    pub fn start_with_args(test: &str, names: &[&str], agent_args: &[&str]) -> Option<Cluster> {
         let k = kubectls(test)?.pop()?;
         if !common::is_root() {
             common::cannot_run(test, "needs root");
@@ -255,13 +260,13 @@ impl Cluster {
             token,
         };
         for (i, name) in names.iter().enumerate() {
-            cluster.add_node(name, i as u32);
+            cluster.add_node(name, i as u32, agent_args);
         }
         cluster.wait_ready(names);
         Some(cluster)
     }
 
-    fn add_node(&mut self, name: &str, i: u32) {
+    fn add_node(&mut self, name: &str, i: u32, extra: &[&str]) {
         let netns = format!("{}n{i}", self.bridge);
         let host_if = format!("{}v{i}", self.bridge);
         let ip = format!("{}{}", self.prefix, 11 + i);
@@ -316,6 +321,8 @@ impl Cluster {
             "--node-name".to_owned(),
             name.to_owned(),
         ];
+        let mut args = args;
+        args.extend(extra.iter().map(|a| a.to_string()));
         let log = env.dir.path().join("agent.log");
         let mut node = Node {
             name: name.to_owned(),

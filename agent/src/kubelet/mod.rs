@@ -10,6 +10,7 @@ pub mod api;
 pub mod bootstrap;
 pub mod cri;
 pub mod events;
+pub mod eviction;
 pub mod node;
 pub mod podconfig;
 pub mod pods;
@@ -68,6 +69,8 @@ pub struct KubeletConfig {
     /// Registered with the Node (kubelet's --register-with-taints and --node-labels).
     pub taints: Vec<k8s_openapi::api::core::v1::Taint>,
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Hard eviction thresholds (kubelet's --eviction-hard).
+    pub eviction_hard: Vec<eviction::Threshold>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +173,7 @@ pub async fn run(
         cgroup_driver: cfg.cgroup_driver.clone(),
         taints: cfg.taints.clone(),
         labels: cfg.labels.clone(),
+        eviction: cfg.eviction_hard.clone(),
     };
     tracing::info!(
         node = %cfg.node_name,
@@ -219,6 +223,12 @@ pub async fn run(
     }
     let kubelet = std::sync::Arc::new(kubelet);
     tokio::spawn(pods::handle_probe_events(kubelet.clone(), probe_events));
+    tokio::spawn(pods::evict_under_pressure(
+        kubelet.clone(),
+        cfg.eviction_hard.clone(),
+        cfg.root_dir.clone(),
+        shutdown.clone(),
+    ));
 
     // The kubelet API, for the API server's logs, exec, attach and port-forward.
     let client_ca = cluster_ca_pem(&kube_config)?;

@@ -23,6 +23,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::cri::CriClient;
+use super::eviction::{crossed, reserved, Signal, Threshold};
 
 /// kubelet's node-status-update-frequency and lease renewal interval.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
@@ -30,9 +31,6 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(60);
 /// kubelet's node lease duration.
 pub const LEASE_SECONDS: i32 = 40;
-/// kubelet's hard eviction defaults: memory.available<100Mi, nodefs.available<10%.
-pub const EVICTION_MEMORY: u64 = 100 * 1024 * 1024;
-pub const EVICTION_NODEFS_PERCENT: u64 = 10;
 /// The Kubernetes release whose kubelet API this agent serves.
 pub const KUBELET_VERSION: &str = "v1.33.0";
 
@@ -73,6 +71,9 @@ pub struct NodeSettings {
     pub cgroup_driver: String,
     pub taints: Vec<Taint>,
     pub labels: BTreeMap<String, String>,
+    /// Hard eviction thresholds: they come off allocatable and set the pressure
+    /// conditions.
+    pub eviction: Vec<Threshold>,
 }
 
 pub fn read_host(root_dir: &Path) -> HostFacts {
@@ -258,18 +259,28 @@ pub fn node_status(
     let mut allocatable = capacity.clone();
     allocatable.insert(
         "memory".into(),
-        kib_quantity(host.memory_bytes.saturating_sub(EVICTION_MEMORY)),
+        kib_quantity(host.memory_bytes.saturating_sub(reserved(
+            &s.eviction,
+            Signal::MemoryAvailable,
+            host.memory_bytes,
+        ))),
     );
     // As kubelet: the eviction threshold comes off, and the result is in bytes.
     allocatable.insert(
         "ephemeral-storage".into(),
-        quantity(host.disk_bytes - host.disk_bytes * EVICTION_NODEFS_PERCENT / 100),
+        quantity(host.disk_bytes.saturating_sub(reserved(
+            &s.eviction,
+            Signal::NodefsAvailable,
+            host.disk_bytes,
+        ))),
     );
-    let memory_pressure = host.memory_available > 0 && host.memory_available < EVICTION_MEMORY;
-    let disk_pressure = host.disk_bytes > 0
-        && host.disk_available * 100 < host.disk_bytes * EVICTION_NODEFS_PERCENT;
-    // kubelet's pid.available threshold is 10 % of the maximum.
-    let pid_pressure = host.pids_max > 0 && host.pids_used * 10 > host.pids_max * 9;
+    let crossed: Vec<Signal> = crossed(&s.eviction, host)
+        .iter()
+        .map(|t| t.signal)
+        .collect();
+    let memory_pressure = crossed.contains(&Signal::MemoryAvailable);
+    let disk_pressure = crossed.contains(&Signal::NodefsAvailable);
+    let pid_pressure = crossed.contains(&Signal::PidAvailable);
     let cond = |type_: &str, status: bool, reason: &str, message: &str| {
         let status = if status { "True" } else { "False" };
         let old = prev
@@ -535,6 +546,7 @@ mod tests {
             cgroup_driver: "cgroupfs".into(),
             taints: vec![],
             labels: BTreeMap::new(),
+            eviction: super::super::eviction::defaults(),
         }
     }
 

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::cri::{CriClient, POD_UID};
 use super::events::{container_path, Recorder, NORMAL, WARNING};
+use super::eviction::{self, Signal, Threshold};
 use super::podconfig::{self, ContainerInputs, EnvSource, NodeContext, PodFiles};
 use super::prober::{
     format_pod, run_hook, ProbeEvent, ProbeEventResult, ProbeManager, Target,
@@ -73,6 +74,11 @@ pub struct Kubelet {
     static_status: Mutex<HashMap<String, k8s_openapi::api::core::v1::PodStatus>>,
     /// Where static pod manifests are read from.
     pub manifest_dir: Option<PathBuf>,
+    /// The eviction signals whose thresholds are crossed now.
+    pressure: Mutex<Vec<Signal>>,
+    /// Pods ended here (evicted or refused) whose Failed phase the watch has not
+    /// brought back yet: never restarted.
+    ended: Mutex<HashSet<String>>,
 }
 
 struct Worker {
@@ -106,6 +112,8 @@ impl Kubelet {
             wakes: Mutex::new(HashMap::new()),
             static_status: Mutex::new(HashMap::new()),
             manifest_dir: None,
+            pressure: Mutex::new(Vec::new()),
+            ended: Mutex::new(HashSet::new()),
         };
         (k, probe_events)
     }
@@ -576,7 +584,9 @@ impl Kubelet {
             .as_ref()
             .and_then(|s| s.phase.clone())
             .unwrap_or_default();
-        let terminal = api_phase == "Succeeded" || api_phase == "Failed";
+        let terminal = api_phase == "Succeeded"
+            || api_phase == "Failed"
+            || self.ended.lock().is_ok_and(|e| e.contains(&uid));
         let sandboxes = self.sandboxes(&uid).await?;
         let ready = sandboxes
             .iter()
@@ -594,6 +604,7 @@ impl Kubelet {
                         .await;
                 }
             }
+            let mut last_sandbox = None;
             for s in &sandboxes {
                 if s.state == cri::PodSandboxState::SandboxReady as i32 {
                     let _ = rt
@@ -602,8 +613,38 @@ impl Kubelet {
                         })
                         .await;
                 }
+                if last_sandbox.is_none() {
+                    last_sandbox = rt
+                        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                            pod_sandbox_id: s.id.clone(),
+                            verbose: false,
+                        })
+                        .await
+                        .ok()
+                        .and_then(|r| r.into_inner().status);
+                }
             }
-            return Ok(Duration::from_secs(60));
+            // The containers' final states; the phase stays as it is (once the API has
+            // the terminal phase this node wrote).
+            if api_phase == "Succeeded" || api_phase == "Failed" {
+                let obs = self
+                    .observe(pod, last_sandbox, &uid, HashMap::new())
+                    .await?;
+                self.write_status(pod, obs, HashMap::new()).await;
+                return Ok(Duration::from_secs(60));
+            }
+            return Ok(Duration::from_secs(1));
+        }
+
+        // Admission under memory pressure: BestEffort pods are refused, as kubelet does.
+        if sandboxes.is_empty()
+            && status::qos_class(pod) == "BestEffort"
+            && self.under_pressure(Signal::MemoryAvailable)
+        {
+            let msg = "The node had condition: [MemoryPressure]. ";
+            self.record(pod, None, WARNING, "Evicted", msg).await;
+            self.fail(pod, "Evicted", msg).await;
+            return Ok(Duration::from_secs(1));
         }
 
         let (sandbox_id, sandbox_config) = match ready {
@@ -1004,6 +1045,51 @@ impl Kubelet {
         phase
     }
 
+    fn under_pressure(&self, signal: Signal) -> bool {
+        self.pressure.lock().is_ok_and(|p| p.contains(&signal))
+    }
+
+    /// Ends the pod in phase Failed with a reason, as kubelet does for evictions.
+    async fn fail(&self, pod: &Pod, reason: &str, message: &str) {
+        let (ns, name, uid) = podconfig::pod_key(pod);
+        if let Ok(mut e) = self.ended.lock() {
+            e.insert(uid);
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let patch =
+            json!({ "status": { "phase": "Failed", "reason": reason, "message": message } });
+        if let Err(e) = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            warn!(pod = %name, error = %e, "pod status");
+        }
+    }
+
+    /// Evicts a pod: its containers are killed at once and it ends Failed/Evicted.
+    pub async fn evict(&self, pod: &Pod, signal: Signal) {
+        let (_, name, uid) = podconfig::pod_key(pod);
+        let msg = eviction::message(signal);
+        info!(pod = %name, signal = signal.name(), "evicting a pod");
+        self.record(pod, None, WARNING, "Evicted", &msg).await;
+        if let Ok(cs) = self.containers(&uid).await {
+            for c in cs
+                .iter()
+                .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+            {
+                let cname = c
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.name.clone())
+                    .unwrap_or_default();
+                self.stop_container(pod, c, 0, &format!("Stopping container {cname}"))
+                    .await;
+            }
+        }
+        self.fail(pod, "Evicted", &msg).await;
+        self.wake(&uid);
+    }
+
     /// Stops everything of the pod, gracefully, and removes it from the runtime.
     pub async fn terminate(&self, pod: &Pod, grace: i64) {
         let (_, name, uid) = podconfig::pod_key(pod);
@@ -1095,6 +1181,9 @@ impl Kubelet {
             m.remove(&uid);
         }
         if let Ok(mut m) = self.static_status.lock() {
+            m.remove(&uid);
+        }
+        if let Ok(mut m) = self.ended.lock() {
             m.remove(&uid);
         }
         self.events.forget(&uid);
@@ -1409,6 +1498,42 @@ pub async fn handle_probe_events(
                 k.wake(&ev.pod_uid);
             }
             ProbeEventResult::Success | ProbeEventResult::Failure => k.wake(&ev.pod_uid),
+        }
+    }
+}
+
+/// kubelet's eviction manager: every 10 s, the crossed thresholds become the node's
+/// pressure, and one pod is evicted while any is crossed.
+pub async fn evict_under_pressure(
+    k: Arc<Kubelet>,
+    thresholds: Vec<Threshold>,
+    root_dir: PathBuf,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let dir = root_dir.clone();
+        let Ok(host) = tokio::task::spawn_blocking(move || super::node::read_host(&dir)).await
+        else {
+            continue;
+        };
+        let crossed: Vec<Signal> = eviction::crossed(&thresholds, &host)
+            .iter()
+            .map(|t| t.signal)
+            .collect();
+        if let Ok(mut p) = k.pressure.lock() {
+            p.clone_from(&crossed);
+        }
+        let Some(signal) = crossed.first().copied() else {
+            continue;
+        };
+        let pods = k.pods();
+        if let Some(victim) = eviction::rank(&pods).first() {
+            k.evict(victim, signal).await;
         }
     }
 }
