@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what podrun and its tests need on a fresh Debian 12 machine (the test registry,
-# the reference CNI plugins for the interoperability tests), and builds the example
+# the reference CNI plugins for the interoperability tests, containerd and runc as a
+# node's CRI runtime in tests/kubelet_containerd.rs), and builds the example
 # images (offline, from Debian's packages). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in busybox-static nginx-light curl xz-utils iproute2 nftables iptables containernetworking-plugins docker-registry apache2-utils ca-certificates dbus-daemon etcd-server python3-venv openssl; do
+for pkg in busybox-static nginx-light curl xz-utils iproute2 nftables iptables containernetworking-plugins docker-registry containerd runc apache2-utils ca-certificates dbus-daemon etcd-server python3-venv openssl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

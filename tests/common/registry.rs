@@ -178,10 +178,16 @@ impl Registry {
             .status()
             .unwrap();
         assert!(st.success());
+        self.push_oci_layout(dir.path(), repo, tag)
+    }
+
+    /// Push the first image of an unpacked OCI image layout as `repo:tag`; returns the
+    /// manifest digest.
+    pub fn push_oci_layout(&self, dir: &Path, repo: &str, tag: &str) -> String {
         let index: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
         let desc = &index["manifests"][0];
-        let blob = |d: &str| dir.path().join("blobs/sha256").join(&d[7..]);
+        let blob = |d: &str| dir.join("blobs/sha256").join(&d[7..]);
         let manifest_digest = desc["digest"].as_str().unwrap();
         let manifest_bytes = std::fs::read(blob(manifest_digest)).unwrap();
         let manifest: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();

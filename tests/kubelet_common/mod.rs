@@ -3,9 +3,12 @@
 //! joined to that bridge by a veth, with its own root, state, log and cgroup roots and
 //! its own pod network inside the namespace. Nothing leaves the machine: the addresses
 //! live only on the test's bridge and in its namespaces. Everything is stopped by PID
-//! and checked for leaks at the end.
+//! and checked for leaks at the end. A node's agent drives podrun's own runtime, or
+//! containerd started beside it in the node's namespace ([`Runtime`]).
 
 #![allow(dead_code)]
+
+pub mod containerd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -17,6 +20,15 @@ use crate::common::{self, Env, TestNet};
 use crate::server_common::{kubectls, wait_until, Kubectl, Server};
 
 static CLUSTERS: AtomicU32 = AtomicU32::new(0);
+
+/// The CRI runtime the nodes' agents run their pods on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runtime {
+    /// The agent's own socket.
+    Podrun,
+    /// A containerd of the node's own (`--runtime-endpoint`).
+    Containerd,
+}
 
 /// How long a node or a pod may take to come up on a busy machine; every wait ends as
 /// soon as its condition holds.
@@ -47,6 +59,8 @@ pub struct Node {
     child: Option<Child>,
     pub log: PathBuf,
     args: Vec<String>,
+    /// The node's containerd, when it is the runtime.
+    pub containerd: Option<containerd::Containerd>,
 }
 
 impl Node {
@@ -195,21 +209,44 @@ pub struct Cluster {
     /// "10.201.<n>." of the nodes' network.
     pub prefix: String,
     pub token: String,
+    /// The sandbox image of containerd nodes.
+    pause: Option<String>,
 }
 
 impl Cluster {
     /// A server and `names.len()` joined nodes, all Ready; None when kubectl is missing
     /// (after cannot_run).
     pub fn start(test: &str, names: &[&str]) -> Option<Cluster> {
-        Cluster::start_with_args(test, names, &[])
+        Self::start_full(test, names, Runtime::Podrun, &[])
     }
 
-    /// As `start`, with more `podrun agent` flags for every node.
+    /// As [`Cluster::start`], with more `podrun agent` flags for every node.
     pub fn start_with_args(test: &str, names: &[&str], agent_args: &[&str]) -> Option<Cluster> {
+        Self::start_full(test, names, Runtime::Podrun, agent_args)
+    }
+
+    /// As [`Cluster::start`], with the nodes' pods run by `runtime`; None (after
+    /// cannot_run) when it is not installed here.
+    pub fn start_with(test: &str, names: &[&str], runtime: Runtime) -> Option<Cluster> {
+        Self::start_full(test, names, runtime, &[])
+    }
+
+    fn start_full(
+        test: &str,
+        names: &[&str],
+        runtime: Runtime,
+        agent_args: &[&str],
+    ) -> Option<Cluster> {
         let k = kubectls(test)?.pop()?;
         if !common::is_root() {
             common::cannot_run(test, "needs root");
             return None;
+        }
+        if runtime == Runtime::Containerd {
+            if let Some(why) = containerd::missing() {
+                common::cannot_run(test, &why);
+                return None;
+            }
         }
         crate::server_common::mark_ran();
         let n = CLUSTERS.fetch_add(1, Ordering::SeqCst);
@@ -237,6 +274,7 @@ impl Cluster {
                 "latest",
             );
         }
+        let pause = (runtime == Runtime::Containerd).then(|| containerd::push_pause(&registry));
         let server = Server::start_on(&gateway, &[], None, &[]);
         let token = String::from_utf8_lossy(
             &Command::new(env!("CARGO_BIN_EXE_podrun"))
@@ -258,6 +296,7 @@ impl Cluster {
             bridge,
             prefix,
             token,
+            pause,
         };
         for (i, name) in names.iter().enumerate() {
             cluster.add_node(name, i as u32, agent_args);
@@ -323,8 +362,16 @@ impl Cluster {
         ];
         let mut args = args;
         args.extend(extra.iter().map(|a| a.to_string()));
+        // Thresholds about the test's pods, not the machine's disk: a shared build
+        // host's filesystem may well be under kubelet's default 10 %.
+        if !extra.contains(&"--eviction-hard") {
+            args.extend([
+                "--eviction-hard".to_owned(),
+                "memory.available<100Mi,nodefs.available<512Mi,pid.available<5%".to_owned(),
+            ]);
+        }
         let log = env.dir.path().join("agent.log");
-        let mut node = Node {
+        let node = Node {
             name: name.to_owned(),
             netns,
             ip,
@@ -335,9 +382,18 @@ impl Cluster {
             child: None,
             log,
             args,
+            containerd: None,
         };
-        node.spawn();
+        // The node is the cluster's before anything can fail, so teardown finds it.
         self.nodes.push(node);
+        let node = self.nodes.last_mut().unwrap();
+        if let Some(pause) = &self.pause {
+            let c = containerd::Containerd::start(&node.netns, &node.env, &self.registry, pause);
+            node.args
+                .extend(["--runtime-endpoint".to_owned(), c.endpoint()]);
+            node.containerd = Some(c);
+        }
+        node.spawn();
     }
 
     pub fn node(&mut self, name: &str) -> &mut Node {
@@ -360,6 +416,17 @@ impl Cluster {
         let mut s = String::new();
         for n in &self.nodes {
             s.push_str(&format!("--- agent {} ---\n{}\n", n.name, n.log_text()));
+            if let Some(c) = &n.containerd {
+                // Its warnings and errors: it says every plugin it loads at info level.
+                let log = c.log_text();
+                let problems: Vec<&str> =
+                    log.lines().filter(|l| !l.contains("level=info")).collect();
+                s.push_str(&format!(
+                    "--- containerd of {}, warnings and errors ---\n{}\n",
+                    n.name,
+                    problems.join("\n")
+                ));
+            }
         }
         s
     }
@@ -439,8 +506,23 @@ impl Cluster {
         for n in &mut self.nodes {
             n.stop();
         }
+        for n in &mut self.nodes {
+            if let Some(c) = &mut n.containerd {
+                c.assert_empty();
+                c.stop();
+                let shims = c.shims();
+                assert!(
+                    shims.is_empty(),
+                    "{}: containerd shims left: {shims:?}",
+                    n.name
+                );
+            }
+        }
         for n in &self.nodes {
             n.assert_no_leaks();
+            if let Some(c) = &n.containerd {
+                c.remove_dirs();
+            }
         }
         self.teardown();
     }
@@ -448,6 +530,9 @@ impl Cluster {
     fn teardown(&mut self) {
         for n in &mut self.nodes {
             n.kill_hard();
+            if let Some(c) = &mut n.containerd {
+                c.teardown();
+            }
             n.net.remove();
             let _ = sh(&["ip", "netns", "del", &n.netns]);
             // The kubelet's QoS cgroups go with the instance's cgroup root.

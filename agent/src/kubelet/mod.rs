@@ -221,6 +221,12 @@ pub async fn run(
         Ok(m) => kubelet = kubelet.with_cgroups(m),
         Err(e) => tracing::warn!(error = %e, "cgroups: pod cgroups will not be removed"),
     }
+    if driver == podrun_runtime::cgroups::Driver::Cgroupfs {
+        let config = podrun_runtime::cgroups::ManagerConfig::default();
+        if let Some(m) = hybrid_unified_manager(&config) {
+            kubelet = kubelet.with_cgroups(m);
+        }
+    }
     let kubelet = std::sync::Arc::new(kubelet);
     tokio::spawn(pods::handle_probe_events(kubelet.clone(), probe_events));
     tokio::spawn(pods::evict_under_pressure(
@@ -255,6 +261,23 @@ pub async fn run(
     let _ = node_task.await;
     let _ = api_task.await;
     Ok(())
+}
+
+/// On a hybrid host, a manager of the unified mount. podrun's runtime leaves that mount
+/// alone, but runc (under containerd or CRI-O) makes the pods' cgroups there as well as
+/// in the v1 hierarchies, and kubelet removes them from both.
+fn hybrid_unified_manager(
+    config: &podrun_runtime::cgroups::ManagerConfig,
+) -> Option<Box<dyn podrun_runtime::cgroups::CgroupManager>> {
+    use podrun_runtime::cgroups::{self, Hierarchy, HostFs, V2Manager};
+    let text = std::fs::read_to_string(&config.mountinfo).ok()?;
+    let (hierarchy, table) = cgroups::detect_from(&text).ok()?;
+    if hierarchy != Hierarchy::Hybrid {
+        return None;
+    }
+    let fs = std::sync::Arc::new(HostFs::new(&config.mount_root));
+    let m = V2Manager::from_mounts(&table, &config.mount_root, fs).ok()?;
+    Some(Box::new(m))
 }
 
 /// The cluster CA of the kubeconfig, as PEM: the kubelet API trusts client
@@ -330,4 +353,48 @@ fn serving_cert(
     std::fs::write(&crt, &c).map_err(io(&crt))?;
     std::fs::write(&stamp, ip.to_string()).map_err(io(&stamp))?;
     Ok((c, k))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podrun_runtime::cgroups::ManagerConfig;
+
+    /// A temp dir stands in for /sys/fs/cgroup, with the mounts `lines` lists.
+    fn mounts(lines: &[&str]) -> (tempfile::TempDir, ManagerConfig) {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path().display().to_string();
+        let mut text = String::new();
+        for (i, l) in lines.iter().enumerate() {
+            std::fs::create_dir_all(tmp.path().join(l.split(' ').next().unwrap())).unwrap();
+            text.push_str(&format!("{i} 0 0:{i} / {r}/{l}\n"));
+        }
+        std::fs::write(tmp.path().join("mountinfo"), text).unwrap();
+        let config = ManagerConfig {
+            mount_root: tmp.path().to_path_buf(),
+            mountinfo: tmp.path().join("mountinfo"),
+        };
+        (tmp, config)
+    }
+
+    #[test]
+    fn the_unified_mount_of_a_hybrid_host_is_cleaned_too() {
+        let (tmp, config) = mounts(&[
+            "memory rw - cgroup cgroup rw,memory",
+            "unified rw - cgroup2 cgroup2 rw",
+        ]);
+        let m = hybrid_unified_manager(&config).expect("a hybrid host");
+        // What runc leaves in the unified mount once the pod's containers are gone.
+        let pod = tmp.path().join("unified/r/kubepods/besteffort/pod1");
+        std::fs::create_dir_all(pod.join("sandbox")).unwrap();
+        m.remove("r/kubepods/besteffort/pod1").unwrap();
+        podrun_runtime::cgroups::remove_empty_parents(m.as_ref(), "r/kubepods/besteffort/pod1");
+        assert!(!tmp.path().join("unified/r").exists());
+        assert!(tmp.path().join("unified").exists());
+
+        let (_tmp, legacy) = mounts(&["memory rw - cgroup cgroup rw,memory"]);
+        assert!(hybrid_unified_manager(&legacy).is_none());
+        let (_tmp, unified) = mounts(&["unified rw - cgroup2 cgroup2 rw"]);
+        assert!(hybrid_unified_manager(&unified).is_none());
+    }
 }

@@ -64,8 +64,9 @@ pub struct Kubelet {
     /// Containers whose liveness or startup probe asked for a restart.
     restarts: Mutex<HashSet<(String, String)>>,
     /// Pod cgroups are kubelet's: the runtime creates them under the parent kubelet
-    /// names and leaves them when the sandbox goes.
-    cgroups: Option<Box<dyn podrun_runtime::cgroups::CgroupManager>>,
+    /// names and leaves them when the sandbox goes. One manager per set of hierarchies
+    /// they may be in.
+    cgroups: Vec<Box<dyn podrun_runtime::cgroups::CgroupManager>>,
     /// Liveness, readiness and startup probes of the running containers.
     pub probes: ProbeManager,
     /// Each pod worker's wake-up, for probe results.
@@ -107,7 +108,7 @@ impl Kubelet {
             backoffs: Mutex::new(HashMap::new()),
             pods: Mutex::new(HashMap::new()),
             restarts: Mutex::new(HashSet::new()),
-            cgroups: None,
+            cgroups: Vec::new(),
             probes,
             wakes: Mutex::new(HashMap::new()),
             static_status: Mutex::new(HashMap::new()),
@@ -138,23 +139,24 @@ impl Kubelet {
     }
 
     pub fn with_cgroups(mut self, m: Box<dyn podrun_runtime::cgroups::CgroupManager>) -> Kubelet {
-        self.cgroups = Some(m);
+        self.cgroups.push(m);
         self
     }
 
     /// Removes the pod's cgroup, and the QoS cgroups above it when they are empty.
     fn remove_pod_cgroup(&self, uid: &str) {
-        let Some(m) = &self.cgroups else { return };
-        for qos in ["Guaranteed", "Burstable", "BestEffort"] {
-            let parent = podconfig::cgroup_parent_for(&self.ctx, uid, qos);
-            let Ok(path) = podrun_runtime::planner::pod_cgroup_path(m.driver(), &parent) else {
-                continue;
-            };
-            // Both are no-ops for a cgroup that does not exist.
-            if let Err(e) = m.remove(&path) {
-                warn!(uid, cgroup = %path, error = %e, "remove the pod cgroup");
+        for m in &self.cgroups {
+            for qos in ["Guaranteed", "Burstable", "BestEffort"] {
+                let parent = podconfig::cgroup_parent_for(&self.ctx, uid, qos);
+                let Ok(path) = podrun_runtime::planner::pod_cgroup_path(m.driver(), &parent) else {
+                    continue;
+                };
+                // Both are no-ops for a cgroup that does not exist.
+                if let Err(e) = m.remove(&path) {
+                    warn!(uid, cgroup = %path, error = %e, "remove the pod cgroup");
+                }
+                podrun_runtime::cgroups::remove_empty_parents(m.as_ref(), &path);
             }
-            podrun_runtime::cgroups::remove_empty_parents(m.as_ref(), &path);
         }
     }
 
