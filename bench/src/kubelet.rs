@@ -239,7 +239,7 @@ fn note(metric: &str, params: &Params, build: &str) -> Option<String> {
             params.settle, SETTLE, params.batch
         ));
     }
-    if metric.starts_with("monitors' RSS") {
+    if metric.starts_with("monitors' RSS, total") {
         return Some(format!(
             "Rss (and Pss) from /proc/<pid>/smaps_rollup of every pod monitor of the agent ({} with {} \
              pods running): the per-pod processes besides the containers, where containerd \
@@ -409,6 +409,8 @@ fn round_of(ctx: &Ctx, params: &Params, dir: &Path, m: &mut Samples) -> Result<(
             "KiB",
             total as f64 / n as f64,
         );
+        let pss: u64 = monitors.iter().map(|m| m.pss_kib).sum();
+        m.push("monitors' PSS per pod (mean)", "KiB", pss as f64 / n as f64);
         delete_pods(&api, &mut conn, &names, &socket).await?;
         anyhow::Ok(())
     });
