@@ -17,6 +17,7 @@ macro_rules! progress {
 mod cni;
 mod cri;
 mod grpc;
+mod kubelet;
 mod pull;
 mod report;
 mod scheduling;
@@ -75,9 +76,12 @@ struct Args {
     /// Rounds of the scheduling workload (a fresh server and etcd each).
     #[arg(long, default_value_t = 3)]
     scheduling_rounds: usize,
-    /// Run only this workload: lifecycle, pod-start, pods, image-pull, cni, cri, server or
-    /// scheduling.
-    #[arg(long, value_parser = ["lifecycle", "pod-start", "pods", "image-pull", "cni", "cri", "server", "scheduling"])]
+    /// Rounds of the kubelet workload (a fresh server and agent each).
+    #[arg(long, default_value_t = 3)]
+    kubelet_rounds: usize,
+    /// Run only this workload: lifecycle, pod-start, pods, image-pull, cni, cri, server,
+    /// scheduling or kubelet.
+    #[arg(long, value_parser = ["lifecycle", "pod-start", "pods", "image-pull", "cni", "cri", "server", "scheduling", "kubelet"])]
     only: Option<String>,
     /// Do not install missing peers; measure only what is installed.
     #[arg(long)]
@@ -267,7 +271,12 @@ fn cgroup_dirs() -> Vec<PathBuf> {
     };
     let mut out = Vec::new();
     for h in hierarchies.flatten() {
-        for top in [workloads::CGROUP_ROOT, "libpod_parent", "podrun-oci"] {
+        for top in [
+            workloads::CGROUP_ROOT,
+            kubelet::CGROUP_ROOT,
+            "libpod_parent",
+            "podrun-oci",
+        ] {
             let p = h.path().join(top);
             if p.is_dir() {
                 walk(&p, &mut out);
@@ -314,10 +323,11 @@ fn run(args: &Args, ctx: &Ctx, hybrid: bool) -> Result<()> {
             "smoke: 1 round, smallest N".into()
         } else {
             format!(
-                "full: {} rounds; API server: {} rounds; scheduling: {} rounds",
+                "full: {} rounds; API server: {} rounds; scheduling: {} rounds; kubelet: {} rounds",
                 ctx.rounds.max(10),
                 args.server_rounds.max(1),
-                args.scheduling_rounds.max(1)
+                args.scheduling_rounds.max(1),
+                args.kubelet_rounds.max(1)
             )
         },
         ..Default::default()
@@ -365,15 +375,23 @@ fn run(args: &Args, ctx: &Ctx, hybrid: bool) -> Result<()> {
                 .join("; ")
         ),
     ];
-    if matches!(args.only.as_deref(), Some("server" | "scheduling")) {
+    if matches!(
+        args.only.as_deref(),
+        Some("server" | "scheduling" | "kubelet")
+    ) {
         // Only the versions line applies; the workload's own notes say the rest.
         report.conditions.retain(|c| c.starts_with("versions: "));
     }
     let want = |w: &str| args.only.as_deref().is_none_or(|o| o == w);
-    // The CNI, API server and scheduling workloads need no images or bundle.
-    if !matches!(args.only.as_deref(), Some("cni" | "server" | "scheduling")) {
-        progress!("preparing images and bundle in {}", ctx.work.display());
-        workloads::prepare(ctx)?;
+    // The CNI, API server and scheduling workloads need no images or bundle; the kubelet
+    // workload loads the busybox archive into its own store.
+    match args.only.as_deref() {
+        Some("cni" | "server" | "scheduling") => {}
+        Some("kubelet") => workloads::ensure_image_archives(ctx)?,
+        _ => {
+            progress!("preparing images and bundle in {}", ctx.work.display());
+            workloads::prepare(ctx)?;
+        }
     }
     if want("lifecycle") {
         progress!("container lifecycle");
@@ -414,6 +432,11 @@ fn run(args: &Args, ctx: &Ctx, hybrid: bool) -> Result<()> {
         );
         scheduling::scheduling(ctx, &params, &mut report);
     }
+    if want("kubelet") {
+        progress!("pod start through the cluster (podrun server + podrun agent as kubelet)");
+        let params = kubelet::Params::new(ctx, args.kubelet_rounds);
+        kubelet::kubelet(ctx, &params, &mut report);
+    }
     report.loadavg_end = sys::loadavg();
     report.busy |= sys::busy();
     report.compute_ratios();
@@ -421,6 +444,8 @@ fn run(args: &Args, ctx: &Ctx, hybrid: bool) -> Result<()> {
         report.goals = goals(&report, ctx);
     } else if args.only.as_deref() == Some("server") {
         report.goals = vec![server_goal(&report, &ctx.podrun)];
+    } else if args.only.as_deref() == Some("kubelet") {
+        report.goals = vec![kubelet::goal(&report)];
     }
     let table = report.table();
     println!("{table}");
@@ -507,6 +532,7 @@ fn goals(report: &Report, ctx: &Ctx) -> Vec<Goal> {
         },
     );
     v.push(server_goal(report, &ctx.podrun));
+    v.push(kubelet::goal(report));
     let biggest = ctx.density.iter().copied().max().unwrap_or(0);
     let ran = report
         .find("density", &format!("start {biggest} pods"), "podrun")

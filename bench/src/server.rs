@@ -452,11 +452,11 @@ pub struct Daemon {
     pub endpoint: Option<String>,
 }
 
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait_until<T>(what: &str, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
     let deadline = Instant::now() + START_WAIT;
     loop {
         if let Some(v) = f()? {
@@ -470,7 +470,8 @@ fn wait_until<T>(what: &str, mut f: impl FnMut() -> Result<Option<T>>) -> Result
 }
 
 impl Daemon {
-    fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> Result<Daemon> {
+    /// `cmd` with its stdout and stderr in `log`; stopped by PID with [`Daemon::stop`].
+    pub fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> Result<Daemon> {
         let file = std::fs::File::create(&log).with_context(|| format!("{}", log.display()))?;
         let child = cmd
             .stdin(Stdio::null())
@@ -550,7 +551,8 @@ impl Daemon {
         Ok(d)
     }
 
-    fn check_running(&mut self) -> Result<()> {
+    /// An error when the process has exited.
+    pub fn check_running(&mut self) -> Result<()> {
         if let Some(c) = self.child.as_mut() {
             if let Some(st) = c.try_wait()? {
                 self.child = None;
@@ -664,7 +666,7 @@ fn pod(name: &str) -> Bytes {
 }
 
 /// The p-th percentile (nearest rank) of sorted samples.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -833,6 +835,11 @@ impl Api {
             r??;
         }
         Ok(n as f64 / start.elapsed().as_secs_f64())
+    }
+
+    /// The server's URL, as https://HOST:PORT.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     pub fn clone_light(&self) -> Api {

@@ -16,7 +16,7 @@ pub use cleanup::{cleanup, remove_podman_pods, remove_podrun_pods};
 pub use lifecycle::lifecycle;
 pub use pod_start::pod_start;
 pub use pods::pods;
-pub use prepare::prepare;
+pub use prepare::{ensure_image_archives, prepare};
 
 /// Everything the workloads share: binaries, the work directory and the run's sizes.
 pub struct Ctx {

@@ -15,14 +15,8 @@ const IMAGES: [&str; 3] = ["busybox", "nginx", "curl"];
 /// Images into podrun's and podman's stores, the busybox bundle, the pod YAML files and
 /// podman's containers.conf: everything identical that the workloads read.
 pub fn prepare(ctx: &Ctx) -> Result<()> {
+    ensure_image_archives(ctx)?;
     let out = ctx.repo.join("images/out");
-    if IMAGES
-        .iter()
-        .any(|i| !out.join(format!("{i}.tar")).is_file())
-    {
-        progress!("building the example images (images/build.sh)");
-        sys::timed(Command::new("bash").arg(ctx.repo.join("images/build.sh")))?;
-    }
     for d in ["p/cni", "podman/root", "podman/run", "podman/tmp", "pods"] {
         std::fs::create_dir_all(ctx.work.join(d))?;
     }
@@ -64,6 +58,19 @@ pub fn prepare(ctx: &Ctx) -> Result<()> {
         yaml.push('\n');
     }
     std::fs::write(ctx.sidecar_yaml(), yaml)?;
+    Ok(())
+}
+
+/// The example images' OCI archives in images/out, built when one is missing.
+pub fn ensure_image_archives(ctx: &Ctx) -> Result<()> {
+    let out = ctx.repo.join("images/out");
+    if IMAGES
+        .iter()
+        .any(|i| !out.join(format!("{i}.tar")).is_file())
+    {
+        progress!("building the example images (images/build.sh)");
+        sys::timed(Command::new("bash").arg(ctx.repo.join("images/build.sh")))?;
+    }
     Ok(())
 }
 
