@@ -36,6 +36,10 @@ const KEYS: &[(&str, &str)] = &[
     ("max_pods", "PODRUN_MAX_PODS"),
     ("pod_manifest_path", "PODRUN_POD_MANIFEST_PATH"),
     ("eviction_hard", "PODRUN_EVICTION_HARD"),
+    ("cluster_network", "PODRUN_CLUSTER_NETWORK"),
+    ("cluster_cidr", "PODRUN_CLUSTER_CIDR"),
+    ("cluster_dns", "PODRUN_CLUSTER_DNS"),
+    ("cluster_domain", "PODRUN_CLUSTER_DOMAIN"),
 ];
 
 /// Keys whose value is a number.

@@ -195,7 +195,7 @@ enum Command {
         #[arg(long, env = "PODRUN_STREAM_ADDR", default_value = "127.0.0.1:0")]
         stream_addr: std::net::SocketAddr,
         #[command(flatten)]
-        kubelet: cmd::agent::KubeletArgs,
+        kubelet: Box<cmd::agent::KubeletArgs>,
     },
     /// The control plane: a Kubernetes API server that kubectl drives, on an embedded
     /// store (under --root, in server/) or etcd.
@@ -223,6 +223,8 @@ enum Command {
         /// leader-election Lease (`--controllers=false` leaves them to another process).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
         controllers: bool,
+        #[command(flatten)]
+        node_cidrs: cmd::server::NodeCidrArgs,
         #[command(subcommand)]
         action: Option<ServerAction>,
     },
@@ -235,6 +237,8 @@ enum Command {
         /// The kubeconfig to reach the API server with.
         #[arg(long)]
         kubeconfig: PathBuf,
+        #[command(flatten)]
+        node_cidrs: cmd::server::NodeCidrArgs,
     },
     /// The per-pod monitor (started by podrun itself).
     #[command(hide = true)]

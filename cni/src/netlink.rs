@@ -9,7 +9,7 @@ use std::os::fd::RawFd;
 use ipnet::IpNet;
 use netlink_packet_core::{
     DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REQUEST,
+    NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -116,6 +116,9 @@ pub struct RouteEntry {
     pub dst: IpNet,
     pub gateway: Option<IpAddr>,
     pub oif: Option<u32>,
+    /// Who installed it (`proto` in `ip route`): the kernel, boot, or a program's own
+    /// number, by which it finds its routes again.
+    pub protocol: u8,
 }
 
 pub fn format_mac(bytes: &[u8]) -> String {
@@ -271,6 +274,23 @@ impl Netlink {
             )]));
         self.request(
             "create bridge",
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        Ok(())
+    }
+
+    /// Creates a dummy link (an address of the host's own that no wire carries);
+    /// EEXIST is reported so the caller can decide.
+    pub fn create_dummy(&mut self, name: &str) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Dummy,
+            )]));
+        self.request(
+            "create dummy link",
             RouteNetlinkMessage::NewLink(msg),
             NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
         )?;
@@ -478,7 +498,12 @@ impl Netlink {
             else {
                 continue;
             };
-            out.push(RouteEntry { dst, gateway, oif });
+            out.push(RouteEntry {
+                dst,
+                gateway,
+                oif,
+                protocol: r.header.protocol.into(),
+            });
         }
         Ok(out)
     }
@@ -527,6 +552,66 @@ impl Netlink {
             other => other.map(|_| ()),
         }
     }
+}
+
+impl Netlink {
+    /// Adds (or replaces) a unicast route in the main table tagged with `protocol`:
+    /// through `gateway`, out of `oif` when given; `onlink` says the gateway is on the
+    /// link even though no address of the link's subnet covers it.
+    pub fn replace_route(
+        &mut self,
+        dst: IpNet,
+        gateway: IpAddr,
+        oif: Option<u32>,
+        protocol: u8,
+        onlink: bool,
+    ) -> Result<()> {
+        let mut msg = route_message(dst, protocol);
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(gateway)));
+        if let Some(oif) = oif {
+            msg.attributes.push(RouteAttribute::Oif(oif));
+        }
+        if onlink {
+            msg.header.flags = netlink_packet_route::route::RouteFlags::Onlink;
+        }
+        self.request(
+            "replace route",
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(|_| ())
+    }
+
+    /// Deletes the main table's route to `dst`; gone already is fine.
+    pub fn delete_route(&mut self, dst: IpNet, protocol: u8) -> Result<()> {
+        let msg = route_message(dst, protocol);
+        match self.request(
+            "delete route",
+            RouteNetlinkMessage::DelRoute(msg),
+            NLM_F_ACK,
+        ) {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+}
+
+fn route_message(dst: IpNet, protocol: u8) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family_of(dst.addr());
+    msg.header.destination_prefix_length = dst.prefix_len();
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::from(protocol);
+    msg.header.kind = RouteType::Unicast;
+    msg.header.scope = RouteScope::Universe;
+    if dst.prefix_len() > 0 {
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(
+                dst.network(),
+            )));
+    }
+    msg
 }
 
 fn family_of(ip: IpAddr) -> AddressFamily {
@@ -763,6 +848,7 @@ pub mod fake {
                 dst,
                 gateway,
                 oif: Some(oif),
+                protocol: 3,
             });
             Ok(())
         }

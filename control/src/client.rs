@@ -326,6 +326,7 @@ mod tests {
             service_node_port_range: (30000, 32767),
             admin_kubeconfig_copy: None,
             controllers: false,
+            node_cidrs: None,
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(run(config, async {

@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub admin_kubeconfig_copy: Option<PathBuf>,
     /// Run the scheduler and the controllers in this process (`--controllers`).
     pub controllers: bool,
+    /// Node IPAM: each Node's pod range from this cluster CIDR (None: nodes keep what
+    /// they are given).
+    pub node_cidrs: Option<crate::controllers::nodeipam::CidrConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +242,7 @@ pub async fn run(config: ServerConfig, stop: impl Future<Output = ()>) -> Result
             in_process(api.clone(), CONTROLLER_MANAGER_USER),
             identity.clone(),
             Default::default(),
+            config.node_cidrs.clone(),
         )));
         managers.push(tokio::spawn(manager::run_scheduler(
             in_process(api.clone(), SCHEDULER_USER),

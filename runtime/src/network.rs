@@ -72,6 +72,66 @@ pub fn load_or_install(conf_dirs: &[PathBuf]) -> Result<(NetworkConfigList, bool
     }
 }
 
+/// The node's pod range arrived (CRI UpdateRuntimeConfig, from the kubelet): when the
+/// network in use is podrun's own default (or there is none yet), it is written again
+/// for `pod_cidr`, with its gateway the range's first address and its address
+/// reservations under `ipam_dir`. Egress masquerade is left to whoever assigned the
+/// range, since only it knows which destinations are the cluster's own; a network the
+/// operator configured is never touched. Returns whether the network was (re)written.
+pub fn install_for_pod_cidr(
+    conf_dirs: &[PathBuf],
+    pod_cidr: ipnet::IpNet,
+    ipam_dir: &Path,
+) -> Result<bool, NetworkError> {
+    let dir = conf_dirs
+        .first()
+        .ok_or_else(|| NetworkError::Config("no configuration directory".into()))?;
+    let ours = dir.join(DEFAULT_CONFLIST_FILE);
+    match CniConfig::load(conf_dirs, None) {
+        Err(podrun_cni::ClientError::NoConfig { .. }) => {}
+        Ok(list) if list.name == "podrun" && ours.is_file() => {}
+        Ok(list) => {
+            info!(network = %list.name, pod_cidr = %pod_cidr, "pod CIDR not applied: the CNI network is configured by the operator");
+            return Ok(false);
+        }
+        Err(e) => return Err(NetworkError::Config(e.to_string())),
+    }
+    let list = pod_cidr_conflist(pod_cidr, ipam_dir)?;
+    let text = serde_json::to_vec_pretty(&list).map_err(|e| NetworkError::Config(e.to_string()))?;
+    if std::fs::read(&ours).ok().as_deref() == Some(&text[..]) {
+        return Ok(false);
+    }
+    crate::state::write_atomic(&ours, &text, 0o644)
+        .map_err(|e| NetworkError::Config(e.to_string()))?;
+    info!(file = %ours.display(), pod_cidr = %pod_cidr, "podrun's CNI network now uses the node's pod CIDR");
+    Ok(true)
+}
+
+/// podrun's default network for one node's pod range.
+pub fn pod_cidr_conflist(
+    pod_cidr: ipnet::IpNet,
+    ipam_dir: &Path,
+) -> Result<NetworkConfigList, NetworkError> {
+    let net = pod_cidr.trunc();
+    let gateway = net
+        .hosts()
+        .next()
+        .ok_or_else(|| NetworkError::Config(format!("pod CIDR {pod_cidr} has no addresses")))?;
+    let mut list = podrun_cni::default_conflist();
+    let bridge = list
+        .plugins
+        .first_mut()
+        .ok_or_else(|| NetworkError::Config("the default network has no plugins".into()))?;
+    bridge["ipMasq"] = serde_json::json!(false);
+    bridge["ipam"] = serde_json::json!({
+        "type": "host-local",
+        "routes": [{"dst": if net.addr().is_ipv4() { "0.0.0.0/0" } else { "::/0" }}],
+        "ranges": [[{"subnet": net.to_string(), "gateway": gateway.to_string()}]],
+        "dataDir": ipam_dir,
+    });
+    Ok(list)
+}
+
 /// Create a network namespace and pin it at `path` with a bind mount. Done on a thread of
 /// its own, so no other thread of the caller ever runs in the new namespace.
 pub fn pin_netns(path: &Path) -> Result<(), NetworkError> {
@@ -235,6 +295,39 @@ mod tests {
         let (again, installed) = load_or_install(&dirs).unwrap();
         assert!(!installed);
         assert_eq!(again.name, "podrun");
+    }
+
+    #[test]
+    fn the_pod_cidr_rewrites_only_podruns_own_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = vec![dir.path().join("net.d")];
+        let ipam = dir.path().join("ipam");
+        let cidr: ipnet::IpNet = "172.16.3.0/24".parse().unwrap();
+        // Nothing configured yet: written for the range.
+        assert!(install_for_pod_cidr(&dirs, cidr, &ipam).unwrap());
+        let (list, installed) = load_or_install(&dirs).unwrap();
+        assert!(!installed);
+        let b = &list.plugins[0];
+        assert_eq!(b["ipam"]["ranges"][0][0]["subnet"], "172.16.3.0/24");
+        assert_eq!(b["ipam"]["ranges"][0][0]["gateway"], "172.16.3.1");
+        assert_eq!(b["ipam"]["dataDir"], ipam.to_string_lossy().as_ref());
+        assert_eq!(b["ipMasq"], false);
+        // The same range again changes nothing; a new one rewrites it.
+        assert!(!install_for_pod_cidr(&dirs, cidr, &ipam).unwrap());
+        assert!(install_for_pod_cidr(&dirs, "172.16.4.0/24".parse().unwrap(), &ipam).unwrap());
+        // The installed default is podrun's too.
+        let other = tempfile::tempdir().unwrap();
+        let odirs = vec![other.path().to_owned()];
+        load_or_install(&odirs).unwrap();
+        assert!(install_for_pod_cidr(&odirs, cidr, &ipam).unwrap());
+        // An operator's network is left alone.
+        std::fs::write(
+            other.path().join("10-mine.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"mine","plugins":[{"type":"bridge"}]}"#,
+        )
+        .unwrap();
+        assert!(!install_for_pod_cidr(&odirs, "172.16.9.0/24".parse().unwrap(), &ipam).unwrap());
+        assert_eq!(CniConfig::load(&odirs, None).unwrap().name, "mine");
     }
 
     #[test]

@@ -71,6 +71,26 @@ pub struct KubeletArgs {
     /// Labels the node registers with, as key=value, comma-separated.
     #[arg(long, value_delimiter = ',')]
     node_labels: Vec<String>,
+    /// Run this node's part of the cluster network: the pod CIDR the control plane
+    /// assigns, routes to the other nodes' pods, Services and cluster DNS.
+    #[arg(long, env = "PODRUN_CLUSTER_NETWORK", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    cluster_network: bool,
+    /// The pod network of the whole cluster (the server's --cluster-cidr): pod traffic
+    /// leaving it is masqueraded.
+    #[arg(long, env = "PODRUN_CLUSTER_CIDR", default_value = "172.16.0.0/16")]
+    cluster_cidr: ipnet::IpNet,
+    /// The cluster DNS servers written to pods' resolv.conf (comma-separated); this
+    /// node's agent answers on the first.
+    #[arg(
+        long,
+        env = "PODRUN_CLUSTER_DNS",
+        value_delimiter = ',',
+        default_value = "10.96.0.10"
+    )]
+    cluster_dns: Vec<std::net::IpAddr>,
+    /// The cluster's DNS domain.
+    #[arg(long, env = "PODRUN_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
 }
 
 fn hostname() -> String {
@@ -158,6 +178,9 @@ fn kubelet_config(cli: &Cli, socket: &Path, a: &KubeletArgs) -> Result<Option<Ku
         labels,
         eviction_hard: podrun_agent::kubelet::eviction::parse(&a.eviction_hard)
             .map_err(anyhow::Error::msg)?,
+        cluster_network: a.cluster_network.then_some(a.cluster_cidr),
+        cluster_dns: a.cluster_dns.clone(),
+        cluster_domain: a.cluster_domain.trim_end_matches('.').to_owned(),
     }))
 }
 

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-pub fn run(kubeconfig: &Path) -> Result<ExitCode> {
+pub fn run(kubeconfig: &Path, node_cidrs: &super::server::NodeCidrArgs) -> Result<ExitCode> {
+    let node_cidrs = node_cidrs.config()?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async {
         let kc = kube::config::Kubeconfig::read_from(kubeconfig)
@@ -32,7 +33,7 @@ pub fn run(kubeconfig: &Path) -> Result<ExitCode> {
                 _ = term.recv() => {}
             }
         };
-        podrun_control::controllers::manager::run_standalone(client, stop).await;
+        podrun_control::controllers::manager::run_standalone(client, node_cidrs, stop).await;
         tracing::info!("podrun controller-manager: stopped");
         Ok(ExitCode::SUCCESS)
     })

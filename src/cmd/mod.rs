@@ -7,7 +7,7 @@ pub mod image;
 mod logs;
 mod output;
 mod run;
-mod server;
+pub mod server;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
@@ -123,7 +123,10 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             kubelet,
         } => agent::agent(&cli, socket, stream_addr, kubelet),
         Command::Server { .. } => server::server(&cli),
-        Command::ControllerManager { kubeconfig } => controller_manager::run(kubeconfig),
+        Command::ControllerManager {
+            kubeconfig,
+            node_cidrs,
+        } => controller_manager::run(kubeconfig, node_cidrs),
         Command::Monitor {
             ready_fd,
             state_dir,

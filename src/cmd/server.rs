@@ -16,6 +16,35 @@ use crate::{Cli, Command, ServerAction, TokenAction};
 const DEFAULT_ROOT: &str = "/var/lib/podrun";
 const ADMIN_CONF: &str = "/etc/podrun/admin.conf";
 
+/// Node IPAM, as kube-controller-manager's `--allocate-node-cidrs`, `--cluster-cidr` and
+/// `--node-cidr-mask-size`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeCidrArgs {
+    /// Give every Node its own pod range (spec.podCIDR) from --cluster-cidr.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub allocate_node_cidrs: bool,
+    /// The pod network of the whole cluster.
+    #[arg(long, default_value = podrun_control::controllers::nodeipam::DEFAULT_CLUSTER_CIDR)]
+    pub cluster_cidr: ipnet::IpNet,
+    /// The prefix length of each Node's range.
+    #[arg(long, default_value_t = podrun_control::controllers::nodeipam::DEFAULT_MASK_SIZE)]
+    pub node_cidr_mask_size: u8,
+}
+
+impl NodeCidrArgs {
+    pub fn config(&self) -> Result<Option<podrun_control::controllers::nodeipam::CidrConfig>> {
+        if !self.allocate_node_cidrs {
+            return Ok(None);
+        }
+        Ok(Some(
+            podrun_control::controllers::nodeipam::CidrConfig::new(
+                self.cluster_cidr,
+                self.node_cidr_mask_size,
+            )?,
+        ))
+    }
+}
+
 fn node_port_range(s: &str) -> Result<(u16, u16)> {
     let (lo, hi) = s
         .split_once('-')
@@ -43,6 +72,7 @@ pub fn server(cli: &Cli) -> Result<ExitCode> {
         service_cluster_ip_range,
         service_node_port_range,
         controllers,
+        node_cidrs,
         action,
     } = &cli.command
     else {
@@ -80,6 +110,7 @@ pub fn server(cli: &Cli) -> Result<ExitCode> {
         service_node_port_range: node_port_range(service_node_port_range)?,
         admin_kubeconfig_copy: (cli.root == Path::new(DEFAULT_ROOT)).then(|| ADMIN_CONF.into()),
         controllers: *controllers,
+        node_cidrs: node_cidrs.config()?,
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -71,6 +71,12 @@ pub struct KubeletConfig {
     pub labels: std::collections::BTreeMap<String, String>,
     /// Hard eviction thresholds (kubelet's --eviction-hard).
     pub eviction_hard: Vec<eviction::Threshold>,
+    /// The cluster CIDR when this node runs its part of the cluster network (pod CIDR,
+    /// routes, Services, DNS); None leaves the network to others.
+    pub cluster_network: Option<ipnet::IpNet>,
+    /// kubelet's --cluster-dns and --cluster-domain.
+    pub cluster_dns: Vec<IpAddr>,
+    pub cluster_domain: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,7 +210,35 @@ pub async fn run(
         cgroup_driver: cfg.cgroup_driver.clone(),
         pod_logs_dir: cfg.pod_logs_dir.clone(),
         memory_capacity: host.memory_bytes,
+        cluster_dns: cfg.cluster_dns.clone(),
+        cluster_domain: cfg.cluster_domain.clone(),
     };
+    if let Some(cluster_cidr) = cfg.cluster_network {
+        let (ready_tx, mut ready) = tokio::sync::watch::channel(None);
+        tokio::spawn(crate::network::run(
+            client.clone(),
+            crate::network::ClusterNetConfig {
+                node_name: cfg.node_name.clone(),
+                cluster_cidr,
+                cluster_dns: cfg.cluster_dns.first().copied(),
+            },
+            cri.clone(),
+            ready_tx,
+            shutdown.clone(),
+        ));
+        // Pods get addresses from the node's range: wait a while for the control plane
+        // to assign it, as a network plugin holds pods until it is ready.
+        let wait = ready.wait_for(|r| r.is_some());
+        if tokio::time::timeout(std::time::Duration::from_secs(20), wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                node = %cfg.node_name,
+                "no pod CIDR from the control plane after 20 s; pods use the runtime's own network"
+            );
+        }
+    }
     let driver = match cfg.cgroup_driver.as_str() {
         "systemd" => podrun_runtime::cgroups::Driver::Systemd,
         _ => podrun_runtime::cgroups::Driver::Cgroupfs,

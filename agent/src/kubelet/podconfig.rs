@@ -25,6 +25,10 @@ pub struct NodeContext {
     pub cgroup_driver: String,
     pub pod_logs_dir: PathBuf,
     pub memory_capacity: u64,
+    /// The cluster DNS servers (kubelet's --cluster-dns); empty: pods use the host's.
+    pub cluster_dns: Vec<std::net::IpAddr>,
+    /// The cluster's DNS domain (kubelet's --cluster-domain).
+    pub cluster_domain: String,
 }
 
 pub fn pod_key(pod: &Pod) -> (String, String, String) {
@@ -81,34 +85,84 @@ fn labels(pod: &Pod) -> HashMap<String, String> {
     l
 }
 
-/// The host's resolvers for the pod (ClusterFirst falls back to them until cluster DNS
-/// exists on the node; Default is the host's by definition; None gives the pod's own).
-pub fn dns_config(pod: &Pod, host_resolv: &str) -> Option<cri::DnsConfig> {
+/// kubelet's limits on what it writes to a pod's resolv.conf.
+const MAX_NAMESERVERS: usize = 3;
+const MAX_SEARCHES: usize = 32;
+const MAX_SEARCH_CHARS: usize = 2048;
+
+/// The pod's resolv.conf as kubelet writes it. ClusterFirst (and
+/// ClusterFirstWithHostNet on the host's network) gets the cluster DNS servers, the
+/// search path `<ns>.svc.<domain> svc.<domain> <domain>` then the host's, and
+/// `ndots:5`; with no cluster DNS configured it is the host's, as is Default; None is
+/// only the pod's own `dnsConfig`, which is merged into the others as well. None
+/// (keep the host's file) for a pod on the host network under any other policy.
+pub fn dns_config(ctx: &NodeContext, pod: &Pod, host_resolv: &str) -> Option<cri::DnsConfig> {
     let spec = pod.spec.as_ref()?;
-    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
-    let mut cfg = cri::DnsConfig::default();
-    if policy != "None" {
-        for line in host_resolv.lines() {
-            let mut f = line.split_whitespace();
-            match f.next() {
-                Some("nameserver") => cfg.servers.extend(f.next().map(str::to_owned)),
-                Some("search") => cfg.searches.extend(f.map(str::to_owned)),
-                Some("options") => cfg.options.extend(f.map(str::to_owned)),
-                _ => {}
-            }
+    let host_network = spec.host_network.unwrap_or(false);
+    let mut policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+    if host_network {
+        match policy {
+            "ClusterFirstWithHostNet" => policy = "ClusterFirst",
+            "None" => {}
+            _ => return None,
+        }
+    } else if policy == "ClusterFirstWithHostNet" {
+        policy = "ClusterFirst";
+    }
+    if policy == "ClusterFirst" && ctx.cluster_dns.is_empty() {
+        policy = "Default";
+    }
+    let mut host = cri::DnsConfig::default();
+    for line in host_resolv.lines() {
+        let mut f = line.split_whitespace();
+        match f.next() {
+            Some("nameserver") => host.servers.extend(f.next().map(str::to_owned)),
+            Some("search") => host.searches = f.map(str::to_owned).collect(),
+            Some("domain") => host.searches = f.next().map(str::to_owned).into_iter().collect(),
+            Some("options") => host.options.extend(f.map(str::to_owned)),
+            _ => {}
         }
     }
+    let mut cfg = match policy {
+        "None" => cri::DnsConfig::default(),
+        "ClusterFirst" => {
+            let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+            let domain = ctx.cluster_domain.trim_end_matches('.');
+            let mut searches = vec![
+                format!("{ns}.svc.{domain}"),
+                format!("svc.{domain}"),
+                domain.to_owned(),
+            ];
+            searches.extend(host.searches);
+            cri::DnsConfig {
+                servers: ctx.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
+                searches,
+                options: vec!["ndots:5".into()],
+            }
+        }
+        _ => host,
+    };
     if let Some(d) = &spec.dns_config {
         cfg.servers.extend(d.nameservers.iter().flatten().cloned());
         cfg.searches.extend(d.searches.iter().flatten().cloned());
         for o in d.options.iter().flatten() {
             let name = o.name.clone().unwrap_or_default();
+            // A pod's option replaces the same one from the policy.
+            cfg.options
+                .retain(|existing| existing.split(':').next() != Some(name.as_str()));
             cfg.options.push(match &o.value {
                 Some(v) => format!("{name}:{v}"),
                 None => name,
             });
         }
     }
+    let mut seen = std::collections::HashSet::new();
+    cfg.searches.retain(|s| seen.insert(s.clone()));
+    cfg.searches.truncate(MAX_SEARCHES);
+    while cfg.searches.iter().map(|s| s.len() + 1).sum::<usize>() > MAX_SEARCH_CHARS {
+        cfg.searches.pop();
+    }
+    cfg.servers.truncate(MAX_NAMESERVERS);
     Some(cfg)
 }
 
@@ -182,12 +236,7 @@ pub fn sandbox_config(
         }),
         hostname,
         log_directory: log_directory(ctx, pod).to_string_lossy().into_owned(),
-        dns_config: if host_network && spec.dns_policy.as_deref() != Some("ClusterFirstWithHostNet")
-        {
-            None
-        } else {
-            dns_config(pod, host_resolv)
-        },
+        dns_config: dns_config(ctx, pod, host_resolv),
         port_mappings,
         labels: labels(pod),
         annotations: pod

@@ -385,7 +385,10 @@ impl cri::runtime_service_server::RuntimeService for CriService {
         &self,
         r: GrpcRequest<cri::UpdateRuntimeConfigRequest>,
     ) -> Res<cri::UpdateRuntimeConfigResponse> {
-        ok(runtime_info::update_runtime_config(&self.0, r.into_inner()))
+        ok(runtime_info::update_runtime_config(
+            &self.0,
+            r.into_inner(),
+        )?)
     }
     async fn status(&self, r: GrpcRequest<cri::StatusRequest>) -> Res<cri::StatusResponse> {
         ok(runtime_info::status(&self.0, r.into_inner()).await?)

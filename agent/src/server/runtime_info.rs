@@ -143,21 +143,34 @@ pub fn runtime_config(cri: &Cri) -> cri::RuntimeConfigResponse {
     }
 }
 
-/// kubelet tells the runtime the node's pod CIDR; podrun records it and reports it in
-/// the verbose status (its CNI configuration decides the addresses, as with containerd's
-/// static configs).
+/// kubelet tells the runtime the node's pod CIDR: podrun records it (the verbose status
+/// shows it) and, when the pods' network is podrun's own default, gives the network that
+/// range, as containerd does with a CNI config template. A network the operator
+/// configured keeps its own addresses. The first range of a dual-stack list is used.
 pub fn update_runtime_config(
     cri: &Cri,
     req: cri::UpdateRuntimeConfigRequest,
-) -> cri::UpdateRuntimeConfigResponse {
-    if let Some(cidr) = req
+) -> Result<cri::UpdateRuntimeConfigResponse, tonic::Status> {
+    let Some(text) = req
         .runtime_config
         .and_then(|c| c.network_config)
         .map(|n| n.pod_cidr)
         .filter(|c| !c.is_empty())
-    {
-        tracing::info!(pod_cidr = %cidr, "pod CIDR updated");
-        *cri.pod_cidr.lock().unwrap() = cidr;
+    else {
+        return Ok(cri::UpdateRuntimeConfigResponse {});
+    };
+    let first = text.split(',').next().unwrap_or_default().trim();
+    let cidr: ipnet::IpNet = first.parse().map_err(|e| {
+        tonic::Status::invalid_argument(format!(
+            "runtime_config.network_config.pod_cidr {first:?}: {e}"
+        ))
+    })?;
+    if let NetworkMode::Cni { conf_dirs, .. } = &cri.rt.config.network {
+        let ipam_dir = cri.rt.config.paths.root.join("cni/networks");
+        podrun_runtime::network::install_for_pod_cidr(conf_dirs, cidr, &ipam_dir)
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
     }
-    cri::UpdateRuntimeConfigResponse {}
+    tracing::info!(pod_cidr = %text, "pod CIDR updated");
+    *cri.pod_cidr.lock().unwrap() = text;
+    Ok(cri::UpdateRuntimeConfigResponse {})
 }

@@ -1,6 +1,6 @@
 //! What a new cluster holds before anyone writes: the system namespaces with their
-//! `default` ServiceAccounts, and the `kubernetes` Service whose endpoints are this
-//! server.
+//! `default` ServiceAccounts, the `kubernetes` Service whose endpoints are this
+//! server, and the `kube-dns` Service whose address every node's agent answers DNS on.
 
 use serde_json::{json, Value};
 use tracing::warn;
@@ -46,6 +46,20 @@ impl Api {
                       "ports": [{ "name": "https", "port": 443, "protocol": "TCP", "targetPort": port }] },
         }), &opts)
         .await?;
+        // No selector and no endpoints: the address is answered on each node by its
+        // agent, not forwarded to pods.
+        if let Some(dns) = self.config.cluster_dns_ip() {
+            self.create_if_missing("", "services", Some("kube-system"), json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": { "name": "kube-dns", "namespace": "kube-system",
+                              "labels": { "k8s-app": "kube-dns", "kubernetes.io/name": "podrun-dns",
+                                          "kubernetes.io/cluster-service": "true" } },
+                "spec": { "type": "ClusterIP", "clusterIP": dns.to_string(),
+                          "ports": [{ "name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53 },
+                                    { "name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53 }] },
+            }), &opts)
+            .await?;
+        }
         self.reconcile_kubernetes_endpoints(&opts).await
     }
 

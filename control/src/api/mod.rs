@@ -55,6 +55,12 @@ impl ApiConfig {
     pub fn kubernetes_service_ip(&self) -> Option<IpAddr> {
         self.service_cidr.hosts().next()
     }
+
+    /// The tenth address of the service CIDR: the `kube-dns` Service's ClusterIP (as
+    /// kubeadm picks it), where every node's agent answers cluster DNS.
+    pub fn cluster_dns_ip(&self) -> Option<IpAddr> {
+        self.service_cidr.hosts().nth(9)
+    }
 }
 
 /// Who is asking. None: an anonymous request.

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use super::shared::Informers;
-use super::{daemonset, deployment, leader, nodelifecycle, replicaset, scheduler};
+use super::{daemonset, deployment, leader, nodeipam, nodelifecycle, replicaset, scheduler};
 
 pub type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -23,7 +23,7 @@ pub fn identity() -> String {
 
 /// Every controller of the controller manager, each a loop that runs until dropped, and
 /// the informers they share.
-fn controllers(client: &kube::Client) -> Vec<Task> {
+fn controllers(client: &kube::Client, node_cidrs: Option<&nodeipam::CidrConfig>) -> Vec<Task> {
     let mut informers = Informers::new(client);
     let mut tasks: Vec<Task> = vec![
         replicaset::run(client.clone(), &informers),
@@ -36,6 +36,9 @@ fn controllers(client: &kube::Client) -> Vec<Task> {
         daemonset::run(client.clone(), &informers),
         super::gc::run(client.clone()),
     ];
+    if let Some(cfg) = node_cidrs {
+        tasks.push(nodeipam::run(client.clone(), &informers, cfg.clone()));
+    }
     tasks.extend(informers.run());
     tasks
 }
@@ -60,6 +63,7 @@ pub async fn run_controller_manager(
     client: kube::Client,
     identity: String,
     timing: leader::Timing,
+    node_cidrs: Option<nodeipam::CidrConfig>,
 ) {
     let c = client.clone();
     leader::run(
@@ -67,7 +71,7 @@ pub async fn run_controller_manager(
         "kube-controller-manager",
         &identity,
         timing,
-        move || all(controllers(&c)),
+        move || all(controllers(&c, node_cidrs.as_ref())),
     )
     .await
 }
@@ -83,12 +87,17 @@ pub async fn run_scheduler(client: kube::Client, identity: String, timing: leade
 
 /// `podrun controller-manager`: the controllers and the scheduler against the API server
 /// `client` reaches, each behind its Lease, until `stop` resolves.
-pub async fn run_standalone(client: kube::Client, stop: impl Future<Output = ()>) {
+pub async fn run_standalone(
+    client: kube::Client,
+    node_cidrs: Option<nodeipam::CidrConfig>,
+    stop: impl Future<Output = ()>,
+) {
     let id = identity();
     let cm = tokio::spawn(run_controller_manager(
         client.clone(),
         id.clone(),
         leader::Timing::default(),
+        node_cidrs,
     ));
     let sched = tokio::spawn(run_scheduler(client, id, leader::Timing::default()));
     stop.await;

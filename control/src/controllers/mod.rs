@@ -11,6 +11,7 @@ pub mod gc;
 pub mod leader;
 pub mod manager;
 pub mod namespace;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod podgc;
 pub mod replicaset;

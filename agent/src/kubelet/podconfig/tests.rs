@@ -9,6 +9,8 @@ fn ctx() -> NodeContext {
         cgroup_driver: "cgroupfs".into(),
         pod_logs_dir: "/var/log/pods".into(),
         memory_capacity: 4 << 30,
+        cluster_dns: Vec::new(),
+        cluster_domain: "cluster.local".into(),
     }
 }
 
@@ -221,4 +223,70 @@ fn hosts_file_has_the_pod_and_aliases() {
     let h = etc_hosts(&p, &["10.1.0.7".into()]);
     assert!(h.contains("10.1.0.7\tweb\n"), "{h}");
     assert!(h.contains("10.0.0.9\tdb\tdb.local\n"), "{h}");
+}
+
+#[test]
+fn resolv_conf_follows_the_dns_policy_as_kubelet_writes_it() {
+    let host = "nameserver 10.0.0.2\nsearch example.org lab\noptions ndots:2 rotate\n";
+    let mut c = ctx();
+    c.cluster_dns = vec!["10.96.0.10".parse().unwrap()];
+    let mut p = web();
+    // ClusterFirst: the cluster's servers, the namespace's search path then the host's,
+    // ndots:5 and none of the host's options.
+    let d = dns_config(&c, &p, host).unwrap();
+    assert_eq!(d.servers, vec!["10.96.0.10"]);
+    assert_eq!(
+        d.searches,
+        vec![
+            "shop.svc.cluster.local",
+            "svc.cluster.local",
+            "cluster.local",
+            "example.org",
+            "lab"
+        ]
+    );
+    assert_eq!(d.options, vec!["ndots:5"]);
+    // Default: the host's file.
+    p.spec.as_mut().unwrap().dns_policy = Some("Default".into());
+    let d = dns_config(&c, &p, host).unwrap();
+    assert_eq!(
+        (d.servers, d.searches, d.options),
+        (
+            vec!["10.0.0.2".to_string()],
+            vec!["example.org".to_string(), "lab".to_string()],
+            vec!["ndots:2".to_string(), "rotate".to_string()]
+        )
+    );
+    // On the host network ClusterFirst means the host's file; ClusterFirstWithHostNet
+    // means the cluster's.
+    p.spec.as_mut().unwrap().host_network = Some(true);
+    p.spec.as_mut().unwrap().dns_policy = Some("ClusterFirst".into());
+    assert!(dns_config(&c, &p, host).is_none());
+    p.spec.as_mut().unwrap().dns_policy = Some("ClusterFirstWithHostNet".into());
+    assert_eq!(
+        dns_config(&c, &p, host).unwrap().servers,
+        vec!["10.96.0.10"]
+    );
+    // None: only the pod's own dnsConfig; its options replace the policy's.
+    p.spec.as_mut().unwrap().host_network = None;
+    p.spec.as_mut().unwrap().dns_policy = Some("None".into());
+    p.spec.as_mut().unwrap().dns_config = Some(k8s_openapi::api::core::v1::PodDNSConfig {
+        nameservers: Some(vec!["1.1.1.1".into()]),
+        searches: Some(vec!["a.example".into()]),
+        options: Some(vec![k8s_openapi::api::core::v1::PodDNSConfigOption {
+            name: Some("ndots".into()),
+            value: Some("1".into()),
+        }]),
+    });
+    let d = dns_config(&c, &p, host).unwrap();
+    assert_eq!(d.servers, vec!["1.1.1.1"]);
+    assert_eq!(d.searches, vec!["a.example"]);
+    assert_eq!(d.options, vec!["ndots:1"]);
+    p.spec.as_mut().unwrap().dns_policy = Some("ClusterFirst".into());
+    let d = dns_config(&c, &p, host).unwrap();
+    assert_eq!(d.servers, vec!["10.96.0.10", "1.1.1.1"]);
+    assert_eq!(d.options, vec!["ndots:1"]);
+    // No cluster DNS configured: ClusterFirst falls back to the host's.
+    c.cluster_dns.clear();
+    assert_eq!(dns_config(&c, &p, host).unwrap().servers[0], "10.0.0.2");
 }
