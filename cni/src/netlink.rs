@@ -456,6 +456,23 @@ impl Netlink {
         }
     }
 
+    /// Removes an address; one already gone is fine.
+    pub fn delete_address(&mut self, index: u32, address: IpNet) -> Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = family_of(address.addr());
+        msg.header.prefix_len = address.prefix_len();
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(address.addr()));
+        match self.request(
+            "delete address",
+            RouteNetlinkMessage::DelAddress(msg),
+            NLM_F_ACK,
+        ) {
+            Err(e) if e.is_not_found() || e.errno() == Some(libc::EADDRNOTAVAIL) => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
     // ---- routes ----
 
     pub fn routes(&mut self, v6: bool) -> Result<Vec<RouteEntry>> {

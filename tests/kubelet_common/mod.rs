@@ -211,24 +211,33 @@ pub struct Cluster {
     pub token: String,
     /// The sandbox image of containerd nodes.
     pause: Option<String>,
+    /// The nodes' pods are on the cluster network (podrun's own bridge `podrun0` in each
+    /// node's namespace, addresses from the node's pod CIDR).
+    cluster_net: bool,
 }
 
 impl Cluster {
     /// A server and `names.len()` joined nodes, all Ready; None when kubectl is missing
     /// (after cannot_run).
     pub fn start(test: &str, names: &[&str]) -> Option<Cluster> {
-        Self::start_full(test, names, Runtime::Podrun, &[])
+        Self::start_full(test, names, Runtime::Podrun, &[], false)
+    }
+
+    /// As [`Cluster::start`], with the nodes' pods on the cluster network: podrun's own
+    /// CNI network in each node's pod CIDR, routes between nodes, Services and DNS.
+    pub fn start_network(test: &str, names: &[&str], agent_args: &[&str]) -> Option<Cluster> {
+        Self::start_full(test, names, Runtime::Podrun, agent_args, true)
     }
 
     /// As [`Cluster::start`], with more `podrun agent` flags for every node.
     pub fn start_with_args(test: &str, names: &[&str], agent_args: &[&str]) -> Option<Cluster> {
-        Self::start_full(test, names, Runtime::Podrun, agent_args)
+        Self::start_full(test, names, Runtime::Podrun, agent_args, false)
     }
 
     /// As [`Cluster::start`], with the nodes' pods run by `runtime`; None (after
     /// cannot_run) when it is not installed here.
     pub fn start_with(test: &str, names: &[&str], runtime: Runtime) -> Option<Cluster> {
-        Self::start_full(test, names, runtime, &[])
+        Self::start_full(test, names, runtime, &[], false)
     }
 
     fn start_full(
@@ -236,6 +245,7 @@ impl Cluster {
         names: &[&str],
         runtime: Runtime,
         agent_args: &[&str],
+        cluster_net: bool,
     ) -> Option<Cluster> {
         let k = kubectls(test)?.pop()?;
         if !common::is_root() {
@@ -297,6 +307,7 @@ impl Cluster {
             prefix,
             token,
             pause,
+            cluster_net,
         };
         for (i, name) in names.iter().enumerate() {
             cluster.add_node(name, i as u32, agent_args);
@@ -327,7 +338,25 @@ impl Cluster {
         must(&["ip", "-n", &netns, "link", "set", "eth0", "up"]);
         must(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
         let mut env = Env::new(&[]);
-        let net = common::test_network(&mut env, "pk", 203);
+        let net = if self.cluster_net {
+            let conf_dir = env.dir.path().join("net.d");
+            std::fs::create_dir_all(&conf_dir).unwrap();
+            env.cni_args = vec![
+                "--network".into(),
+                "cni".into(),
+                "--cni-conf-dir".into(),
+                conf_dir.to_string_lossy().into_owned(),
+                "--cni-bin-dir".into(),
+                common::cni_plugin_dir().to_string_lossy().into_owned(),
+            ];
+            TestNet {
+                bridge: "podrun0".into(),
+                subnet_prefix: String::new(),
+                ipam_dir: env.root.join("cni/networks"),
+            }
+        } else {
+            common::test_network(&mut env, "pk", 203)
+        };
         // docker.io is mirrored by the test's registry, as a node offline would have it.
         let mirror = env.hosts_dir().join("docker.io");
         std::fs::create_dir_all(&mirror).unwrap();
@@ -533,7 +562,10 @@ impl Cluster {
             if let Some(c) = &mut n.containerd {
                 c.teardown();
             }
-            n.net.remove();
+            // A cluster network's bridge is inside the node's namespace and goes with it.
+            if !self.cluster_net {
+                n.net.remove();
+            }
             let _ = sh(&["ip", "netns", "del", &n.netns]);
             // The kubelet's QoS cgroups go with the instance's cgroup root.
             for h in std::fs::read_dir("/sys/fs/cgroup")

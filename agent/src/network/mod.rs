@@ -4,8 +4,9 @@
 //! network takes it), each other node's range is routed through that node's address,
 //! and pod traffic that leaves the cluster CIDR is masqueraded. Routes are reconciled
 //! from the Node watch and carry podrun's own route protocol number, so podrun finds
-//! and removes exactly its own. The cluster DNS address is put on a dummy link, so pods
-//! reach this node's DNS server at the `kube-dns` Service address.
+//! and removes exactly its own. The cluster DNS address is put on a dummy link (on
+//! loopback where the kernel has no dummy driver), so pods reach this node's DNS server
+//! at the `kube-dns` Service address.
 
 pub mod routes;
 
@@ -113,18 +114,21 @@ fn sysctl(path: &str, value: &str) -> Result<(), NetworkError> {
     })
 }
 
-/// Puts `ip` on the dummy link [`DNS_LINK`], made when missing.
-pub fn dns_address(ip: IpAddr) -> Result<(), NetworkError> {
+/// Puts `ip` on the dummy link [`DNS_LINK`], made when missing, or on loopback when
+/// the kernel cannot make one. Returns the link's name.
+pub fn dns_address(ip: IpAddr) -> Result<&'static str, NetworkError> {
     let mut nl = podrun_cni::netlink::Netlink::open()?;
+    let mut name = DNS_LINK;
     let link = match nl.link_by_name(DNS_LINK)? {
         Some(l) => l,
         None => {
             match nl.create_dummy(DNS_LINK) {
+                Err(e) if e.errno() == Some(libc::EOPNOTSUPP) => name = "lo",
                 Err(e) if !e.is_exists() => return Err(e.into()),
                 _ => {}
             }
-            nl.link_by_name(DNS_LINK)?
-                .ok_or_else(|| NetworkError::Runtime(format!("{DNS_LINK} vanished")))?
+            nl.link_by_name(name)?
+                .ok_or_else(|| NetworkError::Runtime(format!("{name} vanished")))?
         }
     };
     let host = IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("full prefix");
@@ -139,7 +143,7 @@ pub fn dns_address(ip: IpAddr) -> Result<(), NetworkError> {
         }
     }
     nl.set_up(link.index)?;
-    Ok(())
+    Ok(name)
 }
 
 /// The node's own range: applied to the runtime, and its masquerade rule. Done each
@@ -178,7 +182,7 @@ pub async fn run(
 ) {
     if let Some(ip) = cfg.cluster_dns {
         match tokio::task::spawn_blocking(move || dns_address(ip)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(link)) => info!(address = %ip, link, "cluster DNS address"),
             Ok(Err(e)) => warn!(error = %e, "cluster DNS address"),
             Err(e) => warn!(error = %e, "cluster DNS address"),
         }
@@ -270,11 +274,15 @@ pub async fn run(
 
 /// Removes what [`run`] installed on this node: routes, the masquerade table and the
 /// DNS link (`podrun agent` leaving the cluster).
-pub fn cleanup() -> Result<(), NetworkError> {
+pub fn cleanup(dns: Option<IpAddr>) -> Result<(), NetworkError> {
     let mut nl = podrun_cni::netlink::Netlink::open()?;
     reconcile(&mut nl, &BTreeMap::new())?;
     if let Some(l) = nl.link_by_name(DNS_LINK)? {
         nl.delete_link(l.index)?;
+    }
+    if let (Some(ip), Some(lo)) = (dns, nl.link_by_name("lo")?) {
+        let host = IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("full prefix");
+        nl.delete_address(lo.index, host)?;
     }
     let _ = nft(&format!(
         "table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n"
