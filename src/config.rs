@@ -38,6 +38,7 @@ const KEYS: &[(&str, &str)] = &[
     ("eviction_hard", "PODRUN_EVICTION_HARD"),
     ("cluster_network", "PODRUN_CLUSTER_NETWORK"),
     ("cluster_cidr", "PODRUN_CLUSTER_CIDR"),
+    ("network_backend", "PODRUN_NETWORK_BACKEND"),
     ("cluster_dns", "PODRUN_CLUSTER_DNS"),
     ("cluster_domain", "PODRUN_CLUSTER_DOMAIN"),
 ];

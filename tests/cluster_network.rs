@@ -36,14 +36,14 @@ fn web_pod(name: &str, node: &str) -> String {
 }
 
 /// An HTTP GET from inside pod `from` (busybox nc): the whole response, trimmed.
-fn http_get(c: &Cluster, from: &str, host: &str, port: u16) -> String {
+fn http_get(c: &Cluster, from: &str, host: &str) -> String {
     let out = c.kubectl(&[
         "exec",
         from,
         "--",
         "sh",
         "-c",
-        &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {host} {port}"),
+        &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {host} 80"),
     ]);
     String::from_utf8_lossy(&out.stdout)
         .trim()
@@ -204,7 +204,7 @@ fn pods_reach_pods_on_other_nodes_by_ip() {
         "{ip3} in {}",
         cidrs["w3-k8s"]
     );
-    let fetch = |c: &Cluster, from: &str, ip: &str| -> String { http_get(c, from, ip, 80) };
+    let fetch = |c: &Cluster, from: &str, ip: &str| -> String { http_get(c, from, ip) };
     wait_until_or(
         SLOW,
         || format!("web1 -> web3\n{}", diagnose(&c, &[&ip1, &ip3])),
@@ -224,5 +224,89 @@ fn pods_reach_pods_on_other_nodes_by_ip() {
             (!podrun_routes(&mut c, me).contains_key(&cidrs["w3-k8s"])).then_some(())
         });
     }
+    c.finish();
+}
+
+#[test]
+fn pods_reach_pods_on_other_nodes_over_vxlan() {
+    let names = ["v1-k8s", "v2-k8s"];
+    let Some(mut c) = Cluster::start_network(
+        "pods_reach_pods_on_other_nodes_over_vxlan",
+        &names,
+        &["--network-backend", "vxlan"],
+    ) else {
+        return;
+    };
+    let cidr = |c: &Cluster, n: &str| c.ok(&["get", "node", n, "-o", "jsonpath={.spec.podCIDR}"]);
+    let (cidr1, cidr2) = (cidr(&c, "v1-k8s"), cidr(&c, "v2-k8s"));
+    // Each node publishes its tunnel link's MAC; the other routes its range through the
+    // tunnel.
+    for (me, other, other_cidr) in [("v1-k8s", "v2-k8s", &cidr2), ("v2-k8s", "v1-k8s", &cidr1)] {
+        let mac = wait_until(&format!("{other}'s tunnel MAC"), SLOW, || {
+            let m = c.ok(&[
+                "get",
+                "node",
+                other,
+                "-o",
+                "jsonpath={.metadata.annotations.podrun\\.io/vtep-mac}",
+            ]);
+            (!m.is_empty()).then_some(m)
+        });
+        let vtep = other_cidr.trim_end_matches("/24").to_owned();
+        wait_until(&format!("{me}'s tunnel route to {other}"), SLOW, || {
+            let out = c.node(me).exec(&["ip", "route", "show", "proto", "152"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains(&format!("{other_cidr} via {vtep} dev podrun.1 onlink"))
+                .then_some(())
+        });
+        let fdb = c
+            .node(me)
+            .exec(&["bridge", "fdb", "show", "dev", "podrun.1"]);
+        let fdb = String::from_utf8_lossy(&fdb.stdout).into_owned();
+        let other_ip = c.nodes.iter().find(|n| n.name == other).unwrap().ip.clone();
+        assert!(
+            fdb.contains(&format!("{mac} dst {other_ip}")),
+            "{me}: {fdb}"
+        );
+    }
+    apply(&c, &web_pod("web1", "v1-k8s"));
+    apply(&c, &web_pod("web2", "v2-k8s"));
+    let ip1 = running_ip(&c, "web1");
+    let ip2 = running_ip(&c, "web2");
+    wait_until_or(
+        SLOW,
+        || format!("web1 -> web2\n{}", diagnose(&c, &[&ip1, &ip2])),
+        || http_get(&c, "web1", &ip2).ends_with("\nweb2").then_some(()),
+    );
+    wait_until_or(
+        SLOW,
+        || format!("web2 -> web1\n{}", diagnose(&c, &[&ip1, &ip2])),
+        || http_get(&c, "web2", &ip1).ends_with("\nweb1").then_some(()),
+    );
+    // The other node leaves: its route, neighbour and forwarding entries go.
+    c.ok(&["delete", "pod", "web2", "--wait=true"]);
+    c.node("v2-k8s").stop();
+    c.ok(&["delete", "node", "v2-k8s"]);
+    let left = |c: &Cluster| -> String {
+        let n = c.nodes.iter().find(|n| n.name == "v1-k8s").unwrap();
+        [
+            &["ip", "route", "show", "proto", "152"][..],
+            &["ip", "neigh", "show", "dev", "podrun.1", "nud", "permanent"],
+            &["bridge", "fdb", "show", "dev", "podrun.1"],
+        ]
+        .iter()
+        .map(|cmd| String::from_utf8_lossy(&n.exec(cmd).stdout).into_owned())
+        .collect::<Vec<_>>()
+        .concat()
+    };
+    wait_until_or(
+        SLOW,
+        || format!("v1 forgets v2; left:\n{}", left(&c)),
+        || {
+            let l = left(&c);
+            // The link's own address entry is not a peer's.
+            (!l.contains(" dst ") && !l.contains(" via ") && !l.contains("PERMANENT")).then_some(())
+        },
+    );
     c.finish();
 }

@@ -614,6 +614,202 @@ impl Netlink {
     }
 }
 
+/// A neighbour (ARP/NDP) or forwarding-database entry of a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbour {
+    /// The IP address (neighbours) or the remote endpoint (fdb entries).
+    pub ip: Option<IpAddr>,
+    pub mac: String,
+    pub permanent: bool,
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<Vec<u8>> {
+    let bytes: Vec<u8> = s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).ok())
+        .collect::<Option<_>>()?;
+    (bytes.len() == 6).then_some(bytes)
+}
+
+impl Netlink {
+    /// Creates a VXLAN link with id `vni` on UDP `port`, its tunnels leaving from `local`
+    /// (out of `parent` when given), with learning off: its forwarding entries are all
+    /// programmed. EEXIST is reported so the caller can decide.
+    pub fn create_vxlan(
+        &mut self,
+        name: &str,
+        vni: u32,
+        local: IpAddr,
+        port: u16,
+        parent: Option<u32>,
+        mtu: Option<u32>,
+    ) -> Result<()> {
+        use netlink_packet_route::link::{InfoData, InfoVxlan};
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        if let Some(mtu) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        let mut data = vec![
+            InfoVxlan::Id(vni),
+            InfoVxlan::Port(port),
+            InfoVxlan::Learning(false),
+        ];
+        match local {
+            IpAddr::V4(a) => data.push(InfoVxlan::Local(a)),
+            IpAddr::V6(a) => data.push(InfoVxlan::Local6(a)),
+        }
+        if let Some(p) = parent {
+            data.push(InfoVxlan::Link(p));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(data)),
+        ]));
+        self.request(
+            "create vxlan link",
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        Ok(())
+    }
+
+    fn neighbour_message(
+        family: AddressFamily,
+        index: u32,
+        ip: Option<IpAddr>,
+        mac: Option<&[u8]>,
+    ) -> netlink_packet_route::neighbour::NeighbourMessage {
+        use netlink_packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+        };
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = family;
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Permanent;
+        if family == AddressFamily::Bridge {
+            msg.header.flags = NeighbourFlags::Own;
+        }
+        if let Some(mac) = mac {
+            msg.attributes
+                .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        }
+        if let Some(ip) = ip {
+            msg.attributes
+                .push(NeighbourAttribute::Destination(match ip {
+                    IpAddr::V4(a) => NeighbourAddress::Inet(a),
+                    IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+                }));
+        }
+        msg
+    }
+
+    /// A permanent neighbour entry: `ip` is at `mac` on the link.
+    pub fn replace_neighbour(&mut self, index: u32, ip: IpAddr, mac: &[u8]) -> Result<()> {
+        let msg = Self::neighbour_message(family_of(ip), index, Some(ip), Some(mac));
+        self.request(
+            "replace neighbour",
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(|_| ())
+    }
+
+    pub fn delete_neighbour(&mut self, index: u32, ip: IpAddr) -> Result<()> {
+        let msg = Self::neighbour_message(family_of(ip), index, Some(ip), None);
+        match self.request(
+            "delete neighbour",
+            RouteNetlinkMessage::DelNeighbour(msg),
+            NLM_F_ACK,
+        ) {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// A forwarding entry of a VXLAN link: frames for `mac` go to the tunnel endpoint
+    /// `dst`.
+    pub fn replace_fdb(&mut self, index: u32, mac: &[u8], dst: IpAddr) -> Result<()> {
+        let msg = Self::neighbour_message(AddressFamily::Bridge, index, Some(dst), Some(mac));
+        self.request(
+            "replace fdb entry",
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(|_| ())
+    }
+
+    pub fn delete_fdb(&mut self, index: u32, mac: &[u8], dst: IpAddr) -> Result<()> {
+        let msg = Self::neighbour_message(AddressFamily::Bridge, index, Some(dst), Some(mac));
+        match self.request(
+            "delete fdb entry",
+            RouteNetlinkMessage::DelNeighbour(msg),
+            NLM_F_ACK,
+        ) {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// The neighbour (`bridge` false) or forwarding (`bridge` true) entries of a link.
+    pub fn neighbours(&mut self, index: u32, bridge: bool) -> Result<Vec<Neighbour>> {
+        use netlink_packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+        };
+        let mut req = NeighbourMessage::default();
+        req.header.family = if bridge {
+            AddressFamily::Bridge
+        } else {
+            AddressFamily::Unspec
+        };
+        let replies = self.request(
+            "list neighbours",
+            RouteNetlinkMessage::GetNeighbour(req),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for m in replies {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                continue;
+            };
+            if n.header.ifindex != index {
+                continue;
+            }
+            if bridge != (n.header.family == AddressFamily::Bridge) {
+                continue;
+            }
+            let mut e = Neighbour {
+                ip: None,
+                mac: String::new(),
+                permanent: n.header.state == NeighbourState::Permanent,
+            };
+            for a in &n.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                        e.ip = Some(IpAddr::V4(*v4))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                        e.ip = Some(IpAddr::V6(*v6))
+                    }
+                    // Forwarding entries' tunnel endpoints come undecoded.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                        e.ip = match b.len() {
+                            4 => <[u8; 4]>::try_from(&b[..]).ok().map(IpAddr::from),
+                            16 => <[u8; 16]>::try_from(&b[..]).ok().map(IpAddr::from),
+                            _ => None,
+                        }
+                    }
+                    NeighbourAttribute::LinkLayerAddress(mac) => e.mac = format_mac(mac),
+                    _ => {}
+                }
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+}
+
 fn route_message(dst: IpNet, protocol: u8) -> RouteMessage {
     let mut msg = RouteMessage::default();
     msg.header.address_family = family_of(dst.addr());

@@ -79,6 +79,15 @@ pub struct KubeletArgs {
     /// leaving it is masqueraded.
     #[arg(long, env = "PODRUN_CLUSTER_CIDR", default_value = "172.16.0.0/16")]
     cluster_cidr: ipnet::IpNet,
+    /// How pod traffic crosses between nodes: host-gw (routes through the nodes'
+    /// addresses; nodes share a link) or vxlan (a tunnel; nodes need only reach each other).
+    #[arg(
+        long,
+        alias = "backend",
+        env = "PODRUN_NETWORK_BACKEND",
+        default_value = "host-gw"
+    )]
+    network_backend: podrun_agent::network::Backend,
     /// The cluster DNS servers written to pods' resolv.conf (comma-separated); this
     /// node's agent answers on the first.
     #[arg(
@@ -179,6 +188,7 @@ fn kubelet_config(cli: &Cli, socket: &Path, a: &KubeletArgs) -> Result<Option<Ku
         eviction_hard: podrun_agent::kubelet::eviction::parse(&a.eviction_hard)
             .map_err(anyhow::Error::msg)?,
         cluster_network: a.cluster_network.then_some(a.cluster_cidr),
+        network_backend: a.network_backend,
         cluster_dns: a.cluster_dns.clone(),
         cluster_domain: a.cluster_domain.trim_end_matches('.').to_owned(),
     }))

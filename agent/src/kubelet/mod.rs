@@ -74,6 +74,8 @@ pub struct KubeletConfig {
     /// The cluster CIDR when this node runs its part of the cluster network (pod CIDR,
     /// routes, Services, DNS); None leaves the network to others.
     pub cluster_network: Option<ipnet::IpNet>,
+    /// How pod traffic crosses between nodes.
+    pub network_backend: crate::network::Backend,
     /// kubelet's --cluster-dns and --cluster-domain.
     pub cluster_dns: Vec<IpAddr>,
     pub cluster_domain: String,
@@ -219,6 +221,8 @@ pub async fn run(
             client.clone(),
             crate::network::ClusterNetConfig {
                 node_name: cfg.node_name.clone(),
+                node_ip,
+                backend: cfg.network_backend,
                 cluster_cidr,
                 cluster_dns: cfg.cluster_dns.first().copied(),
             },

@@ -1,4 +1,4 @@
-//! The cluster's pod network on this node, as flannel's host-gw backend builds it: the
+//! The cluster's pod network on this node, as flannel's host-gw and vxlan backends build it: the
 //! node's own pod range (its Node's `spec.podCIDR`, given by the control plane's node
 //! IPAM) goes to the container runtime (CRI UpdateRuntimeConfig, so podrun's bridge
 //! network takes it), each other node's range is routed through that node's address,
@@ -9,6 +9,7 @@
 //! at the `kube-dns` Service address.
 
 pub mod routes;
+pub mod vxlan;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -24,7 +25,36 @@ use tracing::{info, warn};
 
 use crate::kubelet::cri::CriClient;
 
-pub use routes::{desired_routes, reconcile, RouteTable, ROUTE_PROTOCOL};
+pub use routes::{desired_routes, reconcile, Hop, RouteTable, ROUTE_PROTOCOL};
+
+/// How pod traffic crosses to other nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Routes through the other nodes' addresses: nodes share a link.
+    HostGw,
+    /// A VXLAN tunnel between the nodes' addresses: they need only reach each other.
+    Vxlan,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "host-gw" => Ok(Backend::HostGw),
+            "vxlan" => Ok(Backend::Vxlan),
+            other => Err(format!("unknown backend {other:?} (host-gw, vxlan)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::HostGw => "host-gw",
+            Backend::Vxlan => "vxlan",
+        })
+    }
+}
 
 /// The nftables table of the node's masquerade rule.
 pub const NFT_TABLE: &str = "podrun-cluster";
@@ -34,6 +64,8 @@ pub const DNS_LINK: &str = "podrun-dns";
 #[derive(Clone, Debug)]
 pub struct ClusterNetConfig {
     pub node_name: String,
+    pub node_ip: IpAddr,
+    pub backend: Backend,
     pub cluster_cidr: IpNet,
     /// The cluster DNS address to answer on (None: no cluster DNS on this node).
     pub cluster_dns: Option<IpAddr>,
@@ -170,6 +202,9 @@ async fn apply_own(cri: &CriClient, cidr: IpNet, cluster_cidr: IpNet) -> Result<
     .map_err(|e| NetworkError::Runtime(e.to_string()))?
 }
 
+/// The routes and tunnel peers last programmed.
+type RouteState = (BTreeMap<IpNet, Hop>, Option<(u32, Vec<vxlan::Peer>)>);
+
 /// Runs the node's part of the cluster network until `shutdown`. `ready` is set to the
 /// node's pod range once the runtime has it, so pods are started in it. Routes and
 /// rules stay when the agent stops: the pods keep running and keep their network.
@@ -188,13 +223,15 @@ pub async fn run(
         }
     }
     let api: Api<Node> = Api::all(client);
+    let mut stream_api = Some(api.clone());
     let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
-    let mut stream = watcher::watcher(api, watcher::Config::default())
+    let mut stream = watcher::watcher(stream_api.take().expect("once"), watcher::Config::default())
         .default_backoff()
         .boxed();
     let mut init: Option<BTreeMap<String, Node>> = None;
     let mut applied: Option<IpNet> = None;
-    let mut last_routes: Option<BTreeMap<IpNet, IpAddr>> = None;
+    let mut last_routes: Option<RouteState> = None;
+    let mut tunnel: Option<u32> = None;
     let mut resync = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
@@ -239,23 +276,78 @@ pub async fn run(
             if applied != Some(cidr) {
                 match apply_own(&cri, cidr, cfg.cluster_cidr).await {
                     Ok(()) => {
-                        info!(node = %cfg.node_name, pod_cidr = %cidr, cluster_cidr = %cfg.cluster_cidr, backend = "host-gw", "cluster network: this node's pods get addresses from its pod CIDR");
+                        info!(node = %cfg.node_name, pod_cidr = %cidr, cluster_cidr = %cfg.cluster_cidr, backend = %cfg.backend, "cluster network: this node's pods get addresses from its pod CIDR");
                         applied = Some(cidr);
+                        tunnel = None;
                         let _ = ready.send(Some(cidr));
                     }
                     Err(e) => warn!(pod_cidr = %cidr, error = %e, "applying the node's pod CIDR"),
                 }
             }
         }
+        // The tunnel link, and its MAC published for the other nodes.
+        if let (Backend::Vxlan, Some(own), None) = (cfg.backend, applied, tunnel) {
+            let node_ip = cfg.node_ip;
+            match tokio::task::spawn_blocking(move || {
+                let mut nl = podrun_cni::netlink::Netlink::open()?;
+                vxlan::ensure_link(&mut nl, node_ip, own)
+            })
+            .await
+            {
+                Ok(Ok((index, mac))) => {
+                    tunnel = Some(index);
+                    let published = nodes
+                        .get(&cfg.node_name)
+                        .and_then(|n| n.metadata.annotations.as_ref())
+                        .and_then(|a| a.get(vxlan::MAC_ANNOTATION))
+                        .cloned();
+                    if published.as_deref() != Some(mac.as_str()) {
+                        let body = serde_json::json!({
+                            "metadata": { "annotations": { vxlan::MAC_ANNOTATION: mac } }
+                        });
+                        if let Err(e) = api
+                            .patch(
+                                &cfg.node_name,
+                                &kube::api::PatchParams::default(),
+                                &kube::api::Patch::Merge(&body),
+                            )
+                            .await
+                        {
+                            warn!(error = %e, "publishing the tunnel link's MAC");
+                            tunnel = None;
+                        }
+                    }
+                }
+                Ok(Err(e)) => warn!(error = %e, "vxlan link"),
+                Err(e) => warn!(error = %e, "vxlan link"),
+            }
+        }
         // Routes to the other nodes' ranges.
         let list: Vec<Node> = nodes.values().cloned().collect();
-        let want = desired_routes(&list, &cfg.node_name, applied);
-        if last_routes.as_ref() == Some(&want) {
+        let (want, peers) = match (cfg.backend, tunnel) {
+            (Backend::HostGw, _) => (
+                desired_routes(&list, &cfg.node_name, applied)
+                    .into_iter()
+                    .map(|(cidr, via)| (cidr, Hop { via, oif: None }))
+                    .collect(),
+                None,
+            ),
+            (Backend::Vxlan, Some(index)) => {
+                let peers = vxlan::peers(&list, &cfg.node_name, applied);
+                (vxlan::routes(&peers, index), Some((index, peers)))
+            }
+            (Backend::Vxlan, None) => continue,
+        };
+        let key = (want.clone(), peers.clone());
+        if last_routes.as_ref() == Some(&key) {
             continue;
         }
         let w = want.clone();
         let res = tokio::task::spawn_blocking(move || {
             let mut nl = podrun_cni::netlink::Netlink::open()?;
+            if let Some((index, peers)) = &peers {
+                vxlan::reconcile_entries(&mut nl, *index, peers)?;
+            }
             reconcile(&mut nl, &w)
         })
         .await;
@@ -264,7 +356,7 @@ pub async fn run(
                 for c in &changes {
                     info!(change = %c, "cluster network route");
                 }
-                last_routes = Some(want);
+                last_routes = Some(key);
             }
             Ok(Err(e)) => warn!(error = %e, "cluster network routes"),
             Err(e) => warn!(error = %e, "cluster network routes"),
@@ -277,6 +369,7 @@ pub async fn run(
 pub fn cleanup(dns: Option<IpAddr>) -> Result<(), NetworkError> {
     let mut nl = podrun_cni::netlink::Netlink::open()?;
     reconcile(&mut nl, &BTreeMap::new())?;
+    vxlan::remove_link(&mut nl)?;
     if let Some(l) = nl.link_by_name(DNS_LINK)? {
         nl.delete_link(l.index)?;
     }

@@ -14,30 +14,50 @@ use podrun_cni::netlink::{Netlink, NetlinkError};
 /// rtnetlink and routing daemons use.
 pub const ROUTE_PROTOCOL: u8 = 152;
 
+/// Where a node's pod range is reached: through `via`, and with VXLAN out of the
+/// tunnel link `oif` (the gateway being the remote tunnel endpoint, on-link).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hop {
+    pub via: IpAddr,
+    pub oif: Option<u32>,
+}
+
+impl std::fmt::Display for Hop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.oif {
+            Some(i) => write!(f, "via {} dev #{i} onlink", self.via),
+            None => write!(f, "via {}", self.via),
+        }
+    }
+}
+
+/// A route of podrun's as the table holds it: destination, gateway, output link.
+pub type Installed = (IpNet, Option<IpAddr>, Option<u32>);
+
 /// The main table as the reconciler sees it; the real one is netlink.
 pub trait RouteTable {
-    /// podrun's routes: destination and gateway.
-    fn ours(&mut self) -> Result<Vec<(IpNet, Option<IpAddr>)>, NetlinkError>;
-    fn replace(&mut self, dst: IpNet, via: IpAddr) -> Result<(), NetlinkError>;
+    /// podrun's routes: destination, gateway, output link.
+    fn ours(&mut self) -> Result<Vec<Installed>, NetlinkError>;
+    fn replace(&mut self, dst: IpNet, hop: Hop) -> Result<(), NetlinkError>;
     fn delete(&mut self, dst: IpNet) -> Result<(), NetlinkError>;
 }
 
 impl RouteTable for Netlink {
-    fn ours(&mut self) -> Result<Vec<(IpNet, Option<IpAddr>)>, NetlinkError> {
+    fn ours(&mut self) -> Result<Vec<Installed>, NetlinkError> {
         let mut out = Vec::new();
         for v6 in [false, true] {
             out.extend(
                 self.routes(v6)?
                     .into_iter()
                     .filter(|r| r.protocol == ROUTE_PROTOCOL)
-                    .map(|r| (r.dst, r.gateway)),
+                    .map(|r| (r.dst, r.gateway, r.oif)),
             );
         }
         Ok(out)
     }
 
-    fn replace(&mut self, dst: IpNet, via: IpAddr) -> Result<(), NetlinkError> {
-        self.replace_route(dst, via, None, ROUTE_PROTOCOL, false)
+    fn replace(&mut self, dst: IpNet, hop: Hop) -> Result<(), NetlinkError> {
+        self.replace_route(dst, hop.via, hop.oif, ROUTE_PROTOCOL, hop.oif.is_some())
     }
 
     fn delete(&mut self, dst: IpNet) -> Result<(), NetlinkError> {
@@ -58,7 +78,19 @@ pub fn node_address(node: &Node) -> Option<IpAddr> {
 /// Each other node's pod range through that node's address. A range overlapping this
 /// node's own (`own`) is never routed away.
 pub fn desired_routes(nodes: &[Node], me: &str, own: Option<IpNet>) -> BTreeMap<IpNet, IpAddr> {
-    let mut out = BTreeMap::new();
+    other_nodes(nodes, me, own)
+        .into_iter()
+        .map(|(_, cidr, ip)| (cidr, ip))
+        .collect()
+}
+
+/// The other nodes with a pod range (not overlapping `own`) and an address.
+pub fn other_nodes<'a>(
+    nodes: &'a [Node],
+    me: &str,
+    own: Option<IpNet>,
+) -> Vec<(&'a Node, IpNet, IpAddr)> {
+    let mut out = Vec::new();
     for n in nodes {
         if n.metadata.name.as_deref() == Some(me) {
             continue;
@@ -69,7 +101,7 @@ pub fn desired_routes(nodes: &[Node], me: &str, own: Option<IpNet>) -> BTreeMap<
         if own.is_some_and(|o| o.contains(&cidr.network()) || cidr.contains(&o.network())) {
             continue;
         }
-        out.insert(cidr.trunc(), ip);
+        out.push((n, cidr.trunc(), ip));
     }
     out
 }
@@ -78,23 +110,24 @@ pub fn desired_routes(nodes: &[Node], me: &str, own: Option<IpNet>) -> BTreeMap<
 /// Returns what changed, for the log.
 pub fn reconcile(
     table: &mut impl RouteTable,
-    want: &BTreeMap<IpNet, IpAddr>,
+    want: &BTreeMap<IpNet, Hop>,
 ) -> Result<Vec<String>, NetlinkError> {
     let have = table.ours()?;
     let mut changes = Vec::new();
-    for (dst, via) in &have {
+    for (dst, via, _) in &have {
         if !want.contains_key(dst) {
             table.delete(*dst)?;
             changes.push(format!("deleted {dst} via {}", fmt_via(via)));
         }
     }
-    for (dst, via) in want {
-        if !have
-            .iter()
-            .any(|(d, v)| d == dst && v.as_ref() == Some(via))
-        {
-            table.replace(*dst, *via)?;
-            changes.push(format!("{dst} via {via}"));
+    for (dst, hop) in want {
+        // Without a link asked for, the kernel picks the one the gateway is on.
+        let same = |(d, v, o): &Installed| {
+            d == dst && *v == Some(hop.via) && (hop.oif.is_none() || *o == hop.oif)
+        };
+        if !have.iter().any(same) {
+            table.replace(*dst, *hop)?;
+            changes.push(format!("{dst} {hop}"));
         }
     }
     Ok(changes)
@@ -111,17 +144,22 @@ mod tests {
 
     #[derive(Default)]
     struct Fake {
-        routes: BTreeMap<IpNet, IpAddr>,
+        routes: BTreeMap<IpNet, Hop>,
         calls: Vec<String>,
     }
 
     impl RouteTable for Fake {
-        fn ours(&mut self) -> Result<Vec<(IpNet, Option<IpAddr>)>, NetlinkError> {
-            Ok(self.routes.iter().map(|(d, v)| (*d, Some(*v))).collect())
+        fn ours(&mut self) -> Result<Vec<Installed>, NetlinkError> {
+            // The kernel reports the link it picked.
+            Ok(self
+                .routes
+                .iter()
+                .map(|(d, h)| (*d, Some(h.via), Some(h.oif.unwrap_or(2))))
+                .collect())
         }
-        fn replace(&mut self, dst: IpNet, via: IpAddr) -> Result<(), NetlinkError> {
-            self.calls.push(format!("replace {dst} {via}"));
-            self.routes.insert(dst, via);
+        fn replace(&mut self, dst: IpNet, hop: Hop) -> Result<(), NetlinkError> {
+            self.calls.push(format!("replace {dst} {hop}"));
+            self.routes.insert(dst, hop);
             Ok(())
         }
         fn delete(&mut self, dst: IpNet) -> Result<(), NetlinkError> {
@@ -180,9 +218,13 @@ mod tests {
     #[test]
     fn reconcile_adds_moves_and_removes_only_what_differs() {
         let mut t = Fake::default();
+        let hop = |ip: &str| Hop {
+            via: ip.parse().unwrap(),
+            oif: None,
+        };
         let mut want = BTreeMap::from([
-            (net("172.16.2.0/24"), "10.0.0.12".parse().unwrap()),
-            (net("172.16.3.0/24"), "10.0.0.13".parse().unwrap()),
+            (net("172.16.2.0/24"), hop("10.0.0.12")),
+            (net("172.16.3.0/24"), hop("10.0.0.13")),
         ]);
         assert_eq!(reconcile(&mut t, &want).unwrap().len(), 2);
         t.calls.clear();
@@ -190,13 +232,29 @@ mod tests {
         assert!(reconcile(&mut t, &want).unwrap().is_empty());
         assert!(t.calls.is_empty());
         // A node moved and one left.
-        want.insert(net("172.16.2.0/24"), "10.0.0.22".parse().unwrap());
+        want.insert(net("172.16.2.0/24"), hop("10.0.0.22"));
         want.remove(&net("172.16.3.0/24"));
         reconcile(&mut t, &want).unwrap();
         assert_eq!(
             t.calls,
-            vec!["delete 172.16.3.0/24", "replace 172.16.2.0/24 10.0.0.22"]
+            vec![
+                "delete 172.16.3.0/24",
+                "replace 172.16.2.0/24 via 10.0.0.22"
+            ]
         );
+        // Moving to a tunnel link is a change too.
+        t.calls.clear();
+        let tunnel = Hop {
+            via: "172.16.2.0".parse().unwrap(),
+            oif: Some(7),
+        };
+        want.insert(net("172.16.2.0/24"), tunnel);
+        reconcile(&mut t, &want).unwrap();
+        assert_eq!(
+            t.calls,
+            vec!["replace 172.16.2.0/24 via 172.16.2.0 dev #7 onlink"]
+        );
+        assert!(reconcile(&mut t, &want).unwrap().is_empty());
         reconcile(&mut t, &BTreeMap::new()).unwrap();
         assert!(t.routes.is_empty());
     }
