@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod image_service;
 pub mod kubelet;
+pub mod proxy;
 pub mod server;
 pub mod store;
 pub mod streaming;
