@@ -71,14 +71,18 @@ fn snapshot(services: usize) -> Snapshot {
             &name,
             Ipv4Addr::new(10, 96, (i / 250) as u8, (i % 250) as u8 + 1),
         ));
-        let eps: Vec<Ipv4Addr> = (0..ENDPOINTS)
-            .map(|e| Ipv4Addr::new(10, 244, (i / 25) as u8, ((i % 25) * ENDPOINTS + e) as u8))
-            .collect();
-        snap.apply_slice(slice(&name, &eps));
+        snap.apply_slice(slice(&name, &endpoints(i, ENDPOINTS)));
     }
     snap.apply_service(service("probe", PROBE_IP));
     snap.apply_slice(slice("probe", &[POD_ADDR]));
     snap
+}
+
+/// The first `n` endpoint addresses of service `i` (a /24 holds 25 services' worth).
+fn endpoints(i: usize, n: usize) -> Vec<Ipv4Addr> {
+    (0..n)
+        .map(|e| Ipv4Addr::new(10, 244, (i / 25) as u8, ((i % 25) * ENDPOINTS + e) as u8))
+        .collect()
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -287,11 +291,11 @@ fn run(ctx: &Ctx, nft_path: &std::path::Path, report: &mut Report) -> Result<()>
     let mut via = Series::new(WORKLOAD, "TCP connect+read via ClusterIP", "podrun", "us");
     let mut direct = Series::new(WORKLOAD, "TCP connect+read to the pod IP", "kernel", "us");
     let snap = snapshot(services);
+    // One Service gains an endpoint.
     let changed = ServiceKey::new("bench", &format!("svc{}", services / 2));
     let mut bigger = snap.clone();
-    let eps: Vec<Ipv4Addr> = (0..=ENDPOINTS)
-        .map(|e| Ipv4Addr::new(10, 245, 0, e as u8 + 1))
-        .collect();
+    let mut eps = endpoints(services / 2, ENDPOINTS);
+    eps.push(Ipv4Addr::new(10, 245, 0, 1));
     bigger.apply_slice(slice(&changed.name, &eps));
     let cfg = RenderConfig {
         node_name: "bench-node".into(),
