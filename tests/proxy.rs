@@ -563,6 +563,11 @@ fn services_are_proxied_by_nftables() {
 
     // The rules outlive the proxy; --cleanup removes them.
     lab.stop_proxy();
+    let log = lab.log_text();
+    for failure in ["syncing service rules", "deleting stale proxy chains"] {
+        assert!(!log.contains(failure), "the proxy said {failure:?}:\n{log}");
+    }
+    assert!(log.contains("service rules synced"), "{log}");
     assert!(lab.table().contains("/web/"), "rules gone with the proxy");
     assert_eq!(
         ask_from(&client, web).map(|a| backends.contains(&a)).ok(),

@@ -261,7 +261,7 @@ fn internal_traffic_policy_local_uses_only_this_nodes_endpoints() {
     assert!(!text.contains("chain service-"), "{text}");
     // None here: dropped, not rejected (the service has endpoints elsewhere).
     let far = ServiceKey::new("default", "web");
-    let mut other = Proxier::new(
+    let other = Proxier::new(
         RenderConfig {
             node_name: "node-c".into(),
             ..cfg()
@@ -275,7 +275,6 @@ fn internal_traffic_policy_local_uses_only_this_nodes_endpoints() {
         Some(&"drop".to_owned())
     );
     assert!(r.chains.is_empty());
-    other.request_full();
 }
 
 #[test]
@@ -308,7 +307,7 @@ fn external_traffic_policy_local_short_circuits_pods_and_the_node() {
     assert!(r.chains[svc][1].starts_with("numgen random mod 2 "));
 
     // No local endpoint: outside traffic to the NodePort is dropped.
-    let mut far = Proxier::new(
+    let far = Proxier::new(
         RenderConfig {
             node_name: "node-c".into(),
             ..cfg()
@@ -329,7 +328,6 @@ fn external_traffic_policy_local_short_circuits_pods_and_the_node() {
         .find(|c| c.starts_with("external-"))
         .unwrap();
     assert!(!r.chains[ext].iter().any(|l| l.starts_with("goto local-")));
-    far.request_full();
 }
 
 #[test]
