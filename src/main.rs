@@ -240,6 +240,32 @@ enum Command {
         #[command(flatten)]
         node_cidrs: cmd::server::NodeCidrArgs,
     },
+    /// The Service proxy alone, as kube-proxy runs: Services and EndpointSlices of the
+    /// API server programmed into nftables (table `ip podrun-proxy`) until SIGTERM.
+    #[command(hide = true)]
+    Proxy {
+        /// The kubeconfig to reach the API server with.
+        #[arg(long, required_unless_present = "cleanup")]
+        kubeconfig: Option<PathBuf>,
+        /// This node's name: endpoints on it are local for the Local traffic policies.
+        #[arg(long, required_unless_present = "cleanup")]
+        node_name: Option<String>,
+        /// This node's addresses (NodePorts are served on every local address).
+        #[arg(long)]
+        node_ip: Vec<std::net::IpAddr>,
+        /// The pods' addresses: traffic from elsewhere to a service is masqueraded.
+        #[arg(long, default_value = "10.244.0.0/16")]
+        cluster_cidr: ipnet::IpNet,
+        /// ClusterIPs served on the node itself, left without rules.
+        #[arg(long)]
+        skip_cluster_ip: Vec<std::net::IpAddr>,
+        /// The nft binary (default: found on PATH).
+        #[arg(long)]
+        nft: Option<PathBuf>,
+        /// Delete the proxy's rules and exit.
+        #[arg(long)]
+        cleanup: bool,
+    },
     /// The per-pod monitor (started by podrun itself).
     #[command(hide = true)]
     Monitor {
@@ -340,6 +366,7 @@ fn main() -> ExitCode {
                             | Command::Agent { .. }
                             | Command::Server { .. }
                             | Command::ControllerManager { .. }
+                            | Command::Proxy { .. }
                     ) {
                         "info"
                     } else {

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod image_service;
 pub mod kubelet;
 pub mod network;
+pub mod proxy;
 pub mod server;
 pub mod store;
 pub mod streaming;

@@ -18,6 +18,7 @@ mod cni;
 mod cri;
 mod grpc;
 mod kubelet;
+mod proxy;
 mod pull;
 mod report;
 mod scheduling;
@@ -80,8 +81,8 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     kubelet_rounds: usize,
     /// Run only this workload: lifecycle, pod-start, pods, image-pull, cni, cri, server,
-    /// scheduling or kubelet.
-    #[arg(long, value_parser = ["lifecycle", "pod-start", "pods", "image-pull", "cni", "cri", "server", "scheduling", "kubelet"])]
+    /// scheduling, kubelet or proxy.
+    #[arg(long, value_parser = ["lifecycle", "pod-start", "pods", "image-pull", "cni", "cri", "server", "scheduling", "kubelet", "proxy"])]
     only: Option<String>,
     /// Do not install missing peers; measure only what is installed.
     #[arg(long)]
@@ -377,7 +378,7 @@ fn run(args: &Args, ctx: &Ctx, hybrid: bool) -> Result<()> {
     ];
     if matches!(
         args.only.as_deref(),
-        Some("server" | "scheduling" | "kubelet")
+        Some("server" | "scheduling" | "kubelet" | "proxy")
     ) {
         // Only the versions line applies; the workload's own notes say the rest.
         report.conditions.retain(|c| c.starts_with("versions: "));
@@ -386,7 +387,7 @@ fn run(args: &Args, ctx: &Ctx, hybrid: bool) -> Result<()> {
     // The CNI, API server and scheduling workloads need no images or bundle; the kubelet
     // workload loads the busybox archive into its own store.
     match args.only.as_deref() {
-        Some("cni" | "server" | "scheduling") => {}
+        Some("cni" | "server" | "scheduling" | "proxy") => {}
         Some("kubelet") => workloads::ensure_image_archives(ctx)?,
         _ => {
             progress!("preparing images and bundle in {}", ctx.work.display());
@@ -436,6 +437,10 @@ fn run(args: &Args, ctx: &Ctx, hybrid: bool) -> Result<()> {
         progress!("pod start through the cluster (podrun server + podrun agent as kubelet)");
         let params = kubelet::Params::new(ctx, args.kubelet_rounds);
         kubelet::kubelet(ctx, &params, &mut report);
+    }
+    if want("proxy") {
+        progress!("service proxy: nftables rule updates and the ClusterIP hop");
+        proxy::proxy(ctx, &mut report);
     }
     report.loadavg_end = sys::loadavg();
     report.busy |= sys::busy();

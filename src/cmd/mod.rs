@@ -6,6 +6,7 @@ mod exec;
 pub mod image;
 mod logs;
 mod output;
+mod proxy;
 mod run;
 pub mod server;
 
@@ -111,6 +112,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             | Command::Agent { .. }
             | Command::Server { .. }
             | Command::ControllerManager { .. }
+            | Command::Proxy { .. }
             | Command::Monitor { .. }
             | Command::Oci { .. }
     ) {
@@ -127,6 +129,33 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             kubeconfig,
             node_cidrs,
         } => controller_manager::run(kubeconfig, node_cidrs),
+        Command::Proxy {
+            kubeconfig,
+            node_name,
+            node_ip,
+            cluster_cidr,
+            skip_cluster_ip,
+            nft,
+            cleanup,
+        } => {
+            if *cleanup {
+                return proxy::cleanup(nft.clone());
+            }
+            // clap requires both unless --cleanup.
+            let (Some(kubeconfig), Some(node_name)) = (kubeconfig, node_name) else {
+                bail!("--kubeconfig and --node-name are required");
+            };
+            proxy::run(
+                kubeconfig,
+                podrun_agent::proxy::ProxyConfig {
+                    node_name: node_name.clone(),
+                    node_ips: node_ip.clone(),
+                    cluster_cidr: *cluster_cidr,
+                    skip_cluster_ips: skip_cluster_ip.clone(),
+                    nft: nft.clone(),
+                },
+            )
+        }
         Command::Monitor {
             ready_fd,
             state_dir,
