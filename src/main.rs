@@ -236,6 +236,25 @@ enum Command {
         #[arg(long)]
         kubeconfig: PathBuf,
     },
+    /// Cluster DNS for Services and EndpointSlices, as the agent serves it, on its own.
+    #[command(hide = true)]
+    Dns {
+        /// The kubeconfig to reach the API server with.
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        /// Address to answer on, UDP and TCP (repeat or comma-separate for several).
+        #[arg(long, value_delimiter = ',', default_value = "0.0.0.0:53")]
+        listen: Vec<std::net::SocketAddr>,
+        /// The cluster domain.
+        #[arg(long, default_value = "cluster.local")]
+        domain: String,
+        /// Resolvers for other names [default: the nameservers of --resolv-conf].
+        #[arg(long, value_delimiter = ',')]
+        upstream: Vec<std::net::SocketAddr>,
+        /// Where the upstream resolvers are read from when --upstream is not given.
+        #[arg(long, default_value = "/etc/resolv.conf")]
+        resolv_conf: PathBuf,
+    },
     /// The per-pod monitor (started by podrun itself).
     #[command(hide = true)]
     Monitor {
@@ -336,6 +355,7 @@ fn main() -> ExitCode {
                             | Command::Agent { .. }
                             | Command::Server { .. }
                             | Command::ControllerManager { .. }
+                            | Command::Dns { .. }
                     ) {
                         "info"
                     } else {

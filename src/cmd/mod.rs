@@ -2,6 +2,7 @@
 
 pub mod agent;
 mod controller_manager;
+mod dns;
 mod exec;
 pub mod image;
 mod logs;
@@ -111,6 +112,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             | Command::Agent { .. }
             | Command::Server { .. }
             | Command::ControllerManager { .. }
+            | Command::Dns { .. }
             | Command::Monitor { .. }
             | Command::Oci { .. }
     ) {
@@ -124,6 +126,19 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         } => agent::agent(&cli, socket, stream_addr, kubelet),
         Command::Server { .. } => server::server(&cli),
         Command::ControllerManager { kubeconfig } => controller_manager::run(kubeconfig),
+        Command::Dns {
+            kubeconfig,
+            listen,
+            domain,
+            upstream,
+            resolv_conf,
+        } => dns::run(dns::DnsArgs {
+            kubeconfig,
+            listen,
+            domain,
+            upstream,
+            resolv_conf,
+        }),
         Command::Monitor {
             ready_fd,
             state_dir,
