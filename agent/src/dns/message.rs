@@ -30,10 +30,22 @@ pub enum Outcome {
 
 /// Decide what `bytes` ask for and answer it from `zone` if the cluster owns the name.
 pub fn handle(zone: &Zone, bytes: &[u8]) -> Outcome {
-    let request = match Message::from_vec(bytes) {
-        Ok(m) => m,
-        Err(_) => return malformed(bytes),
-    };
+    handle_udp(zone, bytes).0
+}
+
+/// [`handle`], and the size a UDP response may have (see [`udp_limit`]), from one
+/// parse of the request.
+pub fn handle_udp(zone: &Zone, bytes: &[u8]) -> (Outcome, usize) {
+    match Message::from_vec(bytes) {
+        Ok(request) => {
+            let limit = udp_limit(request.max_payload());
+            (handle_request(zone, request), limit)
+        }
+        Err(_) => (malformed(bytes), 512),
+    }
+}
+
+fn handle_request(zone: &Zone, request: Message) -> Outcome {
     if request.metadata.message_type != MessageType::Query {
         return Outcome::Drop;
     }
@@ -142,13 +154,6 @@ pub fn encode(mut response: Message, limit: Option<usize>) -> Option<Vec<u8>> {
         }
         _ => Some(bytes),
     }
-}
-
-/// The UDP payload limit a raw request asks for (512 when it cannot be read).
-pub fn request_udp_limit(bytes: &[u8]) -> usize {
-    Message::from_vec(bytes)
-        .map(|m| udp_limit(m.max_payload()))
-        .unwrap_or(512)
 }
 
 /// A fresh query for `name` (used by tests and the measurements).

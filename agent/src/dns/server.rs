@@ -165,8 +165,8 @@ async fn udp_loop(handler: Arc<Handler>, socket: Arc<UdpSocket>) -> Result<(), D
         };
         while tasks.try_join_next().is_some() {}
         let bytes = &buf[..n];
-        let limit = message::request_udp_limit(bytes);
-        match message::handle(&handler.zone(), bytes) {
+        let (outcome, limit) = message::handle_udp(&handler.zone(), bytes);
+        match outcome {
             Outcome::Drop => {}
             Outcome::Respond(response) => {
                 if let Some(out) = message::encode(response, Some(limit)) {
