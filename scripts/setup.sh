@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in busybox-static nginx-light curl xz-utils iproute2 nftables iptables containernetworking-plugins docker-registry containerd runc apache2-utils ca-certificates dbus-daemon etcd-server python3-venv openssl; do
+for pkg in busybox-static nginx-light curl xz-utils iproute2 nftables iptables containernetworking-plugins docker-registry containerd runc apache2-utils ca-certificates dbus-daemon etcd-server python3-venv openssl bind9-dnsutils; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -254,7 +254,7 @@ enum Command {
         #[arg(long)]
         node_ip: Vec<std::net::IpAddr>,
         /// The pods' addresses: traffic from elsewhere to a service is masqueraded.
-        #[arg(long, default_value = "10.244.0.0/16")]
+        #[arg(long, default_value = "172.16.0.0/16")]
         cluster_cidr: ipnet::IpNet,
         /// ClusterIPs served on the node itself, left without rules.
         #[arg(long)]
@@ -265,6 +265,25 @@ enum Command {
         /// Delete the proxy's rules and exit.
         #[arg(long)]
         cleanup: bool,
+    },
+    /// Cluster DNS for Services and EndpointSlices, as the agent serves it, on its own.
+    #[command(hide = true)]
+    Dns {
+        /// The kubeconfig to reach the API server with.
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        /// Address to answer on, UDP and TCP (repeat or comma-separate for several).
+        #[arg(long, value_delimiter = ',', default_value = "0.0.0.0:53")]
+        listen: Vec<std::net::SocketAddr>,
+        /// The cluster domain.
+        #[arg(long, default_value = "cluster.local")]
+        domain: String,
+        /// Resolvers for other names [default: the nameservers of --resolv-conf].
+        #[arg(long, value_delimiter = ',')]
+        upstream: Vec<std::net::SocketAddr>,
+        /// Where the upstream resolvers are read from when --upstream is not given.
+        #[arg(long, default_value = "/etc/resolv.conf")]
+        resolv_conf: PathBuf,
     },
     /// The per-pod monitor (started by podrun itself).
     #[command(hide = true)]
@@ -367,6 +386,7 @@ fn main() -> ExitCode {
                             | Command::Server { .. }
                             | Command::ControllerManager { .. }
                             | Command::Proxy { .. }
+                            | Command::Dns { .. }
                     ) {
                         "info"
                     } else {

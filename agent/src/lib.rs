@@ -4,6 +4,7 @@
 //! `podrun-runtime` and their monitors.
 
 pub mod agent;
+pub mod dns;
 pub mod image_service;
 pub mod kubelet;
 pub mod network;

@@ -2,6 +2,7 @@
 
 pub mod agent;
 mod controller_manager;
+mod dns;
 mod exec;
 pub mod image;
 mod logs;
@@ -113,6 +114,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             | Command::Server { .. }
             | Command::ControllerManager { .. }
             | Command::Proxy { .. }
+            | Command::Dns { .. }
             | Command::Monitor { .. }
             | Command::Oci { .. }
     ) {
@@ -156,6 +158,19 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
                 },
             )
         }
+        Command::Dns {
+            kubeconfig,
+            listen,
+            domain,
+            upstream,
+            resolv_conf,
+        } => dns::run(dns::DnsArgs {
+            kubeconfig,
+            listen,
+            domain,
+            upstream,
+            resolv_conf,
+        }),
         Command::Monitor {
             ready_fd,
             state_dir,
