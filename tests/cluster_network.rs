@@ -310,3 +310,242 @@ fn pods_reach_pods_on_other_nodes_over_vxlan() {
     );
     c.finish();
 }
+
+/// The echo-hname Deployment of the tutorials: busybox httpd answering its pod's name,
+/// ready while it has something to serve.
+fn echo_deployment(replicas: u32) -> String {
+    serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": "echo-hname" },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": "echo-hname" } },
+            "template": {
+                "metadata": { "labels": { "app": "echo-hname" } },
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{
+                        "name": "web", "image": "busybox",
+                        "command": ["sh", "-c",
+                            "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"],
+                        "ports": [{ "name": "http", "containerPort": 80 }],
+                        "readinessProbe": {
+                            "httpGet": { "path": "/index.html", "port": 80 },
+                            "periodSeconds": 1, "failureThreshold": 1,
+                        },
+                    }],
+                },
+            },
+        },
+    })
+    .to_string()
+}
+
+/// The hostnames that answered `n` requests to `host[:port]` from inside pod `from`.
+fn answers(c: &Cluster, from: &str, host: &str, n: u32) -> std::collections::BTreeSet<String> {
+    let script = format!(
+        "for i in $(seq {n}); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} 80 | tail -n 1; echo; done"
+    );
+    let out = c.kubectl(&["exec", from, "--", "sh", "-c", &script]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| l.starts_with("echo-hname-"))
+        .collect()
+}
+
+/// The names of the Deployment's pods that are Ready.
+fn ready_echo_pods(c: &Cluster) -> std::collections::BTreeSet<String> {
+    let pods: Value =
+        serde_json::from_str(&c.ok(&["get", "pods", "-l", "app=echo-hname", "-o", "json"]))
+            .unwrap();
+    pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| {
+            p["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The proxy's rules of a node, as nft lists them.
+fn proxy_rules(c: &Cluster, node: &str) -> String {
+    let n = c.nodes.iter().find(|n| n.name == node).unwrap();
+    String::from_utf8_lossy(
+        &n.exec(&["nft", "list", "table", "ip", "podrun-proxy"])
+            .stdout,
+    )
+    .into_owned()
+}
+
+#[test]
+fn services_balance_over_ready_pods_and_resolve_by_name() {
+    let names = ["s1-k8s", "s2-k8s", "s3-k8s"];
+    let Some(c) = Cluster::start_network(
+        "services_balance_over_ready_pods_and_resolve_by_name",
+        &names,
+        &[],
+    ) else {
+        return;
+    };
+    apply(&c, &echo_deployment(3));
+    apply(&c, &web_pod("client", "s1-k8s"));
+    running_ip(&c, "client");
+    c.ok(&["expose", "deployment", "echo-hname", "--port=80"]);
+    let cluster_ip = c.ok(&[
+        "get",
+        "svc",
+        "echo-hname",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    assert!(
+        cluster_ip.starts_with("10.9") || cluster_ip.starts_with("10.1"),
+        "{cluster_ip}"
+    );
+
+    // Every replica answers on the ClusterIP in turn.
+    let ready = wait_until("3 ready replicas", SLOW, || {
+        let r = ready_echo_pods(&c);
+        (r.len() == 3).then_some(r)
+    });
+    wait_until_or(
+        SLOW,
+        || {
+            format!(
+                "every replica behind {cluster_ip}; answers {:?}",
+                answers(&c, "client", &cluster_ip, 10)
+            )
+        },
+        || (answers(&c, "client", &cluster_ip, 30) == ready).then_some(()),
+    );
+
+    // By name, through the node's cluster DNS: the short name (search path) and the
+    // full one; busybox's nslookup has its own resolver.
+    for name in ["echo-hname", "echo-hname.default.svc.cluster.local"] {
+        wait_until(&format!("{name} resolves to {cluster_ip}"), SLOW, || {
+            let out = c.kubectl(&["exec", "client", "--", "nslookup", name]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains(&cluster_ip)
+                .then_some(())
+        });
+    }
+    let resolv = c.ok(&["exec", "client", "--", "cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains("nameserver 10.96.0.10"), "{resolv}");
+    assert!(
+        resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+    assert!(resolv.contains("ndots:5"), "{resolv}");
+    // curl (glibc's resolver, as most programs) by the short name.
+    apply(
+        &c,
+        &serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": "curl" },
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{ "name": "curl", "image": "curl",
+                    "command": ["curl", "-sS", "--retry", "20", "--retry-all-errors", "--retry-delay", "1",
+                                "-m", "5", "http://echo-hname/"] }],
+            },
+        })
+        .to_string(),
+    );
+    c.wait_pod("curl", "Succeeded", |p| {
+        (p["status"]["phase"] == "Succeeded").then_some(())
+    });
+    let got = c.ok(&["logs", "curl"]);
+    assert!(
+        ready.contains(got.trim()),
+        "curl echo-hname answered {got:?}"
+    );
+
+    // A replica that fails readiness receives no traffic.
+    let sick = ready.iter().next().unwrap().clone();
+    c.ok(&["exec", &sick, "--", "rm", "/www/index.html"]);
+    wait_until("the sick replica leaves the endpoints", SLOW, || {
+        (!ready_echo_pods(&c).contains(&sick)).then_some(())
+    });
+    wait_until_or(
+        SLOW,
+        || format!("no traffic to {sick}"),
+        || {
+            let a = answers(&c, "client", &cluster_ip, 20);
+            (a.len() == 2 && !a.contains(&sick)).then_some(())
+        },
+    );
+
+    // Scaling changes who answers.
+    c.ok(&["scale", "deployment", "echo-hname", "--replicas=5"]);
+    // The sick replica stays out: 4 of the 5 are ready.
+    let ready = wait_until("4 ready replicas of 5", SLOW, || {
+        let r = ready_echo_pods(&c);
+        (r.len() == 4).then_some(r)
+    });
+    assert!(!ready.contains(&sick));
+    let started = std::time::Instant::now();
+    wait_until("traffic reaches the 4 ready replicas", SLOW, || {
+        (answers(&c, "client", &cluster_ip, 40) == ready).then_some(())
+    });
+    eprintln!(
+        "scale 3 -> 5: every ready replica answered {:?} after all were Ready",
+        started.elapsed()
+    );
+    c.ok(&["scale", "deployment", "echo-hname", "--replicas=1"]);
+    let ready = wait_until("scaled down to 1", SLOW, || {
+        let r = ready_echo_pods(&c);
+        let pods = c.ok(&["get", "pods", "-l", "app=echo-hname", "-o", "name"]);
+        (r.len() == 1 && pods.lines().count() == 1).then_some(r)
+    });
+    wait_until("traffic reaches only the one left", SLOW, || {
+        (answers(&c, "client", &cluster_ip, 10) == ready).then_some(())
+    });
+
+    // NodePort: from the host side of the test network, on every node's address.
+    c.ok(&[
+        "patch",
+        "svc",
+        "echo-hname",
+        "-p",
+        r#"{"spec":{"type":"NodePort"}}"#,
+    ]);
+    let port = c.ok(&[
+        "get",
+        "svc",
+        "echo-hname",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+    for n in &c.nodes {
+        let url = format!("http://{}:{port}/", n.ip);
+        wait_until(&format!("NodePort on {}", n.name), SLOW, || {
+            let out = std::process::Command::new("curl")
+                .args(["-sS", "-m", "3", &url])
+                .output()
+                .unwrap();
+            ready
+                .contains(String::from_utf8_lossy(&out.stdout).trim())
+                .then_some(())
+        });
+    }
+
+    // Removing the Service removes its rules on every node.
+    for n in names {
+        assert!(proxy_rules(&c, n).contains("echo-hname"), "{n}");
+    }
+    c.ok(&["delete", "svc", "echo-hname"]);
+    for n in names {
+        wait_until(&format!("{n} drops echo-hname's rules"), SLOW, || {
+            (!proxy_rules(&c, n).contains("echo-hname")).then_some(())
+        });
+    }
+    c.ok(&["delete", "deployment", "echo-hname"]);
+    c.finish();
+}

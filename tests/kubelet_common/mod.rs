@@ -277,7 +277,7 @@ impl Cluster {
         let gateway = format!("{prefix}1");
 
         let registry = Registry::start_at(&gateway, None).expect("registry");
-        for img in ["busybox", "nginx"] {
+        for img in ["busybox", "nginx", "curl"] {
             registry.push_oci_archive(
                 &common::image_archive(img),
                 &format!("library/{img}"),

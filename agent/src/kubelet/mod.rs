@@ -242,6 +242,26 @@ pub async fn run(
                 "no pod CIDR from the control plane after 20 s; pods use the runtime's own network"
             );
         }
+        // Services, as kube-proxy programs them; the cluster DNS address is answered
+        // here, so it gets no rules.
+        let proxy = crate::proxy::ProxyConfig {
+            node_name: cfg.node_name.clone(),
+            node_ips: vec![node_ip],
+            cluster_cidr,
+            skip_cluster_ips: cfg.cluster_dns.first().copied().into_iter().collect(),
+            nft: None,
+        };
+        let (c, stop) = (client.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::proxy::run(c, proxy, stop).await {
+                tracing::error!(error = %e, "service proxy stopped");
+            }
+        });
+        if let Some(dns) = cfg.cluster_dns.first().copied() {
+            let mut dns_cfg = crate::dns::DnsConfig::new(vec![std::net::SocketAddr::new(dns, 53)]);
+            dns_cfg.domain = cfg.cluster_domain.clone();
+            tokio::spawn(serve_dns(client.clone(), dns_cfg, shutdown.clone()));
+        }
     }
     let driver = match cfg.cgroup_driver.as_str() {
         "systemd" => podrun_runtime::cgroups::Driver::Systemd,
@@ -299,6 +319,25 @@ pub async fn run(
     let _ = node_task.await;
     let _ = api_task.await;
     Ok(())
+}
+
+/// Cluster DNS until `shutdown`; started again when it fails (its address may not be
+/// on the node yet).
+async fn serve_dns(
+    client: kube::Client,
+    cfg: crate::dns::DnsConfig,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        match crate::dns::serve(client.clone(), cfg.clone(), shutdown.clone()).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(error = %e, "cluster DNS; starting again in 2 s"),
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+    }
 }
 
 /// On a hybrid host, a manager of the unified mount. podrun's runtime leaves that mount
